@@ -1,0 +1,639 @@
+//! From cumulative kernel counters to windowed per-endpoint statistics.
+//!
+//! The kernel keeps cumulative counters per (cgroup, direction, endpoint, method, status). Every
+//! poll, [`Collector::update`] subtracts the previous reading and folds the difference into
+//! one [`EndpointStats`] per (cgroup, direction, endpoint): the last interval's RPS, latency
+//! percentiles, error counts and byte rates, a short history for sparklines, and cumulative
+//! totals (for Prometheus).
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    fmt,
+    net::{IpAddr, Ipv6Addr},
+    time::{Duration, Instant},
+};
+
+use kite_common::{
+    hist::{NUM_BUCKETS, OVERFLOW_BUCKET, bucket_index, bucket_lower_ns, bucket_upper_ns},
+    maps::{Direction, EndpointKey, Method},
+};
+
+use crate::ebpf::RawStats;
+
+/// Latency histogram over the kernel's bucket layout, with 64-bit counts.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Histogram {
+    counts: Box<[u64]>,
+}
+
+impl fmt::Debug for Histogram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.nonzero().map(|(i, c)| (bucket_lower_ns(i), c)))
+            .finish()
+    }
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            counts: vec![0; NUM_BUCKETS].into_boxed_slice(),
+        }
+    }
+}
+
+impl Histogram {
+    /// Counts per bucket, indexed as in [`kite_common::hist`].
+    pub fn counts(&self) -> &[u64] {
+        &self.counts
+    }
+
+    /// A histogram from bucket counts (missing buckets are zero, extra ones ignored).
+    pub fn from_counts(counts: impl IntoIterator<Item = u64>) -> Self {
+        let mut h = Self::default();
+        for (o, c) in h.counts.iter_mut().zip(counts) {
+            *o = c;
+        }
+        h
+    }
+
+    /// Adds one observation (user-space use: tests, simulations).
+    pub fn record(&mut self, ns: u64) {
+        self.counts[bucket_index(ns)] += 1;
+    }
+
+    /// Total observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Adds another histogram's counts.
+    pub fn add(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+    }
+
+    /// Non-empty buckets: (index, count).
+    pub fn nonzero(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, c)| (i, *c))
+    }
+
+    /// Observations below `ns` nanoseconds, exact when `ns` is a bucket edge.
+    pub fn count_below(&self, ns: u64) -> u64 {
+        self.nonzero()
+            .take_while(|(i, _)| bucket_upper_ns(*i) <= ns)
+            .map(|(_, c)| c)
+            .sum()
+    }
+
+    /// The `q`-quantile (0 ≤ q ≤ 1), in nanoseconds: the bucket holding the observation of
+    /// rank `q·n`, interpolated linearly inside it. `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let target = q.clamp(0.0, 1.0) * n as f64;
+        let mut cum = 0u64;
+        let mut last = None;
+        for (i, c) in self.nonzero() {
+            last = Some(i);
+            if (cum + c) as f64 >= target {
+                if i == OVERFLOW_BUCKET {
+                    return Some(bucket_lower_ns(i) as f64);
+                }
+                let (lo, hi) = (bucket_lower_ns(i) as f64, bucket_upper_ns(i) as f64);
+                let frac = ((target - cum as f64) / c as f64).clamp(0.0, 1.0);
+                return Some(lo + frac * (hi - lo));
+            }
+            cum += c;
+        }
+        last.map(|i| bucket_lower_ns(i) as f64)
+    }
+
+    /// Upper edge of the highest non-empty bucket (the lower edge for the overflow bucket).
+    pub fn max(&self) -> Option<f64> {
+        let (i, _) = self.nonzero().last()?;
+        Some(if i == OVERFLOW_BUCKET {
+            bucket_lower_ns(i) as f64
+        } else {
+            bucket_upper_ns(i) as f64
+        })
+    }
+}
+
+/// One endpoint as the tables show it: a cgroup's view of one server address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointId {
+    /// cgroup id of the sockets.
+    pub cgroup_id: u64,
+    /// Inbound (server) or outbound (client).
+    pub direction: Direction,
+    /// Server address (IPv4 shown as IPv4).
+    pub addr: IpAddr,
+    /// Server port.
+    pub port: u16,
+}
+
+impl EndpointId {
+    /// The endpoint of a kernel key (method and status dropped).
+    pub fn of(key: &EndpointKey) -> Self {
+        let v6 = Ipv6Addr::from(key.addr);
+        Self {
+            cgroup_id: key.cgroup_id,
+            direction: Direction::from_u8(key.direction).unwrap_or(Direction::Inbound),
+            addr: v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            port: key.port,
+        }
+    }
+
+    /// `addr:port`, with brackets for IPv6.
+    pub fn address(&self) -> String {
+        match self.addr {
+            IpAddr::V4(a) => format!("{a}:{}", self.port),
+            IpAddr::V6(a) => format!("[{a}]:{}", self.port),
+        }
+    }
+}
+
+/// Requests of one (method, status) pair.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Series {
+    /// Requests.
+    pub count: u64,
+    /// Sum of latencies, ns.
+    pub latency_sum_ns: u64,
+    /// Request bytes.
+    pub req_bytes: u64,
+    /// Response bytes.
+    pub resp_bytes: u64,
+    /// Latency distribution.
+    pub hist: Histogram,
+}
+
+impl Series {
+    fn add(&mut self, o: &Series) {
+        self.count += o.count;
+        self.latency_sum_ns += o.latency_sum_ns;
+        self.req_bytes += o.req_bytes;
+        self.resp_bytes += o.resp_bytes;
+        self.hist.add(&o.hist);
+    }
+
+    fn delta(cur: &RawStats, prev: Option<&RawStats>) -> Series {
+        let z = |f: fn(&RawStats) -> u64| cur_minus(f(cur), prev.map(f));
+        let hist = match prev {
+            Some(p) => Histogram::from_counts(
+                cur.buckets
+                    .iter()
+                    .zip(p.buckets.iter())
+                    .map(|(c, p)| c.wrapping_sub(*p) as u64),
+            ),
+            None => Histogram::from_counts(cur.buckets.iter().map(|c| *c as u64)),
+        };
+        Series {
+            count: z(|r| r.count),
+            latency_sum_ns: z(|r| r.latency_sum_ns),
+            req_bytes: z(|r| r.req_bytes),
+            resp_bytes: z(|r| r.resp_bytes),
+            hist,
+        }
+    }
+}
+
+fn cur_minus(cur: u64, prev: Option<u64>) -> u64 {
+    cur.wrapping_sub(prev.unwrap_or(0))
+}
+
+/// Statistics of one interval (or of a whole run).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Interval {
+    /// Length of the interval, seconds.
+    pub secs: f64,
+    /// Requests completed in it.
+    pub requests: u64,
+    /// Responses with a 4xx status.
+    pub status_4xx: u64,
+    /// Responses with a 5xx status.
+    pub status_5xx: u64,
+    /// Request bytes.
+    pub req_bytes: u64,
+    /// Response bytes.
+    pub resp_bytes: u64,
+    /// Sum of latencies, ns.
+    pub latency_sum_ns: u64,
+    /// Latency distribution.
+    pub hist: Histogram,
+    /// Requests per status code.
+    pub by_status: BTreeMap<u16, u64>,
+    /// Requests per method.
+    pub by_method: BTreeMap<Method, u64>,
+}
+
+impl Interval {
+    fn add(&mut self, method: Method, status: u16, s: &Series) {
+        self.requests += s.count;
+        if (400..500).contains(&status) {
+            self.status_4xx += s.count;
+        } else if status >= 500 {
+            self.status_5xx += s.count;
+        }
+        self.req_bytes += s.req_bytes;
+        self.resp_bytes += s.resp_bytes;
+        self.latency_sum_ns += s.latency_sum_ns;
+        self.hist.add(&s.hist);
+        if s.count > 0 {
+            *self.by_status.entry(status).or_default() += s.count;
+            *self.by_method.entry(method).or_default() += s.count;
+        }
+    }
+
+    /// Merges another interval of the same length (e.g. the same endpoint seen from two
+    /// cgroups).
+    pub fn merge(&mut self, o: &Interval) {
+        self.requests += o.requests;
+        self.status_4xx += o.status_4xx;
+        self.status_5xx += o.status_5xx;
+        self.req_bytes += o.req_bytes;
+        self.resp_bytes += o.resp_bytes;
+        self.latency_sum_ns += o.latency_sum_ns;
+        self.hist.add(&o.hist);
+        for (k, v) in &o.by_status {
+            *self.by_status.entry(*k).or_default() += v;
+        }
+        for (k, v) in &o.by_method {
+            *self.by_method.entry(*k).or_default() += v;
+        }
+        self.secs = self.secs.max(o.secs);
+    }
+
+    /// Requests per second.
+    pub fn rps(&self) -> f64 {
+        per_sec(self.requests, self.secs)
+    }
+
+    /// Request bytes per second.
+    pub fn req_bytes_per_sec(&self) -> f64 {
+        per_sec(self.req_bytes, self.secs)
+    }
+
+    /// Response bytes per second.
+    pub fn resp_bytes_per_sec(&self) -> f64 {
+        per_sec(self.resp_bytes, self.secs)
+    }
+
+    /// Share of requests answered with 4xx or 5xx (0 when idle).
+    pub fn error_ratio(&self) -> f64 {
+        ratio(self.status_4xx + self.status_5xx, self.requests)
+    }
+
+    /// Share of requests answered with 5xx (0 when idle).
+    pub fn server_error_ratio(&self) -> f64 {
+        ratio(self.status_5xx, self.requests)
+    }
+
+    /// Latency quantile (0..=1).
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        self.hist.quantile(q).map(ns_to_duration)
+    }
+
+    /// Highest latency seen (bucket upper edge).
+    pub fn max(&self) -> Option<Duration> {
+        self.hist.max().map(ns_to_duration)
+    }
+
+    /// Mean latency.
+    pub fn mean(&self) -> Option<Duration> {
+        (self.requests > 0).then(|| Duration::from_nanos(self.latency_sum_ns / self.requests))
+    }
+}
+
+fn per_sec(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b > 0 { a as f64 / b as f64 } else { 0.0 }
+}
+
+fn ns_to_duration(ns: f64) -> Duration {
+    Duration::from_nanos(ns.round() as u64)
+}
+
+/// A point of an endpoint's history (one interval).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Point {
+    /// Requests per second.
+    pub rps: f64,
+    /// Median latency, ns (0 when idle).
+    pub p50_ns: f64,
+    /// 99th percentile latency, ns (0 when idle).
+    pub p99_ns: f64,
+    /// Share of 4xx/5xx responses.
+    pub error_ratio: f64,
+}
+
+/// Everything known about one endpoint.
+#[derive(Clone, Debug)]
+pub struct EndpointStats {
+    /// Which endpoint.
+    pub id: EndpointId,
+    /// The last interval.
+    pub last: Interval,
+    /// Recent intervals, oldest first, at most the collector's history length.
+    pub history: VecDeque<Point>,
+    /// Cumulative counters per (method, status) since the endpoint was first seen.
+    pub totals: BTreeMap<(Method, u16), Series>,
+    /// When it last had a request.
+    pub last_active: Instant,
+}
+
+impl EndpointStats {
+    /// Cumulative counters over all methods and statuses.
+    pub fn total(&self) -> Series {
+        let mut s = Series::default();
+        for v in self.totals.values() {
+            s.add(v);
+        }
+        s
+    }
+}
+
+/// Turns successive kernel readings into windowed statistics.
+pub struct Collector {
+    prev: HashMap<EndpointKey, RawStats>,
+    prev_at: Instant,
+    endpoints: BTreeMap<EndpointId, EndpointStats>,
+    history_len: usize,
+}
+
+/// Default number of intervals kept per endpoint.
+pub const DEFAULT_HISTORY: usize = 60;
+
+impl Collector {
+    /// A collector whose first interval starts at `start` (when the programs were attached).
+    pub fn new(start: Instant, history_len: usize) -> Self {
+        Self {
+            prev: HashMap::new(),
+            prev_at: start,
+            endpoints: BTreeMap::new(),
+            history_len: history_len.max(1),
+        }
+    }
+
+    /// Folds a new reading taken at `now` into the statistics. Keys missing from the reading
+    /// (removed from the map) are forgotten; their endpoints stay until [`Collector::retain`]
+    /// drops them.
+    pub fn update(&mut self, now: Instant, reading: Vec<(EndpointKey, RawStats)>) {
+        let secs = now.saturating_duration_since(self.prev_at).as_secs_f64();
+        self.prev_at = now;
+        let mut intervals: BTreeMap<EndpointId, Interval> = BTreeMap::new();
+        let mut next = HashMap::with_capacity(reading.len());
+        for (key, raw) in reading {
+            let delta = Series::delta(&raw, self.prev.get(&key));
+            let id = EndpointId::of(&key);
+            let method = Method::from_u8(key.method);
+            let ep = self.endpoints.entry(id).or_insert_with(|| EndpointStats {
+                id,
+                last: Interval::default(),
+                history: VecDeque::new(),
+                totals: BTreeMap::new(),
+                last_active: now,
+            });
+            if delta.count > 0 {
+                ep.last_active = now;
+            }
+            intervals
+                .entry(id)
+                .or_default()
+                .add(method, key.status, &delta);
+            ep.totals
+                .entry((method, key.status))
+                .or_default()
+                .add(&delta);
+            next.insert(key, raw);
+        }
+        self.prev = next;
+        for (id, ep) in self.endpoints.iter_mut() {
+            let mut iv = intervals.remove(id).unwrap_or_default();
+            iv.secs = secs;
+            let point = Point {
+                rps: iv.rps(),
+                p50_ns: iv.hist.quantile(0.5).unwrap_or(0.0),
+                p99_ns: iv.hist.quantile(0.99).unwrap_or(0.0),
+                error_ratio: iv.error_ratio(),
+            };
+            if ep.history.len() == self.history_len {
+                ep.history.pop_front();
+            }
+            ep.history.push_back(point);
+            ep.last = iv;
+        }
+    }
+
+    /// Keeps only the endpoints for which `keep` holds (e.g. drop those idle for long whose
+    /// cgroup is gone).
+    pub fn retain(&mut self, mut keep: impl FnMut(&EndpointStats) -> bool) {
+        self.endpoints.retain(|_, e| keep(e));
+    }
+
+    /// All endpoints, ordered by id.
+    pub fn endpoints(&self) -> impl Iterator<Item = &EndpointStats> {
+        self.endpoints.values()
+    }
+
+    /// One endpoint.
+    pub fn endpoint(&self, id: &EndpointId) -> Option<&EndpointStats> {
+        self.endpoints.get(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kite_common::maps::Direction;
+
+    use super::*;
+
+    fn key(port: u16, method: Method, status: u16) -> EndpointKey {
+        let mut addr = [0u8; 16];
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12..].copy_from_slice(&[127, 0, 0, 1]);
+        EndpointKey {
+            cgroup_id: 9,
+            addr,
+            port,
+            status,
+            direction: Direction::Inbound as u8,
+            method: method as u8,
+            _pad: [0; 2],
+        }
+    }
+
+    fn raw(samples: &[u64], bytes: (u64, u64)) -> RawStats {
+        let mut h = Histogram::default();
+        samples.iter().for_each(|s| h.record(*s));
+        RawStats {
+            count: samples.len() as u64,
+            latency_sum_ns: samples.iter().sum(),
+            req_bytes: bytes.0,
+            resp_bytes: bytes.1,
+            buckets: h.counts().iter().map(|c| *c as u32).collect(),
+        }
+    }
+
+    /// Exact quantile of a sorted sample (nearest rank), for comparison.
+    fn exact(sorted: &[u64], q: f64) -> f64 {
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        sorted[rank - 1] as f64
+    }
+
+    #[test]
+    fn quantiles_within_five_percent_of_exact() {
+        // A deterministic spread over 5 decades (xorshift).
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut v: Vec<u64> = (0..20_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let e = (x % 5_000) as f64 / 1_000.0; // 0..5
+                (1_000.0 * 10f64.powf(e)) as u64 // 1 µs .. 100 ms
+            })
+            .collect();
+        let mut h = Histogram::default();
+        v.iter().for_each(|s| h.record(*s));
+        v.sort_unstable();
+        for q in [0.01, 0.1, 0.5, 0.9, 0.99, 0.999] {
+            let (est, ex) = (h.quantile(q).unwrap(), exact(&v, q));
+            assert!((est - ex).abs() / ex < 0.05, "q={q} est={est} exact={ex}");
+        }
+        let max = h.max().unwrap();
+        let real = *v.last().unwrap() as f64;
+        assert!(max >= real && (max - real) / real < 0.07);
+        assert_eq!(h.count(), 20_000);
+    }
+
+    #[test]
+    fn quantiles_of_a_single_value_and_empty() {
+        let mut h = Histogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        assert_eq!(h.max(), None);
+        h.record(50_000_000);
+        for q in [0.0, 0.5, 1.0] {
+            let est = h.quantile(q).unwrap();
+            assert!((est - 50e6).abs() / 50e6 < 0.0625, "{est}");
+        }
+        h.record(u64::MAX);
+        assert_eq!(h.max(), Some(bucket_lower_ns(OVERFLOW_BUCKET) as f64));
+    }
+
+    #[test]
+    fn count_below_edges() {
+        let mut h = Histogram::default();
+        for ns in [500, 5_000, 50_000, 500_000] {
+            h.record(ns);
+        }
+        assert_eq!(h.count_below(1_024), 1);
+        assert_eq!(h.count_below(bucket_upper_ns(bucket_index(50_000))), 3);
+        assert_eq!(h.count_below(u64::MAX), 4);
+    }
+
+    #[test]
+    fn windows_take_deltas_and_fold_methods_and_statuses() {
+        let t0 = Instant::now();
+        let mut c = Collector::new(t0, 3);
+        let ok = key(80, Method::Get, 200);
+        let nf = key(80, Method::Get, 404);
+        let err = key(80, Method::Post, 503);
+        c.update(
+            t0 + Duration::from_secs(1),
+            vec![
+                (ok, raw(&[1_000_000; 8], (800, 8000))),
+                (nf, raw(&[2_000_000], (100, 50))),
+                (err, raw(&[3_000_000], (200, 10))),
+            ],
+        );
+        let ep = c.endpoints().next().unwrap();
+        assert_eq!(ep.id.address(), "127.0.0.1:80");
+        assert_eq!(ep.last.requests, 10);
+        assert!((ep.last.rps() - 10.0).abs() < 1e-9);
+        assert!((ep.last.error_ratio() - 0.2).abs() < 1e-9);
+        assert!((ep.last.server_error_ratio() - 0.1).abs() < 1e-9);
+        assert_eq!(ep.last.req_bytes, 1100);
+        assert_eq!(ep.last.by_status.get(&404), Some(&1));
+        assert_eq!(ep.last.by_method.get(&Method::Post), Some(&1));
+        let p50 = ep.last.quantile(0.5).unwrap().as_secs_f64();
+        assert!((p50 - 0.001).abs() / 0.001 < 0.0625);
+
+        // Second reading: 4 more OK requests in half a second.
+        let mut more = vec![1_000_000; 8];
+        more.extend([4_000_000; 4]);
+        c.update(
+            t0 + Duration::from_millis(1500),
+            vec![
+                (ok, raw(&more, (1200, 12000))),
+                (nf, raw(&[2_000_000], (100, 50))),
+                (err, raw(&[3_000_000], (200, 10))),
+            ],
+        );
+        let ep = c.endpoints().next().unwrap();
+        assert_eq!(ep.last.requests, 4);
+        assert!((ep.last.rps() - 8.0).abs() < 1e-9);
+        assert_eq!(ep.last.error_ratio(), 0.0);
+        assert_eq!(ep.last.req_bytes, 400);
+        let p50 = ep.last.quantile(0.5).unwrap().as_secs_f64();
+        assert!((p50 - 0.004).abs() / 0.004 < 0.0625, "{p50}");
+        assert_eq!(ep.total().count, 14);
+        assert_eq!(ep.totals[&(Method::Get, 200)].count, 12);
+        assert_eq!(ep.history.len(), 2);
+
+        // Idle intervals still produce history points; the ring is bounded.
+        for s in 2..6 {
+            c.update(
+                t0 + Duration::from_secs(s),
+                vec![
+                    (ok, raw(&more, (1200, 12000))),
+                    (nf, raw(&[2_000_000], (100, 50))),
+                    (err, raw(&[3_000_000], (200, 10))),
+                ],
+            );
+        }
+        let ep = c.endpoints().next().unwrap();
+        assert_eq!(ep.history.len(), 3);
+        assert!(ep.history.iter().all(|p| p.rps == 0.0));
+        assert_eq!(ep.last.requests, 0);
+        assert_eq!(ep.last.quantile(0.5), None);
+    }
+
+    #[test]
+    fn wrapped_kernel_buckets_give_right_deltas() {
+        let t0 = Instant::now();
+        let mut c = Collector::new(t0, 10);
+        let k = key(1, Method::Get, 200);
+        let mut before = raw(&[1_000; 3], (0, 0));
+        let b = bucket_index(1_000);
+        before.buckets[b] = u32::MAX - 1;
+        let mut after = before.clone();
+        after.buckets[b] = 2; // wrapped: +4
+        after.count += 4;
+        c.update(t0 + Duration::from_secs(1), vec![(k, before)]);
+        c.update(t0 + Duration::from_secs(2), vec![(k, after)]);
+        let ep = c.endpoints().next().unwrap();
+        assert_eq!(ep.last.hist.count(), 4);
+        assert_eq!(ep.last.requests, 4);
+    }
+
+    #[test]
+    fn ipv6_and_mapped_addresses() {
+        let mut k = key(443, Method::Get, 200);
+        assert_eq!(EndpointId::of(&k).address(), "127.0.0.1:443");
+        k.addr = "::1".parse::<Ipv6Addr>().unwrap().octets();
+        assert_eq!(EndpointId::of(&k).address(), "[::1]:443");
+    }
+}

@@ -1,0 +1,1053 @@
+//! The per-connection HTTP/1.x state machine.
+//!
+//! One [`Conn`] lives per tracked TCP socket (in the `SOCKETS` map, keyed by socket cookie). The
+//! `cgroup_skb` programs hand it every TCP segment of the socket, in both directions, as a
+//! [`Segment`]; it follows the byte streams and reports each finished request to a [`Sink`].
+//!
+//! How a segment is processed:
+//! 1. [`Conn::begin`] compares the TCP sequence number with the next expected one: bytes already
+//!    seen (retransmissions) are skipped, a gap makes the stream resynchronise.
+//! 2. The caller runs [`Conn::step`] until it returns `false` (in the kernel from `bpf_loop`, with
+//!    a step budget). Each step consumes a few bytes: it recognises a message's first line (a
+//!    request method or `HTTP/1.x NNN`), scans header lines for `Content-Length` and
+//!    `Transfer-Encoding: chunked`, skips bodies by arithmetic (no byte is looked at), follows
+//!    chunked framing, and finds where the next message starts. Messages may be split across
+//!    segments at any byte, and several (pipelined) messages may share a segment.
+//! 3. [`Conn::end`] does the byte accounting and handles FIN.
+//!
+//! Requests wait in a bounded FIFO (HTTP/1.x answers in order); a response's first line pops the
+//! oldest one and fixes the latency (request's first byte → response's first byte as seen by the
+//! monitored socket). The request is *recorded* when its response ends (framing), the next
+//! response starts, the peer closes, or the socket is released: once, with its method, status
+//! code, latency and byte counts.
+//!
+//! Because bodies are skipped by their declared length, a body that happens to contain or start
+//! with `HTTP/1.1 200` or `GET /` never looks like a message. When the stream cannot be followed
+//! (garbage where a message must start, invalid framing, missing bytes), the stream is *lost*
+//! and waits for a segment that starts with a message (and, for responses, for a request to
+//! answer); the counters in [`Stat`] say how often that happens.
+
+use crate::maps::{Method, Stat};
+
+/// Pipelined requests remembered per connection (a power of two).
+pub const QUEUE_DEPTH: usize = 16;
+/// Bytes of payload copied into the scratch buffer at a time (a power of two).
+pub const WINDOW: usize = 256;
+/// Bytes needed to recognise a message start (`HTTP/1.1 200`).
+pub const START_LEN: usize = 12;
+/// Upper bound of [`Conn::step`] calls per segment used by the kernel programs. A segment that
+/// needs more (e.g. 64 KiB of header lines) leaves its stream lost ([`Stat::StepBudget`]).
+pub const MAX_STEPS: u32 = 2048;
+
+/// Stream mode: a message starts at the next byte.
+pub const MODE_START: u8 = 0;
+/// Stream mode: inside a header block.
+pub const MODE_HEADERS: u8 = 1;
+/// Stream mode: inside a `Content-Length` body; `remaining` bytes left.
+pub const MODE_BODY: u8 = 2;
+/// Stream mode: reading a chunk-size line (or the CRLF ending a chunk).
+pub const MODE_CHUNK_SIZE: u8 = 3;
+/// Stream mode: inside chunk data; `remaining` bytes left.
+pub const MODE_CHUNK_DATA: u8 = 4;
+/// Stream mode: trailer section after the last chunk.
+pub const MODE_TRAILER: u8 = 5;
+/// Stream mode: a response body delimited by the connection's close.
+pub const MODE_UNTIL_CLOSE: u8 = 6;
+/// Stream mode: not following the stream; wait for a segment that starts with a message.
+pub const MODE_LOST: u8 = 7;
+
+// Header-block sub-states (MODE_HEADERS, MODE_TRAILER).
+const HS_LINE_START: u8 = 0;
+const HS_SKIP: u8 = 1;
+const HS_NAME_CL: u8 = 2;
+const HS_NAME_TE: u8 = 3;
+const HS_VALUE_CL: u8 = 4;
+const HS_VALUE_TE: u8 = 5;
+const HS_END_CR: u8 = 6;
+
+// Chunk-size sub-states (MODE_CHUNK_SIZE).
+const CS_HEX: u8 = 0;
+const CS_EXT: u8 = 1;
+const CS_DATA_CR: u8 = 2;
+const CS_DATA_LF: u8 = 3;
+
+// Stream flags.
+const SF_SEQ: u8 = 1;
+const SF_CL: u8 = 2;
+const SF_CHUNKED: u8 = 4;
+const SF_RESYNC: u8 = 8;
+const SF_BAD: u8 = 16;
+
+// Connection flags.
+const CF_OPEN: u8 = 1;
+const CF_IGNORE: u8 = 2;
+
+/// [`Conn::role`]: the socket is the server (requests arrive).
+pub const ROLE_SERVER: u8 = 1;
+/// [`Conn::role`]: the socket is the client (requests leave).
+pub const ROLE_CLIENT: u8 = 2;
+
+const CONTENT_LENGTH: &[u8; 14] = b"content-length";
+const TRANSFER_ENCODING: &[u8; 17] = b"transfer-encoding";
+const CHUNKED: &[u8; 7] = b"chunked";
+/// Largest Content-Length or chunk size followed (1 TiB); beyond, the stream is lost.
+const MAX_LENGTH: u64 = 1 << 40;
+
+/// One direction of a connection's byte stream.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stream {
+    /// Bytes left in the current body or chunk; the value being parsed in `Content-Length` and
+    /// chunk-size lines.
+    pub remaining: u64,
+    /// Time of the first byte of a message start split across segments.
+    pub start_ns: u64,
+    /// Next expected TCP sequence number (valid once `SF_SEQ` is set).
+    pub next_seq: u32,
+    /// One of the `MODE_*` constants.
+    pub mode: u8,
+    /// Sub-state inside the mode.
+    pub sub: u8,
+    /// Match position inside a header name, `chunked`, or hex digits seen.
+    pub idx: u8,
+    /// `SF_*` flags.
+    pub flags: u8,
+    /// First bytes of a message start split across segments.
+    pub stash: [u8; START_LEN],
+    /// Bytes in `stash`.
+    pub stash_len: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+    /// Status code of the response being parsed (response stream).
+    pub status: u16,
+}
+
+/// State of one tracked connection: the value of the `SOCKETS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Conn {
+    /// cgroup v2 id of the socket's cgroup.
+    pub cgroup_id: u64,
+    /// Time of the last segment with payload.
+    pub last_ns: u64,
+    /// Latency of the open response.
+    pub open_latency_ns: u64,
+    /// Request bytes of the open response's request.
+    pub open_req_bytes: u64,
+    /// Response bytes of the open response so far.
+    pub open_resp_bytes: u64,
+    /// Request bytes not yet attributed to a queued request.
+    pub req_acc: u64,
+    /// Time of each waiting request's first byte.
+    pub q_ts: [u64; QUEUE_DEPTH],
+    /// Bytes of each waiting request (once it ended).
+    pub q_bytes: [u32; QUEUE_DEPTH],
+    /// [`Method`] of each waiting request.
+    pub q_method: [u8; QUEUE_DEPTH],
+    /// Endpoint address (local for servers, remote for clients), IPv6 or IPv4-mapped.
+    pub addr: [u8; 16],
+    /// Stream of received bytes.
+    pub rx: Stream,
+    /// Stream of sent bytes.
+    pub tx: Stream,
+    /// Endpoint port.
+    pub port: u16,
+    /// Status code of the open response.
+    pub open_status: u16,
+    /// Requests not queued because the queue was full; their responses are skipped.
+    pub q_skip: u16,
+    /// [`ROLE_SERVER`] or [`ROLE_CLIENT`].
+    pub role: u8,
+    /// `CF_*` flags.
+    pub flags: u8,
+    /// Index of the oldest waiting request.
+    pub q_head: u8,
+    /// Waiting requests.
+    pub q_len: u8,
+    /// [`Method`] of the open response's request.
+    pub open_method: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 5],
+}
+
+/// A finished request, handed to [`Sink::record`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// Request's first byte → response's first byte, nanoseconds.
+    pub latency_ns: u64,
+    /// Request bytes (headers and body).
+    pub req_bytes: u64,
+    /// Response bytes (headers and body).
+    pub resp_bytes: u64,
+    /// Response status code.
+    pub status: u16,
+    /// [`Method`] as `u8`.
+    pub method: u8,
+}
+
+/// Where [`Conn`] reports finished requests and counters.
+pub trait Sink {
+    /// A request finished.
+    fn record(&mut self, conn: &Conn, done: &Completion);
+    /// Adds `n` to a self-metric counter.
+    fn add(&mut self, stat: Stat, n: u64);
+    /// Bumps a self-metric counter.
+    #[inline(always)]
+    fn stat(&mut self, stat: Stat) {
+        self.add(stat, 1);
+    }
+}
+
+/// Where [`Conn::step`] reads payload bytes from.
+pub trait Payload {
+    /// Copies `len` bytes (`1..=WINDOW`) starting at payload offset `off` into `dst`.
+    fn load(&mut self, off: u32, dst: &mut Scratch, len: u32) -> bool;
+}
+
+/// Window of payload bytes the parser reads from (a per-CPU map value in the kernel).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug)]
+pub struct Scratch {
+    /// The bytes; only the current window's length is meaningful.
+    pub bytes: [u8; WINDOW],
+}
+
+impl Scratch {
+    /// All zero.
+    pub const ZERO: Self = Self { bytes: [0; WINDOW] };
+
+    #[inline(always)]
+    fn byte(&self, off: u32) -> u8 {
+        self.bytes[off as usize & (WINDOW - 1)]
+    }
+
+    /// The 8 bytes at `off`, which must be a multiple of 8.
+    #[inline(always)]
+    fn word(&self, off: u32) -> u64 {
+        let o = off as usize & (WINDOW - 8);
+        // SAFETY: `o + 8 <= WINDOW`, and `o` is a multiple of 8 inside an 8-aligned struct.
+        unsafe { core::ptr::read(self.bytes.as_ptr().add(o).cast::<u64>()) }
+    }
+}
+
+/// One TCP segment being processed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Segment {
+    /// Arrival/departure time, nanoseconds (monotonic).
+    pub now_ns: u64,
+    /// Next payload offset to process.
+    pub pos: u32,
+    /// Payload length.
+    pub end: u32,
+    /// Payload offset of the scratch window.
+    pub win_start: u32,
+    /// Bytes in the scratch window.
+    pub win_len: u32,
+    /// Payload bytes before this offset have been accounted.
+    pub acct: u32,
+    /// `true` for received bytes (ingress), `false` for sent bytes (egress).
+    pub rx: bool,
+}
+
+impl Segment {
+    /// A segment of `len` payload bytes.
+    pub const fn new(rx: bool, len: u32, now_ns: u64) -> Self {
+        Self {
+            now_ns,
+            pos: 0,
+            end: len,
+            win_start: 0,
+            win_len: 0,
+            acct: 0,
+            rx,
+        }
+    }
+}
+
+/// What recognising the first bytes of a message found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// A request line with this [`Method`].
+    Request(Method),
+    /// A status line with this code.
+    Response(u16),
+}
+
+#[inline(always)]
+fn is_target_start(b: u8) -> bool {
+    b == b'/' || b == b'*' || b == b'[' || b.is_ascii_alphanumeric()
+}
+
+/// Recognises the start of a request (`METHOD target`) or response (`HTTP/1.x NNN`) in the
+/// first [`START_LEN`] bytes of a message.
+#[inline(always)]
+pub fn classify(h: &[u8; START_LEN]) -> Option<Start> {
+    let w = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let tok = |s: &[u8; 4]| u32::from_le_bytes(*s);
+    let (method, target) = if w == tok(b"GET ") {
+        (Method::Get, h[4])
+    } else if w == tok(b"POST") && h[4] == b' ' {
+        (Method::Post, h[5])
+    } else if w == tok(b"PUT ") {
+        (Method::Put, h[4])
+    } else if w == tok(b"HEAD") && h[4] == b' ' {
+        (Method::Head, h[5])
+    } else if w == tok(b"DELE") && h[4] == b'T' && h[5] == b'E' && h[6] == b' ' {
+        (Method::Delete, h[7])
+    } else if w == tok(b"PATC") && h[4] == b'H' && h[5] == b' ' {
+        (Method::Patch, h[6])
+    } else if w == tok(b"OPTI") && h[4] == b'O' && h[5] == b'N' && h[6] == b'S' && h[7] == b' ' {
+        (Method::Options, h[8])
+    } else if w == tok(b"CONN") && h[4] == b'E' && h[5] == b'C' && h[6] == b'T' && h[7] == b' ' {
+        (Method::Connect, h[8])
+    } else if w == tok(b"TRAC") && h[4] == b'E' && h[5] == b' ' {
+        (Method::Trace, h[6])
+    } else if w == tok(b"HTTP")
+        && h[4] == b'/'
+        && h[5] == b'1'
+        && h[6] == b'.'
+        && (h[7] == b'0' || h[7] == b'1')
+        && h[8] == b' '
+        && (b'1'..=b'5').contains(&h[9])
+        && h[10].is_ascii_digit()
+        && h[11].is_ascii_digit()
+    {
+        let status =
+            (h[9] - b'0') as u16 * 100 + (h[10] - b'0') as u16 * 10 + (h[11] - b'0') as u16;
+        return Some(Start::Response(status));
+    } else {
+        return None;
+    };
+    if is_target_start(target) {
+        Some(Start::Request(method))
+    } else {
+        None
+    }
+}
+
+/// Whether a segment whose payload starts with `h` (`len` bytes of it valid) may be the first
+/// of a request, so that tracking its connection is worthwhile. Segments shorter than
+/// [`START_LEN`] qualify when they are the beginning of a method token.
+#[inline(always)]
+pub fn opens_connection(h: &[u8; START_LEN], len: usize) -> bool {
+    if len >= START_LEN {
+        return matches!(classify(h), Some(Start::Request(_)));
+    }
+    // Method tokens, NUL-padded.
+    const TOKENS: [[u8; 8]; 9] = [
+        *b"GET \0\0\0\0",
+        *b"POST \0\0\0",
+        *b"PUT \0\0\0\0",
+        *b"HEAD \0\0\0",
+        *b"DELETE \0",
+        *b"PATCH \0\0",
+        *b"OPTIONS ",
+        *b"CONNECT ",
+        *b"TRACE \0\0",
+    ];
+    let mut t = 0;
+    while t < TOKENS.len() {
+        let tok = &TOKENS[t];
+        let mut same = len > 0;
+        let mut i = 0;
+        while i < 8 && i < len && tok[i] != 0 {
+            if h[i] != tok[i] {
+                same = false;
+            }
+            i += 1;
+        }
+        if same {
+            return true;
+        }
+        t += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn has_newline(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let x = w ^ (ONES * b'\n' as u64);
+    (x.wrapping_sub(ONES) & !x & HIGHS) != 0
+}
+
+#[inline(always)]
+fn hex_value(b: u8) -> Option<u64> {
+    match b {
+        b'0'..=b'9' => Some((b - b'0') as u64),
+        b'a'..=b'f' => Some((b - b'a' + 10) as u64),
+        b'A'..=b'F' => Some((b - b'A' + 10) as u64),
+        _ => None,
+    }
+}
+
+/// Result of feeding one byte to a stream's line-level parser.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ev {
+    /// Keep going.
+    More,
+    /// The header block (or trailer section) ended with this byte.
+    BlockEnd,
+    /// A chunk-size line ended: chunk data of `remaining` bytes follows (`remaining > 0`), or
+    /// this was the last chunk.
+    ChunkLine,
+    /// The bytes cannot be HTTP/1.x framing.
+    Bad,
+}
+
+impl Stream {
+    /// A message starts at this stream's next byte.
+    #[inline(always)]
+    fn reset_message(&mut self) {
+        self.mode = MODE_START;
+        self.sub = 0;
+        self.idx = 0;
+        self.remaining = 0;
+        self.stash_len = 0;
+        self.flags &= SF_SEQ;
+    }
+
+    #[inline(always)]
+    fn lose(&mut self) {
+        self.mode = MODE_LOST;
+        self.stash_len = 0;
+    }
+
+    /// One byte of a header block or trailer section.
+    #[inline(always)]
+    fn header_byte(&mut self, b: u8) -> Ev {
+        match self.sub {
+            HS_SKIP => {
+                if b == b'\n' {
+                    self.sub = HS_LINE_START;
+                }
+            }
+            HS_LINE_START => {
+                let l = b | 0x20;
+                if b == b'\r' {
+                    self.sub = HS_END_CR;
+                } else if b == b'\n' {
+                    return Ev::BlockEnd;
+                } else if self.mode == MODE_HEADERS && l == b'c' {
+                    self.sub = HS_NAME_CL;
+                    self.idx = 1;
+                } else if self.mode == MODE_HEADERS && l == b't' {
+                    self.sub = HS_NAME_TE;
+                    self.idx = 1;
+                } else {
+                    self.sub = HS_SKIP;
+                }
+            }
+            HS_END_CR => {
+                if b == b'\n' {
+                    return Ev::BlockEnd;
+                }
+                self.sub = HS_SKIP;
+            }
+            HS_NAME_CL | HS_NAME_TE => {
+                let idx = self.idx as usize;
+                let (expected, len) = if self.sub == HS_NAME_CL {
+                    (
+                        CONTENT_LENGTH.get(idx).copied().unwrap_or(b':'),
+                        CONTENT_LENGTH.len(),
+                    )
+                } else {
+                    (
+                        TRANSFER_ENCODING.get(idx).copied().unwrap_or(b':'),
+                        TRANSFER_ENCODING.len(),
+                    )
+                };
+                if b == b'\n' {
+                    self.sub = HS_LINE_START;
+                } else if idx < len && (b | 0x20) == expected {
+                    self.idx += 1;
+                } else if idx == len && b == b':' {
+                    self.idx = 0;
+                    if self.sub == HS_NAME_CL {
+                        self.sub = HS_VALUE_CL;
+                        if self.flags & SF_CL != 0 {
+                            // A second Content-Length: framing is ambiguous (RFC 9112 §6.3).
+                            self.flags |= SF_BAD;
+                        }
+                        self.flags |= SF_CL;
+                        self.remaining = 0;
+                    } else {
+                        self.sub = HS_VALUE_TE;
+                    }
+                } else {
+                    self.sub = HS_SKIP;
+                }
+            }
+            HS_VALUE_CL => {
+                if b.is_ascii_digit() {
+                    if self.remaining < MAX_LENGTH {
+                        self.remaining = self.remaining * 10 + (b - b'0') as u64;
+                    } else {
+                        self.flags |= SF_BAD;
+                    }
+                    self.idx = 1;
+                } else if b == b'\n' {
+                    if self.idx == 0 {
+                        self.flags |= SF_BAD;
+                    }
+                    self.sub = HS_LINE_START;
+                } else if b == b' ' || b == b'\t' || b == b'\r' {
+                    // Optional whitespace around the value.
+                } else {
+                    self.flags |= SF_BAD;
+                    self.sub = HS_SKIP;
+                }
+            }
+            _ => {
+                // HS_VALUE_TE: look for `chunked` anywhere in the value.
+                let idx = self.idx as usize;
+                let l = b | 0x20;
+                if b == b'\n' {
+                    self.sub = HS_LINE_START;
+                } else if idx < CHUNKED.len() && l == CHUNKED[idx] {
+                    self.idx += 1;
+                    if self.idx as usize == CHUNKED.len() {
+                        self.flags |= SF_CHUNKED;
+                        self.sub = HS_SKIP;
+                    }
+                } else {
+                    self.idx = (l == b'c') as u8;
+                }
+            }
+        }
+        Ev::More
+    }
+
+    /// One byte of a chunk-size line or of the CRLF that ends chunk data.
+    #[inline(always)]
+    fn chunk_byte(&mut self, b: u8) -> Ev {
+        match self.sub {
+            CS_DATA_CR => {
+                if b != b'\r' {
+                    return Ev::Bad;
+                }
+                self.sub = CS_DATA_LF;
+            }
+            CS_DATA_LF => {
+                if b != b'\n' {
+                    return Ev::Bad;
+                }
+                self.sub = CS_HEX;
+                self.idx = 0;
+                self.remaining = 0;
+            }
+            CS_HEX => {
+                if let Some(d) = hex_value(b) {
+                    if self.remaining >= MAX_LENGTH {
+                        return Ev::Bad;
+                    }
+                    self.remaining = self.remaining * 16 + d;
+                    self.idx = 1;
+                } else if b == b'\n' {
+                    return if self.idx == 0 {
+                        Ev::Bad
+                    } else {
+                        Ev::ChunkLine
+                    };
+                } else if b == b';' || b == b' ' || b == b'\t' || b == b'\r' {
+                    if self.idx == 0 {
+                        return Ev::Bad;
+                    }
+                    self.sub = CS_EXT;
+                } else {
+                    return Ev::Bad;
+                }
+            }
+            _ => {
+                // CS_EXT: chunk extensions, ignored up to the end of the line.
+                if b == b'\n' {
+                    return Ev::ChunkLine;
+                }
+            }
+        }
+        Ev::More
+    }
+}
+
+impl Conn {
+    /// Starts tracking a connection whose first request was just seen. `self` must be zeroed.
+    pub fn init(&mut self, role: u8, cgroup_id: u64, addr: [u8; 16], port: u16, now_ns: u64) {
+        self.role = role;
+        self.cgroup_id = cgroup_id;
+        self.addr = addr;
+        self.port = port;
+        self.last_ns = now_ns;
+    }
+
+    /// Whether this connection stopped being HTTP/1.x (protocol upgrade or tunnel).
+    pub fn ignored(&self) -> bool {
+        self.flags & CF_IGNORE != 0
+    }
+
+    /// Requests waiting for a response.
+    pub fn waiting(&self) -> u32 {
+        self.q_len as u32 + self.q_skip as u32
+    }
+
+    #[inline(always)]
+    fn is_request_stream(&self, rx: bool) -> bool {
+        (self.role == ROLE_SERVER) == rx
+    }
+
+    #[inline(always)]
+    fn stream(&mut self, rx: bool) -> &mut Stream {
+        if rx { &mut self.rx } else { &mut self.tx }
+    }
+
+    /// Starts a segment: sequence-number bookkeeping. Returns whether [`Conn::step`] has payload
+    /// to look at. `seg.end` is the payload length; `seq` the TCP sequence number of its first
+    /// byte (of the SYN if `syn`).
+    pub fn begin<S: Sink>(&mut self, seg: &mut Segment, seq: u32, syn: bool, sink: &mut S) -> bool {
+        if self.flags & CF_IGNORE != 0 {
+            return false;
+        }
+        let len = seg.end;
+        let st = self.stream(seg.rx);
+        let seq = if syn {
+            st.flags |= SF_SEQ;
+            st.next_seq = seq.wrapping_add(1);
+            seq.wrapping_add(1)
+        } else {
+            seq
+        };
+        if len == 0 {
+            return false;
+        }
+        if st.flags & SF_SEQ == 0 {
+            st.flags |= SF_SEQ;
+            st.next_seq = seq;
+        }
+        let d = seq.wrapping_sub(st.next_seq) as i32;
+        if d > 0 {
+            sink.stat(Stat::SeqGaps);
+            st.lose();
+            st.next_seq = seq.wrapping_add(len);
+        } else if d < 0 {
+            let dup = d.unsigned_abs();
+            sink.stat(Stat::Retransmits);
+            if dup >= len {
+                seg.pos = len;
+                seg.acct = len;
+                return false;
+            }
+            seg.pos = dup;
+            seg.acct = dup;
+            st.next_seq = seq.wrapping_add(len);
+        } else {
+            st.next_seq = seq.wrapping_add(len);
+        }
+        self.last_ns = seg.now_ns;
+        sink.stat(Stat::PayloadPackets);
+        let st = self.stream(seg.rx);
+        if st.mode == MODE_LOST && seg.pos == 0 {
+            st.reset_message();
+            st.flags |= SF_RESYNC;
+        }
+        st.mode != MODE_LOST
+    }
+
+    /// Processes a few bytes of the segment. Returns `false` when the segment is done.
+    #[inline(always)]
+    pub fn step<P: Payload, S: Sink>(
+        &mut self,
+        seg: &mut Segment,
+        scratch: &mut Scratch,
+        payload: &mut P,
+        sink: &mut S,
+    ) -> bool {
+        if seg.pos >= seg.end || self.flags & CF_IGNORE != 0 {
+            return false;
+        }
+        let req = self.is_request_stream(seg.rx);
+        let mode = self.stream(seg.rx).mode;
+        match mode {
+            MODE_BODY | MODE_CHUNK_DATA => {
+                let st = self.stream(seg.rx);
+                let avail = (seg.end - seg.pos) as u64;
+                let n = if st.remaining < avail {
+                    st.remaining
+                } else {
+                    avail
+                };
+                seg.pos += n as u32;
+                st.remaining -= n;
+                if st.remaining == 0 {
+                    if mode == MODE_BODY {
+                        self.message_end(seg, req, sink);
+                    } else {
+                        st.mode = MODE_CHUNK_SIZE;
+                        st.sub = CS_DATA_CR;
+                    }
+                }
+                true
+            }
+            MODE_START => self.start(seg, scratch, payload, sink, req),
+            MODE_HEADERS | MODE_TRAILER | MODE_CHUNK_SIZE => {
+                if !Self::window(seg, scratch, payload, sink, 1) {
+                    self.stream(seg.rx).lose();
+                    return false;
+                }
+                self.scan(seg, scratch, sink, req);
+                true
+            }
+            _ => {
+                // MODE_UNTIL_CLOSE, MODE_LOST: nothing to parse, bytes are only counted.
+                seg.pos = seg.end;
+                false
+            }
+        }
+    }
+
+    /// Finishes a segment: byte accounting, FIN, step budget.
+    pub fn end<S: Sink>(&mut self, seg: &mut Segment, fin: bool, sink: &mut S) {
+        let req = self.is_request_stream(seg.rx);
+        if seg.pos < seg.end && self.flags & CF_IGNORE == 0 {
+            let st = self.stream(seg.rx);
+            if st.mode != MODE_LOST && st.mode != MODE_UNTIL_CLOSE {
+                sink.stat(Stat::StepBudget);
+                st.lose();
+            }
+            seg.pos = seg.end;
+        }
+        self.account(seg, req);
+        if fin && !req && self.flags & CF_OPEN != 0 {
+            // The responder closed: a body delimited by the close is complete.
+            self.complete(sink);
+            self.stream(seg.rx).lose();
+        }
+    }
+
+    /// The socket is going away: records the open response, counts unanswered requests.
+    pub fn release<S: Sink>(&mut self, sink: &mut S) {
+        if self.flags & CF_OPEN != 0 {
+            self.complete(sink);
+        }
+        let waiting = self.waiting();
+        if waiting > 0 {
+            sink.add(Stat::Unanswered, waiting as u64);
+        }
+    }
+
+    /// Makes sure the scratch window holds the byte at `seg.pos` and, where the segment has
+    /// them, `want - 1` more.
+    #[inline(always)]
+    fn window<P: Payload, S: Sink>(
+        seg: &mut Segment,
+        scratch: &mut Scratch,
+        payload: &mut P,
+        sink: &mut S,
+        want: u32,
+    ) -> bool {
+        let win_end = seg.win_start + seg.win_len;
+        if seg.pos >= seg.win_start
+            && seg.pos < win_end
+            && (win_end - seg.pos >= want || win_end >= seg.end)
+        {
+            return true;
+        }
+        let left = seg.end - seg.pos;
+        let len = if left < WINDOW as u32 {
+            left
+        } else {
+            WINDOW as u32
+        };
+        if len == 0 || !payload.load(seg.pos, scratch, len) {
+            sink.stat(Stat::LoadErrors);
+            return false;
+        }
+        seg.win_start = seg.pos;
+        seg.win_len = len;
+        true
+    }
+
+    /// Adds the bytes since the last accounting to the message they belong to.
+    #[inline(always)]
+    fn account(&mut self, seg: &mut Segment, req: bool) {
+        let n = seg.pos.wrapping_sub(seg.acct) as u64;
+        seg.acct = seg.pos;
+        if req {
+            self.req_acc += n;
+        } else if self.flags & CF_OPEN != 0 {
+            self.open_resp_bytes += n;
+        }
+    }
+
+    /// A message starts at `seg.pos`: recognise it (possibly with bytes stashed from the
+    /// previous segment).
+    fn start<P: Payload, S: Sink>(
+        &mut self,
+        seg: &mut Segment,
+        scratch: &mut Scratch,
+        payload: &mut P,
+        sink: &mut S,
+        req: bool,
+    ) -> bool {
+        if !Self::window(seg, scratch, payload, sink, START_LEN as u32) {
+            self.stream(seg.rx).lose();
+            return false;
+        }
+        let avail = seg.win_start + seg.win_len - seg.pos;
+        let off = seg.pos - seg.win_start;
+        let st = self.stream(seg.rx);
+        let have = st.stash_len as usize;
+        let mut head = [0u8; START_LEN];
+        let mut i = 0;
+        while i < START_LEN {
+            if i < have {
+                head[i] = st.stash[i];
+            } else if ((i - have) as u32) < avail {
+                head[i] = scratch.byte(off + (i - have) as u32);
+            }
+            i += 1;
+        }
+        let need = START_LEN.saturating_sub(have) as u32;
+        if avail < need {
+            // The segment ends inside the first bytes: keep them for the next segment.
+            if have == 0 {
+                st.start_ns = seg.now_ns;
+            }
+            st.stash = head;
+            st.stash_len = (have as u32 + avail) as u8;
+            // Stashed bytes are accounted once the message they start is known.
+            self.account(seg, req);
+            seg.pos += avail;
+            seg.acct = seg.pos;
+            return false;
+        }
+        let start_ns = if have > 0 { st.start_ns } else { seg.now_ns };
+        let resync = st.flags & SF_RESYNC != 0;
+        st.stash_len = 0;
+        // Bytes before this message belong to the previous one; this message's bytes are
+        // accounted from here on.
+        self.account(seg, req);
+        seg.pos += need;
+        let found = classify(&head);
+        let accepted = match found {
+            Some(Start::Request(m)) if req => {
+                self.req_acc += have as u64;
+                self.request_start(m, start_ns, sink);
+                true
+            }
+            Some(Start::Response(status)) if !req && (!resync || self.waiting() > 0) => {
+                self.response_start(status, have as u64, start_ns, sink);
+                true
+            }
+            _ => false,
+        };
+        let st = self.stream(seg.rx);
+        if accepted {
+            st.mode = MODE_HEADERS;
+            st.sub = HS_SKIP;
+            st.idx = 0;
+            st.remaining = 0;
+            st.flags &= SF_SEQ;
+            if let Some(Start::Response(status)) = found {
+                st.status = status;
+            }
+            true
+        } else {
+            if !resync {
+                sink.stat(Stat::SyncLost);
+            }
+            st.lose();
+            false
+        }
+    }
+
+    fn request_start<S: Sink>(&mut self, method: Method, ts: u64, sink: &mut S) {
+        if self.q_skip > 0 || self.q_len as usize >= QUEUE_DEPTH {
+            self.q_skip = self.q_skip.saturating_add(1);
+            sink.stat(Stat::PipelineOverflow);
+            return;
+        }
+        let i = (self.q_head as usize + self.q_len as usize) & (QUEUE_DEPTH - 1);
+        self.q_ts[i] = ts;
+        self.q_method[i] = method as u8;
+        self.q_bytes[i] = 0;
+        self.q_len += 1;
+    }
+
+    fn response_start<S: Sink>(&mut self, status: u16, stashed: u64, ts: u64, sink: &mut S) {
+        if status < 200 && status != 101 {
+            // Interim response (100 Continue, 103 Early Hints): the request still waits.
+            return;
+        }
+        if self.flags & CF_OPEN != 0 {
+            // The previous response's end was not seen (lost stream); it ends here.
+            self.complete(sink);
+        }
+        if self.q_len > 0 {
+            let i = self.q_head as usize & (QUEUE_DEPTH - 1);
+            self.open_latency_ns = ts.saturating_sub(self.q_ts[i]);
+            self.open_method = self.q_method[i];
+            self.open_req_bytes = self.q_bytes[i] as u64;
+            self.open_status = status;
+            self.open_resp_bytes = stashed;
+            self.flags |= CF_OPEN;
+            self.q_head = ((i + 1) & (QUEUE_DEPTH - 1)) as u8;
+            self.q_len -= 1;
+        } else if self.q_skip > 0 {
+            self.q_skip -= 1;
+        } else {
+            sink.stat(Stat::OrphanResponses);
+        }
+    }
+
+    /// Records the open response.
+    fn complete<S: Sink>(&mut self, sink: &mut S) {
+        if self.flags & CF_OPEN == 0 {
+            return;
+        }
+        self.flags &= !CF_OPEN;
+        let mut req_bytes = self.open_req_bytes;
+        if self.q_len == 0 {
+            // Request bytes seen after their request was answered (e.g. a body the server did
+            // not wait for) belong here when nothing else waits.
+            req_bytes += self.req_acc;
+            self.req_acc = 0;
+        }
+        let done = Completion {
+            latency_ns: self.open_latency_ns,
+            req_bytes,
+            resp_bytes: self.open_resp_bytes,
+            status: self.open_status,
+            method: self.open_method,
+        };
+        sink.record(self, &done);
+    }
+
+    /// The message on this stream ended at `seg.pos`; a response is recorded.
+    fn message_end<S: Sink>(&mut self, seg: &mut Segment, req: bool, sink: &mut S) {
+        self.account(seg, req);
+        self.stream(seg.rx).reset_message();
+        if !req {
+            self.complete(sink);
+        } else {
+            if self.q_len > 0 && self.q_skip == 0 {
+                let i = (self.q_head as usize + self.q_len as usize - 1) & (QUEUE_DEPTH - 1);
+                self.q_bytes[i] = self.q_bytes[i].saturating_add(self.req_acc as u32);
+                self.req_acc = 0;
+            } else if self.flags & CF_OPEN != 0 {
+                self.open_req_bytes += self.req_acc;
+                self.req_acc = 0;
+            }
+        }
+    }
+
+    /// Feeds header / chunk-size bytes from the scratch window: a whole 8-byte word when
+    /// skipping a header line that does not end in it, else up to 8 single bytes.
+    #[inline(always)]
+    fn scan<S: Sink>(&mut self, seg: &mut Segment, scratch: &Scratch, sink: &mut S, req: bool) {
+        let win_end = seg.win_start + seg.win_len;
+        let mut off = seg.pos - seg.win_start;
+        let st = self.stream(seg.rx);
+        if st.mode != MODE_CHUNK_SIZE && st.sub == HS_SKIP {
+            // Skip whole words without a line feed (most header bytes).
+            let mut k = 0;
+            while k < 4 && off & 7 == 0 && seg.pos + 8 <= win_end {
+                if has_newline(scratch.word(off)) {
+                    break;
+                }
+                seg.pos += 8;
+                off += 8;
+                k += 1;
+            }
+            if k > 0 {
+                return;
+            }
+        }
+        let mut ev = Ev::More;
+        let mut k = 0;
+        while k < 8 && seg.pos < win_end {
+            let b = scratch.byte(off);
+            seg.pos += 1;
+            off += 1;
+            k += 1;
+            ev = if st.mode == MODE_CHUNK_SIZE {
+                st.chunk_byte(b)
+            } else {
+                st.header_byte(b)
+            };
+            if ev != Ev::More {
+                break;
+            }
+        }
+        match ev {
+            Ev::More => {}
+            Ev::Bad => {
+                sink.stat(Stat::SyncLost);
+                st.lose();
+            }
+            Ev::ChunkLine => {
+                if st.remaining == 0 {
+                    st.mode = MODE_TRAILER;
+                    st.sub = HS_LINE_START;
+                } else {
+                    st.mode = MODE_CHUNK_DATA;
+                }
+            }
+            Ev::BlockEnd => {
+                if st.mode == MODE_TRAILER {
+                    self.message_end(seg, req, sink);
+                } else {
+                    self.headers_end(seg, req, sink);
+                }
+            }
+        }
+    }
+
+    /// The header block of the current message ended at `seg.pos`: choose how its body is
+    /// delimited (RFC 9112 §6.3).
+    fn headers_end<S: Sink>(&mut self, seg: &mut Segment, req: bool, sink: &mut S) {
+        let open = self.flags & CF_OPEN != 0;
+        let open_method = self.open_method;
+        let st = self.stream(seg.rx);
+        if st.flags & SF_BAD != 0 {
+            sink.stat(Stat::SyncLost);
+            st.lose();
+            return;
+        }
+        let chunked = st.flags & SF_CHUNKED != 0;
+        let has_cl = st.flags & SF_CL != 0;
+        if !req {
+            let status = st.status;
+            if status < 200 && status != 101 {
+                st.reset_message();
+                return;
+            }
+            let tunnel = status == 101
+                || (open && open_method == Method::Connect as u8 && (200..300).contains(&status));
+            if tunnel {
+                self.message_end(seg, req, sink);
+                self.flags |= CF_IGNORE;
+                sink.stat(Stat::Upgrades);
+                return;
+            }
+            if (open && open_method == Method::Head as u8) || status == 204 || status == 304 {
+                self.message_end(seg, req, sink);
+                return;
+            }
+        }
+        if chunked {
+            st.mode = MODE_CHUNK_SIZE;
+            st.sub = CS_HEX;
+            st.idx = 0;
+            st.remaining = 0;
+        } else if has_cl && st.remaining > 0 {
+            st.mode = MODE_BODY;
+        } else if req || has_cl {
+            self.message_end(seg, req, sink);
+        } else {
+            st.mode = MODE_UNTIL_CLOSE;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,290 @@
+//! Keys and values of the eBPF maps, and their names and default sizes.
+//!
+//! Every type is `#[repr(C)]`, `Copy` and has no implicit padding, so the kernel and user space
+//! agree on the bytes. With the `user` feature the types implement [`aya::Pod`].
+
+use crate::hist::HIST_SLOTS;
+
+/// Name of the per-CPU hash map of [`EndpointKey`] → [`EndpointStats`].
+pub const ENDPOINTS_MAP: &str = "ENDPOINTS";
+/// Name of the hash map of socket cookie → [`crate::http::Conn`].
+pub const SOCKETS_MAP: &str = "SOCKETS";
+/// Name of the per-CPU array of self-metric counters, indexed by [`Stat`].
+pub const STATS_MAP: &str = "STATS";
+
+/// Default bound of [`ENDPOINTS_MAP`]: distinct (cgroup, direction, endpoint, method, status).
+/// Entries are allocated on first use (`BPF_F_NO_PREALLOC`), so memory follows real use:
+/// `size_of::<EndpointStats>()` (≈1.8 KiB) per entry per possible CPU.
+pub const DEFAULT_MAX_ENDPOINTS: u32 = 16_384;
+/// Default bound of [`SOCKETS_MAP`]: HTTP connections tracked at once (≈370 B each, allocated
+/// on first use).
+pub const DEFAULT_MAX_SOCKETS: u32 = 65_536;
+
+/// Which side of the connection the monitored cgroup is on.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// The cgroup's process is the server: requests come in, responses go out. The endpoint is
+    /// the local (listening) address.
+    Inbound = 0,
+    /// The cgroup's process is the client: requests go out, responses come in. The endpoint is
+    /// the remote address.
+    Outbound = 1,
+}
+
+impl Direction {
+    /// Decodes the byte stored in [`EndpointKey::direction`].
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Inbound),
+            1 => Some(Self::Outbound),
+            _ => None,
+        }
+    }
+
+    /// Short lowercase name: `in` or `out`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "in",
+            Self::Outbound => "out",
+        }
+    }
+}
+
+/// HTTP request method, as stored in [`EndpointKey::method`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Method {
+    /// Any method not listed below (the OpenTelemetry `_OTHER`).
+    Other = 0,
+    /// `GET`
+    Get = 1,
+    /// `HEAD`
+    Head = 2,
+    /// `POST`
+    Post = 3,
+    /// `PUT`
+    Put = 4,
+    /// `DELETE`
+    Delete = 5,
+    /// `CONNECT`
+    Connect = 6,
+    /// `OPTIONS`
+    Options = 7,
+    /// `TRACE`
+    Trace = 8,
+    /// `PATCH`
+    Patch = 9,
+}
+
+impl Method {
+    /// Decodes the byte stored in [`EndpointKey::method`]; unknown values are [`Method::Other`].
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Get,
+            2 => Self::Head,
+            3 => Self::Post,
+            4 => Self::Put,
+            5 => Self::Delete,
+            6 => Self::Connect,
+            7 => Self::Options,
+            8 => Self::Trace,
+            9 => Self::Patch,
+            _ => Self::Other,
+        }
+    }
+
+    /// The method token (`_OTHER` for [`Method::Other`], as OpenTelemetry spells it).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Other => "_OTHER",
+            Self::Get => "GET",
+            Self::Head => "HEAD",
+            Self::Post => "POST",
+            Self::Put => "PUT",
+            Self::Delete => "DELETE",
+            Self::Connect => "CONNECT",
+            Self::Options => "OPTIONS",
+            Self::Trace => "TRACE",
+            Self::Patch => "PATCH",
+        }
+    }
+}
+
+/// Key of [`ENDPOINTS_MAP`]: one histogram per (cgroup, direction, endpoint, method, status).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointKey {
+    /// cgroup v2 id (inode number) of the socket's cgroup: the cgroup a program is attached to
+    /// or one of its descendants.
+    pub cgroup_id: u64,
+    /// Endpoint address: IPv6, or IPv4 as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
+    pub addr: [u8; 16],
+    /// Endpoint port, host byte order.
+    pub port: u16,
+    /// HTTP status code of the response (100–599).
+    pub status: u16,
+    /// [`Direction`] as `u8`.
+    pub direction: u8,
+    /// [`Method`] as `u8`.
+    pub method: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 2],
+}
+
+/// Value of [`ENDPOINTS_MAP`] (one per CPU): cumulative counters since the entry was created.
+///
+/// `buckets` are `u32` to halve the map's memory; they wrap after 2^32 requests in one bucket on
+/// one CPU, which user space handles by reading them far more often than that (deltas are taken
+/// with wrapping arithmetic).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EndpointStats {
+    /// Completed requests.
+    pub count: u64,
+    /// Sum of their latencies, nanoseconds.
+    pub latency_sum_ns: u64,
+    /// Request bytes (headers and body, as TCP payload, retransmissions excluded).
+    pub req_bytes: u64,
+    /// Response bytes (headers and body).
+    pub resp_bytes: u64,
+    /// Latency histogram, see [`crate::hist`].
+    pub buckets: [u32; HIST_SLOTS],
+}
+
+impl EndpointStats {
+    /// All zero.
+    pub const ZERO: Self = Self {
+        count: 0,
+        latency_sum_ns: 0,
+        req_bytes: 0,
+        resp_bytes: 0,
+        buckets: [0; HIST_SLOTS],
+    };
+}
+
+/// Self-metric counters in [`STATS_MAP`] (per CPU, summed by user space).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Packets the `cgroup_skb` programs ran on.
+    Packets = 0,
+    /// Packets with TCP payload on a tracked HTTP connection.
+    PayloadPackets,
+    /// HTTP connections whose tracking started.
+    ConnsOpened,
+    /// Tracked connections removed at socket release.
+    ConnsClosed,
+    /// A connection could not be tracked: [`SOCKETS_MAP`] was full.
+    SocketsMapFull,
+    /// A completed request could not be recorded: [`ENDPOINTS_MAP`] was full.
+    EndpointsMapFull,
+    /// Requests completed and recorded.
+    Requests,
+    /// Requests beyond the pipelining queue depth; not recorded.
+    PipelineOverflow,
+    /// Responses with no request waiting for them (e.g. tracking began mid-connection).
+    OrphanResponses,
+    /// Requests still unanswered when their socket was released.
+    Unanswered,
+    /// The byte stream stopped looking like HTTP/1.x where a message had to start; the stream
+    /// waits for a segment that starts with a message.
+    SyncLost,
+    /// Bytes were missing (a sequence gap); the stream resynchronises as for `SyncLost`.
+    SeqGaps,
+    /// Segments (or parts) seen twice, skipped.
+    Retransmits,
+    /// A segment needed more parser steps than the per-packet budget; the stream resynchronises.
+    StepBudget,
+    /// `bpf_skb_load_bytes` failed.
+    LoadErrors,
+    /// Connections that switched protocol (101, CONNECT tunnel) and are no longer parsed.
+    Upgrades,
+}
+
+/// Number of [`Stat`] counters (size of [`STATS_MAP`]).
+pub const STAT_COUNT: u32 = Stat::Upgrades as u32 + 1;
+
+impl Stat {
+    /// Every counter, in index order.
+    pub const ALL: [Stat; STAT_COUNT as usize] = [
+        Stat::Packets,
+        Stat::PayloadPackets,
+        Stat::ConnsOpened,
+        Stat::ConnsClosed,
+        Stat::SocketsMapFull,
+        Stat::EndpointsMapFull,
+        Stat::Requests,
+        Stat::PipelineOverflow,
+        Stat::OrphanResponses,
+        Stat::Unanswered,
+        Stat::SyncLost,
+        Stat::SeqGaps,
+        Stat::Retransmits,
+        Stat::StepBudget,
+        Stat::LoadErrors,
+        Stat::Upgrades,
+    ];
+
+    /// snake_case name, used for metric labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stat::Packets => "packets",
+            Stat::PayloadPackets => "payload_packets",
+            Stat::ConnsOpened => "conns_opened",
+            Stat::ConnsClosed => "conns_closed",
+            Stat::SocketsMapFull => "sockets_map_full",
+            Stat::EndpointsMapFull => "endpoints_map_full",
+            Stat::Requests => "requests",
+            Stat::PipelineOverflow => "pipeline_overflow",
+            Stat::OrphanResponses => "orphan_responses",
+            Stat::Unanswered => "unanswered",
+            Stat::SyncLost => "sync_lost",
+            Stat::SeqGaps => "seq_gaps",
+            Stat::Retransmits => "retransmits",
+            Stat::StepBudget => "step_budget",
+            Stat::LoadErrors => "load_errors",
+            Stat::Upgrades => "upgrades",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` data without padding or pointers; any bit pattern is valid.
+    unsafe impl aya::Pod for super::EndpointKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EndpointStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::http::Conn {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{align_of, size_of};
+
+    use super::*;
+    use crate::http::Conn;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<EndpointKey>(), 32);
+        assert_eq!(size_of::<EndpointStats>(), 32 + 4 * HIST_SLOTS);
+        assert_eq!(size_of::<EndpointStats>() % 8, 0);
+        assert_eq!(align_of::<Conn>(), 8);
+        assert_eq!(size_of::<Conn>() % 8, 0);
+    }
+
+    #[test]
+    fn enums_round_trip() {
+        for (i, s) in Stat::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i);
+        }
+        for v in 0..=9u8 {
+            assert_eq!(Method::from_u8(v) as u8, v);
+        }
+        assert_eq!(Method::from_u8(200), Method::Other);
+        assert_eq!(Direction::from_u8(1), Some(Direction::Outbound));
+        assert_eq!(Direction::from_u8(2), None);
+    }
+}

@@ -1,0 +1,2 @@
+#![no_std]
+// This file exists to enable the library target (the agent's build-dependency on this crate).
