@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, fs::File, io, os::fd::OwnedFd, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, cgroup_skb::CgroupSkbLinkId,
         cgroup_sock::CgroupSockLinkId,
@@ -215,7 +215,7 @@ impl Kite {
             action: "attaching",
             program,
             cgroup: cgroup.path.clone(),
-            source,
+            source: Box::new(source),
         };
         let ingress = skb(&mut self.ebpf, INGRESS)?
             .attach(&dir, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
@@ -308,19 +308,14 @@ impl Kite {
 
     /// Every endpoint histogram, summed over CPUs.
     pub fn endpoints(&self) -> Result<Vec<(EndpointKey, RawStats)>, Error> {
-        let map = self.endpoint_map()?;
+        let map: PerCpuHashMap<&MapData, EndpointKey, EndpointStats> = self.map(ENDPOINTS_MAP)?;
         let mut out = Vec::new();
         for item in map.iter() {
             match item {
                 Ok((k, v)) => out.push((k, RawStats::sum(v.iter()))),
                 // A key removed between get_next_key and lookup: skip it.
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(e) => {
-                    return Err(Error::Map {
-                        map: ENDPOINTS_MAP,
-                        source: e,
-                    });
-                }
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_error(ENDPOINTS_MAP)(e)),
             }
         }
         Ok(out)
@@ -332,21 +327,8 @@ impl Kite {
         &mut self,
         drop: impl Fn(&EndpointKey) -> bool,
     ) -> Result<usize, Error> {
-        let map_err = |source| Error::Map {
-            map: ENDPOINTS_MAP,
-            source,
-        };
-        let mut map: PerCpuHashMap<&mut MapData, EndpointKey, EndpointStats> = self
-            .ebpf
-            .map_mut(ENDPOINTS_MAP)
-            .ok_or(Error::Map {
-                map: ENDPOINTS_MAP,
-                source: aya::maps::MapError::InvalidName {
-                    name: ENDPOINTS_MAP.into(),
-                },
-            })?
-            .try_into()
-            .map_err(map_err)?;
+        let mut map: PerCpuHashMap<&mut MapData, EndpointKey, EndpointStats> =
+            self.map_mut(ENDPOINTS_MAP)?;
         let doomed: Vec<EndpointKey> = map
             .keys()
             .filter_map(Result::ok)
@@ -360,20 +342,7 @@ impl Kite {
 
     /// The tracked connections (socket cookie, state).
     pub fn sockets(&self) -> Result<Vec<(u64, Conn)>, Error> {
-        let map: BpfHashMap<&MapData, u64, Conn> = self
-            .ebpf
-            .map(SOCKETS_MAP)
-            .ok_or(Error::Map {
-                map: SOCKETS_MAP,
-                source: aya::maps::MapError::InvalidName {
-                    name: SOCKETS_MAP.into(),
-                },
-            })?
-            .try_into()
-            .map_err(|source| Error::Map {
-                map: SOCKETS_MAP,
-                source,
-            })?;
+        let map: BpfHashMap<&MapData, u64, Conn> = self.map(SOCKETS_MAP)?;
         Ok(map.iter().filter_map(Result::ok).collect())
     }
 
@@ -386,20 +355,7 @@ impl Kite {
             .filter(|(k, c)| drop(*k, c))
             .map(|(k, _)| k)
             .collect();
-        let mut map: BpfHashMap<&mut MapData, u64, Conn> = self
-            .ebpf
-            .map_mut(SOCKETS_MAP)
-            .ok_or(Error::Map {
-                map: SOCKETS_MAP,
-                source: aya::maps::MapError::InvalidName {
-                    name: SOCKETS_MAP.into(),
-                },
-            })?
-            .try_into()
-            .map_err(|source| Error::Map {
-                map: SOCKETS_MAP,
-                source,
-            })?;
+        let mut map: BpfHashMap<&mut MapData, u64, Conn> = self.map_mut(SOCKETS_MAP)?;
         for k in &doomed {
             let _ = map.remove(k);
         }
@@ -408,24 +364,10 @@ impl Kite {
 
     /// Self-metric counters, summed over CPUs, indexed by [`Stat`].
     pub fn counters(&self) -> Result<[u64; STAT_COUNT as usize], Error> {
-        let map_err = |source| Error::Map {
-            map: STATS_MAP,
-            source,
-        };
-        let map: PerCpuArray<&MapData, u64> = self
-            .ebpf
-            .map(STATS_MAP)
-            .ok_or(Error::Map {
-                map: STATS_MAP,
-                source: aya::maps::MapError::InvalidName {
-                    name: STATS_MAP.into(),
-                },
-            })?
-            .try_into()
-            .map_err(map_err)?;
+        let map: PerCpuArray<&MapData, u64> = self.map(STATS_MAP)?;
         let mut out = [0u64; STAT_COUNT as usize];
         for s in Stat::ALL {
-            let v = map.get(&(s as u32), 0).map_err(map_err)?;
+            let v = map.get(&(s as u32), 0).map_err(map_error(STATS_MAP))?;
             out[s as usize] = v.iter().sum();
         }
         Ok(out)
@@ -448,21 +390,34 @@ impl Kite {
         out
     }
 
-    fn endpoint_map(&self) -> Result<PerCpuHashMap<&MapData, EndpointKey, EndpointStats>, Error> {
-        self.ebpf
-            .map(ENDPOINTS_MAP)
-            .ok_or(Error::Map {
-                map: ENDPOINTS_MAP,
-                source: aya::maps::MapError::InvalidName {
-                    name: ENDPOINTS_MAP.into(),
-                },
-            })?
-            .try_into()
-            .map_err(|source| Error::Map {
-                map: ENDPOINTS_MAP,
-                source,
-            })
+    /// A map of the object, typed.
+    fn map<'a, T>(&'a self, name: &'static str) -> Result<T, Error>
+    where
+        T: TryFrom<&'a Map, Error = MapError>,
+    {
+        let map = self.ebpf.map(name).ok_or_else(|| missing_map(name))?;
+        T::try_from(map).map_err(map_error(name))
     }
+
+    /// A map of the object, typed, writable.
+    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, Error>
+    where
+        T: TryFrom<&'a mut Map, Error = MapError>,
+    {
+        let map = self.ebpf.map_mut(name).ok_or_else(|| missing_map(name))?;
+        T::try_from(map).map_err(map_error(name))
+    }
+}
+
+fn map_error(map: &'static str) -> impl Fn(MapError) -> Error {
+    move |source| Error::Map {
+        map,
+        source: Box::new(source),
+    }
+}
+
+fn missing_map(name: &'static str) -> Error {
+    map_error(name)(MapError::InvalidName { name: name.into() })
 }
 
 impl Drop for Kite {

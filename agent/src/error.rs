@@ -45,7 +45,7 @@ pub enum Error {
         cgroup: String,
         /// The kernel's answer.
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     /// The cgroup is not attached.
     #[error("cgroup {0} is not attached")]
@@ -57,7 +57,7 @@ pub enum Error {
         map: &'static str,
         /// The kernel's answer.
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     /// Any other I/O error.
     #[error("{what}")]

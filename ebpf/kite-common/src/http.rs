@@ -796,6 +796,15 @@ impl Conn {
         let off = seg.pos - seg.win_start;
         let st = self.stream(seg.rx);
         let have = st.stash_len as usize;
+        if have == 0 {
+            // Empty lines before a message are ignored (RFC 9112 §2.2), as HTTP parsers do;
+            // some servers leave a stray CRLF after a body.
+            let b = scratch.byte(off);
+            if b == b'\r' || b == b'\n' {
+                seg.pos += 1;
+                return true;
+            }
+        }
         let mut head = [0u8; START_LEN];
         let mut i = 0;
         while i < START_LEN {
@@ -823,41 +832,48 @@ impl Conn {
         let start_ns = if have > 0 { st.start_ns } else { seg.now_ns };
         let resync = st.flags & SF_RESYNC != 0;
         st.stash_len = 0;
+        let found = match classify(&head) {
+            Some(Start::Request(m)) if req => Some(Start::Request(m)),
+            Some(Start::Response(s)) if !req && (!resync || self.waiting() > 0) => {
+                Some(Start::Response(s))
+            }
+            _ => None,
+        };
+        let st = self.stream(seg.rx);
+        let Some(found) = found else {
+            if !resync {
+                sink.stat(Stat::SyncLost);
+            }
+            if have > 0 {
+                // The stashed bytes were junk after a message, not the beginning of one: look
+                // at this segment's own first bytes instead.
+                st.flags |= SF_RESYNC;
+                return true;
+            }
+            st.lose();
+            return false;
+        };
         // Bytes before this message belong to the previous one; this message's bytes are
         // accounted from here on.
         self.account(seg, req);
         seg.pos += need;
-        let found = classify(&head);
-        let accepted = match found {
-            Some(Start::Request(m)) if req => {
+        match found {
+            Start::Request(m) => {
                 self.req_acc += have as u64;
                 self.request_start(m, start_ns, sink);
-                true
             }
-            Some(Start::Response(status)) if !req && (!resync || self.waiting() > 0) => {
-                self.response_start(status, have as u64, start_ns, sink);
-                true
-            }
-            _ => false,
-        };
-        let st = self.stream(seg.rx);
-        if accepted {
-            st.mode = MODE_HEADERS;
-            st.sub = HS_SKIP;
-            st.idx = 0;
-            st.remaining = 0;
-            st.flags &= SF_SEQ;
-            if let Some(Start::Response(status)) = found {
-                st.status = status;
-            }
-            true
-        } else {
-            if !resync {
-                sink.stat(Stat::SyncLost);
-            }
-            st.lose();
-            false
+            Start::Response(status) => self.response_start(status, have as u64, start_ns, sink),
         }
+        let st = self.stream(seg.rx);
+        st.mode = MODE_HEADERS;
+        st.sub = HS_SKIP;
+        st.idx = 0;
+        st.remaining = 0;
+        st.flags &= SF_SEQ;
+        if let Start::Response(status) = found {
+            st.status = status;
+        }
+        true
     }
 
     fn request_start<S: Sink>(&mut self, method: Method, ts: u64, sink: &mut S) {

@@ -337,6 +337,25 @@ fn response_delimited_by_close_is_recorded_at_fin() {
 }
 
 #[test]
+fn stray_line_breaks_between_messages_are_skipped() {
+    // nginx's reply to `return 302 "status 302\n"`: a bare LF ends the Location line, so the
+    // header block ends one CRLF early and two bytes are left over after the body.
+    let resp = b"HTTP/1.1 302 Moved Temporarily\r\nServer: nginx/1.22.1\r\nContent-Type: text/html\r\nContent-Length: 145\r\nConnection: keep-alive\r\nLocation: status 302\n\r\n\r\n<html>\r\n<head><title>302 Found</title></head>\r\n<body>\r\n<center><h1>302 Found</h1></center>\r\n<hr><center>nginx/1.22.1</center>\r\n</body>\r\n</html>\r\n";
+    let mut s = Server::new();
+    for _ in 0..3 {
+        s.recv(GET);
+        s.send(resp);
+    }
+    // And a client that sends an extra CRLF after each request.
+    s.recv(b"GET / HTTP/1.1\r\n\r\n\r\n");
+    s.send(OK);
+    s.recv(b"\r\nGET / HTTP/1.1\r\n\r\n");
+    s.send(OK);
+    assert_eq!(s.done().len(), 5);
+    assert_eq!(s.side.sink.stat(Stat::SyncLost), 0);
+}
+
+#[test]
 fn release_records_open_response_and_counts_unanswered() {
     let mut s = Server::new();
     s.recv(GET);
@@ -764,7 +783,7 @@ fn play(p: &Plan, server: &mut Side, client: &mut Side) -> Vec<Truth> {
         history.push((is_req, from, to));
         // Sometimes a retransmission of something already sent, possibly overlapping.
         let r = *rt.next().unwrap_or(&0);
-        if r % 5 == 0 && !history.is_empty() {
+        if r.is_multiple_of(5) && !history.is_empty() {
             let (h_req, h_from, h_to) = history[r as usize % history.len()];
             let s = if h_req { &req_stream } else { &resp_stream };
             let extra = (r as usize / 5) % 3;
@@ -839,4 +858,20 @@ proptest! {
         // Every recorded request was one that was started.
         prop_assert!(side.sink.done.len() as u64 <= side.sink.stat(Stat::PayloadPackets) * 64);
     }
+}
+
+#[test]
+fn junk_after_a_body_loses_only_that_segment() {
+    let mut s = Server::new();
+    let mut resp = OK.to_vec();
+    resp.extend_from_slice(b"XX");
+    for _ in 0..10 {
+        s.recv(GET);
+        s.send(&resp);
+    }
+    assert_eq!(s.done().len(), 10);
+    // The last junk still waits in the stash: it might have been the start of a message.
+    assert_eq!(s.side.sink.stat(Stat::SyncLost), 9);
+    assert_eq!(s.side.sink.stat(Stat::PipelineOverflow), 0);
+    assert_eq!(s.side.conn.unwrap().waiting(), 0);
 }

@@ -1,0 +1,8 @@
+//! Kite against the real kernel: real servers (nginx, Python) in test cgroups, real clients
+//! (wrk, a timing client), Kite's own eBPF programs attached. Needs root; without it every
+//! test skips with a message, unless `KITE_REQUIRE_EBPF=1`, where that is a failure.
+
+mod accuracy;
+mod loader;
+mod robustness;
+mod support;

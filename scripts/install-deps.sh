@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs what building, testing and demonstrating Kite need on a Debian 12 machine, skipping
+# whatever is already there. Needs root (apt). Safe to run again.
+#
+# The eBPF programs are Rust (aya-ebpf) built with Debian's rustc-web (it ships the library
+# source that `-Z build-std=core` needs) and bpf-linker against the same LLVM; see DESIGN.md.
+set -euo pipefail
+
+log() { printf '\033[1m[deps]\033[0m %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps.sh: run as root (it installs Debian packages)" >&2
+    exit 1
+fi
+
+# shellcheck disable=SC1091
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+export DEBIAN_FRONTEND=noninteractive
+
+missing=()
+need() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" || missing+=("$1"); }
+
+apt_install() {
+    [ $# -gt 0 ] || return 0
+    log "apt-get install $*"
+    if [ -z "${KITE_APT_UPDATED:-}" ]; then
+        apt-get update -q >/dev/null
+        export KITE_APT_UPDATED=1
+    fi
+    apt-get install -y -q --no-install-recommends "$@" >/dev/null
+}
+
+# Toolchain for the eBPF side.
+for p in rustc-web rust-web-src cargo-web; do need "$p"; done
+apt_install "${missing[@]}"
+missing=()
+llvm_major=$(/usr/bin/rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+need "llvm-${llvm_major}-dev"
+# Servers, clients and tools the tests and the demo run.
+for p in nginx-light libnginx-mod-http-echo wrk curl python3 iproute2 iptables procps util-linux gcc libc6-dev; do
+    need "$p"
+done
+for p in ${KITE_EXTRA_PACKAGES:-}; do need "$p"; done
+apt_install "${missing[@]}"
+
+if ! command -v cargo >/dev/null; then
+    echo "install-deps.sh: no cargo on PATH (rustup's toolchain is expected for the host build)" >&2
+    exit 1
+fi
+
+want_linker="bpf-linker 0.13.0"
+if ! bpf-linker --version 2>/dev/null | grep -q "^${want_linker}"; then
+    log "cargo install bpf-linker (LLVM ${llvm_major})"
+    LLVM_PREFIX="/usr/lib/llvm-${llvm_major}" cargo install bpf-linker@0.13.0 --locked \
+        --no-default-features --features "llvm-${llvm_major}" -q
+fi
+
+# The distribution's nginx service is not wanted: tests and the demo start their own.
+if [ -x /usr/sbin/nginx ] && pgrep -x nginx >/dev/null 2>&1 && [ -f /run/nginx.pid ]; then
+    nginx -s stop 2>/dev/null || true
+fi
+log "ready"
