@@ -111,8 +111,19 @@ impl Hierarchy {
 
     /// Every cgroup of the hierarchy by id, up to `limit` of them (the walk stops there).
     pub fn index(&self, limit: usize) -> HashMap<u64, String> {
+        self.index_under("/", limit)
+    }
+
+    /// The cgroups at and below `path` by id, up to `limit` of them.
+    pub fn index_under(&self, path: &str, limit: usize) -> HashMap<u64, String> {
         let mut out = HashMap::new();
-        let mut stack = vec![(self.mount.clone(), String::from("/"))];
+        let rel = path.trim_start_matches('/');
+        let start = if rel.is_empty() {
+            "/".to_string()
+        } else {
+            format!("/{rel}")
+        };
+        let mut stack = vec![(self.mount.join(rel), start)];
         while let Some((dir, rel)) = stack.pop() {
             if out.len() >= limit {
                 break;

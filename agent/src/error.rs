@@ -59,6 +59,15 @@ pub enum Error {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    /// A server could not start or failed.
+    #[error("{what}")]
+    Serve {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Any other I/O error.
     #[error("{what}")]
     Io {
@@ -84,6 +93,7 @@ impl Error {
             Error::Attach { .. } => "attach",
             Error::NotAttached(_) => "not_attached",
             Error::Map { .. } => "map",
+            Error::Serve { .. } => "serve",
             Error::Io { .. } => "io",
         }
     }

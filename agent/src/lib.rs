@@ -15,10 +15,12 @@
 #![deny(missing_docs)]
 
 pub mod cgroup;
+pub mod daemon;
 pub mod ebpf;
 mod error;
 pub mod human;
 pub mod loader;
+pub mod pods;
 pub mod stats;
 
 pub use error::Error;

@@ -272,6 +272,13 @@ impl Interval {
         self.secs = self.secs.max(o.secs);
     }
 
+    /// Appends the next window of the same endpoint (the result spans both).
+    pub fn append(&mut self, later: &Interval) {
+        let secs = self.secs + later.secs;
+        self.merge(later);
+        self.secs = secs;
+    }
+
     /// Requests per second.
     pub fn rps(&self) -> f64 {
         per_sec(self.requests, self.secs)

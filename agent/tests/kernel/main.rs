@@ -3,6 +3,7 @@
 //! test skips with a message, unless `KITE_REQUIRE_EBPF=1`, where that is a failure.
 
 mod accuracy;
+mod agent;
 mod loader;
 mod robustness;
 mod support;

@@ -1,0 +1,381 @@
+//! The data-plane thread: the only owner of the loaded eBPF programs. It attaches and detaches
+//! cgroups on request and, every interval, reads the maps and folds them into the shared
+//! [`State`], then tells the watchers a new snapshot is there.
+
+use std::{
+    collections::HashSet,
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::state::{AttachmentInfo, Shared, Source, Workload};
+use crate::{
+    Error,
+    cgroup::{Cgroup, Hierarchy, is_within},
+    ebpf::{Attached, Kite},
+};
+
+/// Requests to the data-plane thread.
+enum Command {
+    Attach {
+        cgroup: Cgroup,
+        source: Source,
+        workload: Option<Workload>,
+        reply: oneshot::Sender<Result<Attached, Error>>,
+    },
+    Detach {
+        path: String,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+}
+
+/// Talks to the data-plane thread.
+#[derive(Clone)]
+pub struct DataPlane {
+    tx: mpsc::Sender<Command>,
+}
+
+/// How often the per-socket map is counted and swept (iterating it costs a syscall per entry).
+const SOCKET_SWEEP: Duration = Duration::from_secs(10);
+/// Most cgroups indexed under one attachment.
+const INDEX_LIMIT: usize = 100_000;
+
+/// Settings of the data-plane thread.
+pub struct Settings {
+    /// Polling interval.
+    pub interval: Duration,
+    /// How long series of a vanished cgroup stay visible.
+    pub gone_grace: Duration,
+    /// The cgroup hierarchy.
+    pub hierarchy: Hierarchy,
+}
+
+impl DataPlane {
+    /// Starts the thread. It stops (detaching everything) when `shutdown` is cancelled; the
+    /// returned handle joins it.
+    pub fn spawn(
+        kite: Kite,
+        shared: Shared,
+        notify: watch::Sender<u64>,
+        settings: Settings,
+        shutdown: CancellationToken,
+    ) -> (Self, thread::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel();
+        let handle = thread::Builder::new()
+            .name("kite-dataplane".into())
+            .spawn(move || Worker::new(kite, shared, notify, settings).run(rx, shutdown))
+            .expect("spawn the data-plane thread");
+        (Self { tx }, handle)
+    }
+
+    /// Attaches the programs to a cgroup.
+    pub async fn attach(
+        &self,
+        cgroup: Cgroup,
+        source: Source,
+        workload: Option<Workload>,
+    ) -> Result<Attached, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Attach {
+            cgroup,
+            source,
+            workload,
+            reply,
+        })?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Detaches the programs from a cgroup.
+    pub async fn detach(&self, path: String) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Detach { path, reply })?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    fn send(&self, c: Command) -> Result<(), Error> {
+        self.tx.send(c).map_err(|_| stopped())
+    }
+}
+
+fn stopped() -> Error {
+    Error::Io {
+        what: "the data-plane thread has stopped".into(),
+        source: std::io::Error::other("stopped"),
+    }
+}
+
+struct Worker {
+    kite: Kite,
+    shared: Shared,
+    notify: watch::Sender<u64>,
+    settings: Settings,
+    last_sweep: Instant,
+    unknown_ids_at: Option<Instant>,
+}
+
+impl Worker {
+    fn new(kite: Kite, shared: Shared, notify: watch::Sender<u64>, settings: Settings) -> Self {
+        Self {
+            kite,
+            shared,
+            notify,
+            settings,
+            last_sweep: Instant::now(),
+            unknown_ids_at: None,
+        }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        let mut next = Instant::now() + self.settings.interval;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            // Wake at least every 100 ms to notice the shutdown.
+            let wait = next
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
+            match rx.recv_timeout(wait) {
+                Ok(cmd) => self.command(cmd),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= next {
+                self.poll();
+                next += self.settings.interval;
+                if next < Instant::now() {
+                    // Fell behind (a slow poll): skip ahead rather than poll in a burst.
+                    next = Instant::now() + self.settings.interval;
+                }
+            }
+        }
+        info!("detaching from all cgroups");
+        self.kite.detach_all();
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Attach {
+                cgroup,
+                source,
+                workload,
+                reply,
+            } => {
+                let r = self.kite.attach(&cgroup);
+                if let Ok(att) = &r {
+                    let mut st = self.shared.write();
+                    if let Attached::New { replaced } = att {
+                        for p in replaced {
+                            st.attachments.remove(p);
+                        }
+                    }
+                    if !matches!(att, Attached::CoveredBy(_)) {
+                        st.gone.remove(&cgroup.path);
+                        let index = self
+                            .settings
+                            .hierarchy
+                            .index_under(&cgroup.path, INDEX_LIMIT);
+                        st.paths.extend(index);
+                        let entry =
+                            st.attachments
+                                .entry(cgroup.path.clone())
+                                .or_insert(AttachmentInfo {
+                                    cgroup: cgroup.clone(),
+                                    source,
+                                    since: SystemTime::now(),
+                                    workload: None,
+                                });
+                        if workload.is_some() {
+                            entry.workload = workload;
+                        }
+                    } else if let Some(w) = workload {
+                        // Measured through an ancestor: remember who the pod is all the same.
+                        st.attachments
+                            .entry(cgroup.path.clone())
+                            .or_insert(AttachmentInfo {
+                                cgroup: cgroup.clone(),
+                                source,
+                                since: SystemTime::now(),
+                                workload: None,
+                            })
+                            .workload = Some(w);
+                    }
+                }
+                let _ = reply.send(r);
+            }
+            Command::Detach { path, reply } => {
+                let r = self.kite.detach(&path).map(|_| ());
+                let mut st = self.shared.write();
+                if st.attachments.remove(&path).is_some() {
+                    st.gone.insert(path, SystemTime::now());
+                }
+                let _ = reply.send(r.or_else(|e| match e {
+                    // Known only as covered by an ancestor: nothing was attached.
+                    Error::NotAttached(_) => Ok(()),
+                    e => Err(e),
+                }));
+            }
+        }
+    }
+
+    fn poll(&mut self) {
+        let started = Instant::now();
+        let reading = self.kite.endpoints();
+        let counters = self.kite.counters();
+        let bpf = self.kite.program_stats();
+        let sockets = if self.last_sweep.elapsed() >= SOCKET_SWEEP {
+            self.last_sweep = Instant::now();
+            Some(self.sweep_sockets())
+        } else {
+            None
+        };
+        let vanished = self.vanished_cgroups();
+        for path in &vanished {
+            info!(cgroup = %path, "cgroup vanished, detaching");
+            if let Err(e) = self.kite.detach(path) {
+                debug!(cgroup = %path, "detach: {e}");
+            }
+        }
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let mut unknown = false;
+        let expired = {
+            let mut st = self.shared.write();
+            match reading {
+                Ok(r) => {
+                    st.endpoints_used = r.len() as u64;
+                    unknown = r.iter().any(|(k, _)| !st.paths.contains_key(&k.cgroup_id));
+                    st.collector.update(now, r);
+                }
+                Err(e) => {
+                    st.agent.poll_errors += 1;
+                    warn!("reading the endpoint map: {e}");
+                }
+            }
+            if let Ok(c) = counters {
+                st.counters = c;
+            }
+            if let Some(n) = sockets {
+                st.sockets_used = n;
+            }
+            st.bpf = bpf;
+            st.window = wall
+                .duration_since(st.polled_at)
+                .unwrap_or(self.settings.interval);
+            st.polled_at = wall;
+            for p in vanished {
+                st.attachments.remove(&p);
+                st.gone.insert(p, wall);
+                st.agent.vanished += 1;
+            }
+            self.expire(&mut st, wall)
+        };
+        if !expired.is_empty() {
+            match self
+                .kite
+                .remove_endpoints(|k| expired.contains(&k.cgroup_id))
+            {
+                Ok(n) => debug!("removed {n} expired endpoint histograms"),
+                Err(e) => warn!("removing expired endpoints: {e}"),
+            }
+        }
+        if unknown {
+            self.refresh_paths();
+        }
+        let generation = {
+            let mut st = self.shared.write();
+            st.generation += 1;
+            st.generation
+        };
+        self.notify.send_replace(generation);
+        let took = started.elapsed();
+        if took > self.settings.interval / 2 {
+            warn!("a poll took {took:?}");
+        }
+    }
+
+    /// Enrolled cgroups whose directory is gone (the pod ended).
+    fn vanished_cgroups(&self) -> Vec<String> {
+        let st = self.shared.read();
+        st.attachments
+            .values()
+            .filter(|a| a.source == Source::Enrolled && !a.cgroup.dir.exists())
+            .map(|a| a.cgroup.path.clone())
+            .collect()
+    }
+
+    /// Drops the series of cgroups gone for longer than the grace period; returns their ids
+    /// (to remove from the kernel map too).
+    fn expire(&self, st: &mut super::state::State, now: SystemTime) -> HashSet<u64> {
+        let grace = self.settings.gone_grace;
+        let expired: Vec<String> = st
+            .gone
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at).unwrap_or_default() >= grace)
+            .map(|(p, _)| p.clone())
+            .collect();
+        let mut ids = HashSet::new();
+        for p in expired {
+            st.gone.remove(&p);
+            ids.extend(
+                st.paths
+                    .iter()
+                    .filter(|(_, path)| is_within(path, &p))
+                    .map(|(id, _)| *id),
+            );
+        }
+        if !ids.is_empty() {
+            let before = st.collector.endpoints().count();
+            st.collector.retain(|e| !ids.contains(&e.id.cgroup_id));
+            st.agent.expired_endpoints += (before - st.collector.endpoints().count()) as u64;
+            st.paths.retain(|id, _| !ids.contains(id));
+        }
+        ids
+    }
+
+    /// Counts tracked connections and forgets those of cgroups no longer attached (their
+    /// release program cannot run any more).
+    fn sweep_sockets(&mut self) -> u64 {
+        let covered: HashSet<u64> = {
+            let st = self.shared.read();
+            st.paths
+                .iter()
+                .filter(|(_, p)| st.attachments.keys().any(|a| is_within(p, a)))
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let all_covered = self.kite.covers("/");
+        match self
+            .kite
+            .remove_sockets(|_, c| !all_covered && !covered.contains(&c.cgroup_id))
+        {
+            Ok(n) if n > 0 => debug!("forgot {n} connections of detached cgroups"),
+            Ok(_) => {}
+            Err(e) => warn!("sweeping the socket map: {e}"),
+        }
+        self.kite.sockets().map_or(0, |s| s.len() as u64)
+    }
+
+    /// Learns the paths of new cgroups under the attachments (new containers, or sockets of
+    /// cgroups created after the attach). At most every few seconds.
+    fn refresh_paths(&mut self) {
+        if self
+            .unknown_ids_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+        {
+            return;
+        }
+        self.unknown_ids_at = Some(Instant::now());
+        let roots: Vec<String> = self.shared.read().attachments.keys().cloned().collect();
+        let mut found = std::collections::HashMap::new();
+        for r in roots {
+            found.extend(self.settings.hierarchy.index_under(&r, INDEX_LIMIT));
+        }
+        self.shared.write().paths.extend(found);
+    }
+}

@@ -1,0 +1,382 @@
+//! The `kite.v1.Kite` gRPC service: snapshots of the shared state as protobuf.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use kite_common::{
+    hist::{OVERFLOW_BUCKET, bucket_lower_ns, bucket_upper_ns},
+    maps::{Direction, Stat},
+};
+use kite_proto::v1::{
+    self, AgentInfo, Detail, Filter, InfoRequest, ListRequest, Snapshot, WatchRequest,
+    kite_server::Kite,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::state::{Shared, State, Workload};
+use crate::stats::{EndpointId, EndpointStats, Interval};
+
+/// The service.
+pub struct KiteService {
+    shared: Shared,
+    notify: watch::Receiver<u64>,
+}
+
+impl KiteService {
+    /// A service over the shared state; `notify` changes after every poll.
+    pub fn new(shared: Shared, notify: watch::Receiver<u64>) -> Self {
+        Self { shared, notify }
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn secs(d: Option<Duration>) -> Option<f64> {
+    d.map(|d| d.as_secs_f64())
+}
+
+fn direction(d: Direction) -> v1::Direction {
+    match d {
+        Direction::Inbound => v1::Direction::Inbound,
+        Direction::Outbound => v1::Direction::Outbound,
+    }
+}
+
+/// The window fields of an interval.
+pub fn window(iv: &Interval) -> v1::Window {
+    v1::Window {
+        seconds: iv.secs,
+        requests: iv.requests,
+        rps: iv.rps(),
+        p50_seconds: secs(iv.quantile(0.50)),
+        p90_seconds: secs(iv.quantile(0.90)),
+        p99_seconds: secs(iv.quantile(0.99)),
+        max_seconds: secs(iv.max()),
+        mean_seconds: secs(iv.mean()),
+        status_4xx: iv.status_4xx,
+        status_5xx: iv.status_5xx,
+        error_ratio: iv.error_ratio(),
+        server_error_ratio: iv.server_error_ratio(),
+        request_bytes: iv.req_bytes,
+        response_bytes: iv.resp_bytes,
+        request_bytes_per_second: iv.req_bytes_per_sec(),
+        response_bytes_per_second: iv.resp_bytes_per_sec(),
+    }
+}
+
+/// A workload as protobuf; `container` from the cgroup path when there is one.
+pub fn workload(w: &Workload, container: Option<String>) -> v1::Workload {
+    v1::Workload {
+        namespace: w.namespace.clone(),
+        pod: w.pod.clone(),
+        pod_uid: w.uid.clone(),
+        workload_kind: w.kind.clone(),
+        workload_name: w.name.clone(),
+        container: container.unwrap_or_default(),
+        labels: w.labels.clone().into_iter().collect(),
+    }
+}
+
+fn histogram(iv: &Interval) -> v1::Histogram {
+    v1::Histogram {
+        buckets: iv
+            .hist
+            .nonzero()
+            .map(|(i, count)| v1::Bucket {
+                lower_seconds: bucket_lower_ns(i) as f64 / 1e9,
+                upper_seconds: if i == OVERFLOW_BUCKET {
+                    f64::INFINITY
+                } else {
+                    bucket_upper_ns(i) as f64 / 1e9
+                },
+                count,
+            })
+            .collect(),
+    }
+}
+
+struct Described<'a> {
+    ep: &'a EndpointStats,
+    path: Option<String>,
+    workload: Option<Workload>,
+}
+
+fn matches(f: &Filter, d: &Described<'_>, iv: &Interval) -> bool {
+    let w = d.workload.as_ref();
+    if !f.namespace.is_empty() && w.is_none_or(|w| w.namespace != f.namespace) {
+        return false;
+    }
+    if !f.pod.is_empty() && w.is_none_or(|w| w.pod != f.pod) {
+        return false;
+    }
+    let dir = v1::Direction::try_from(f.direction).unwrap_or(v1::Direction::Unspecified);
+    if dir != v1::Direction::Unspecified && dir != direction(d.ep.id.direction) {
+        return false;
+    }
+    if f.active_only && iv.requests == 0 {
+        return false;
+    }
+    if !f.text.is_empty() {
+        let needle = f.text.to_lowercase();
+        let mut hay = vec![d.ep.id.address()];
+        if let Some(p) = &d.path {
+            hay.push(p.clone());
+        }
+        if let Some(w) = w {
+            hay.extend([w.namespace.clone(), w.pod.clone(), w.name.clone()]);
+        }
+        if !hay.iter().any(|h| h.to_lowercase().contains(&needle)) {
+            return false;
+        }
+    }
+    true
+}
+
+fn endpoint(st: &State, d: &Described<'_>, iv: &Interval, detail: &Detail) -> v1::Endpoint {
+    let ep = d.ep;
+    let total = ep.total();
+    let container = d
+        .path
+        .as_deref()
+        .and_then(crate::pods::pod_of_path)
+        .and_then(|p| p.container);
+    let last_active = SystemTime::now()
+        .checked_sub(ep.last_active.elapsed())
+        .unwrap_or(UNIX_EPOCH);
+    let n_hist = (detail.history as usize).min(ep.history.len());
+    v1::Endpoint {
+        id: Some(v1::EndpointId {
+            node: st.node.clone(),
+            cgroup_id: ep.id.cgroup_id,
+            cgroup_path: d.path.clone().unwrap_or_default(),
+            direction: direction(ep.id.direction) as i32,
+            ip: ep.id.addr.to_string(),
+            port: ep.id.port as u32,
+        }),
+        workload: d.workload.as_ref().map(|w| workload(w, container)),
+        last: Some(window(iv)),
+        totals: Some(v1::Totals {
+            requests: total.count,
+            status_4xx: ep
+                .totals
+                .iter()
+                .filter(|((_, s), _)| (400..500).contains(s))
+                .map(|(_, v)| v.count)
+                .sum(),
+            status_5xx: ep
+                .totals
+                .iter()
+                .filter(|((_, s), _)| *s >= 500)
+                .map(|(_, v)| v.count)
+                .sum(),
+            request_bytes: total.req_bytes,
+            response_bytes: total.resp_bytes,
+            latency_sum_seconds: total.latency_sum_ns as f64 / 1e9,
+            p50_seconds: total.hist.quantile(0.50).map(|ns| ns / 1e9),
+            p90_seconds: total.hist.quantile(0.90).map(|ns| ns / 1e9),
+            p99_seconds: total.hist.quantile(0.99).map(|ns| ns / 1e9),
+        }),
+        history: ep
+            .history
+            .iter()
+            .skip(ep.history.len() - n_hist)
+            .map(|p| v1::Point {
+                rps: p.rps,
+                p50_seconds: p.p50_ns / 1e9,
+                p99_seconds: p.p99_ns / 1e9,
+                error_ratio: p.error_ratio,
+            })
+            .collect(),
+        histogram: detail.histogram.then(|| histogram(iv)),
+        statuses: iv
+            .by_status
+            .iter()
+            .map(|(s, c)| v1::StatusCount {
+                status: *s as u32,
+                count: *c,
+            })
+            .collect(),
+        methods: iv
+            .by_method
+            .iter()
+            .map(|(m, c)| v1::MethodCount {
+                method: m.as_str().to_string(),
+                count: *c,
+            })
+            .collect(),
+        last_active_unix_ms: unix_ms(last_active),
+    }
+}
+
+/// A snapshot of the state: every endpoint that passes the filter. `windows` replaces the
+/// endpoints' last intervals (for Watch streams slower than the agent's interval).
+pub fn snapshot(
+    st: &State,
+    filter: &Filter,
+    detail: &Detail,
+    windows: Option<(&HashMap<EndpointId, Interval>, f64)>,
+) -> Snapshot {
+    let empty = Interval::default();
+    let endpoints = st
+        .collector
+        .endpoints()
+        .filter_map(|ep| {
+            let (path, workload) = st.describe(ep);
+            let d = Described { ep, path, workload };
+            let iv = match windows {
+                Some((w, _)) => w.get(&ep.id).unwrap_or(&empty),
+                None => &ep.last,
+            };
+            matches(filter, &d, iv).then(|| endpoint(st, &d, iv, detail))
+        })
+        .collect();
+    Snapshot {
+        time_unix_ms: unix_ms(st.polled_at),
+        window_seconds: windows.map_or(st.window.as_secs_f64(), |(_, s)| s),
+        node: st.node.clone(),
+        endpoints,
+    }
+}
+
+/// What `Info` answers.
+pub fn info(st: &State) -> AgentInfo {
+    let mut counters: Vec<v1::Counter> = Stat::ALL
+        .iter()
+        .map(|s| v1::Counter {
+            name: format!("ebpf_{}", s.name()),
+            value: st.counters[*s as usize],
+        })
+        .collect();
+    let a = &st.agent;
+    for (name, value) in [
+        ("enrolled", a.enrolled),
+        ("enroll_refused", a.enroll_refused),
+        ("enroll_bad", a.enroll_bad),
+        ("vanished_cgroups", a.vanished),
+        ("poll_errors", a.poll_errors),
+        ("expired_endpoints", a.expired_endpoints),
+    ] {
+        counters.push(v1::Counter {
+            name: name.into(),
+            value,
+        });
+    }
+    AgentInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        node: st.node.clone(),
+        kernel: kernel_release(),
+        interval_seconds: st.interval.as_secs_f64(),
+        started_unix_ms: unix_ms(st.started),
+        attachments: st
+            .attachments
+            .values()
+            .map(|a| v1::Attachment {
+                cgroup_path: a.cgroup.path.clone(),
+                cgroup_id: a.cgroup.id,
+                source: a.source.as_str().into(),
+                attached_unix_ms: unix_ms(a.since),
+                workload: a.workload.as_ref().map(|w| workload(w, None)),
+            })
+            .collect(),
+        counters,
+        sockets: Some(v1::MapUsage {
+            used: st.sockets_used,
+            max: st.options.max_sockets as u64,
+        }),
+        endpoints: Some(v1::MapUsage {
+            used: st.endpoints_used,
+            max: st.options.max_endpoints as u64,
+        }),
+        bpf_run_time_ns: st.bpf.run_time.as_nanos() as u64,
+        bpf_run_count: st.bpf.run_count,
+        kubernetes: st.kubernetes,
+    }
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl Kite for KiteService {
+    type WatchStream = ReceiverStream<Result<Snapshot, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        let filter = req.filter.unwrap_or_default();
+        let detail = req.detail.unwrap_or_default();
+        let base = self.shared.read().interval;
+        // Every how many polls a snapshot goes out.
+        let every =
+            ((req.interval_ms as f64 / base.as_millis().max(1) as f64).round() as u64).max(1);
+        let shared = self.shared.clone();
+        let mut notify = self.notify.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let first = snapshot(&shared.read(), &filter, &detail, None);
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            notify.mark_unchanged();
+            let mut acc: HashMap<EndpointId, Interval> = HashMap::new();
+            let (mut acc_secs, mut polls) = (0f64, 0u64);
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    changed = notify.changed() => if changed.is_err() { return },
+                }
+                polls += 1;
+                let snap = {
+                    let st = shared.read();
+                    if every == 1 {
+                        Some(snapshot(&st, &filter, &detail, None))
+                    } else {
+                        for ep in st.collector.endpoints() {
+                            acc.entry(ep.id).or_default().append(&ep.last);
+                        }
+                        acc_secs += st.window.as_secs_f64();
+                        (polls % every == 0)
+                            .then(|| snapshot(&st, &filter, &detail, Some((&acc, acc_secs))))
+                    }
+                };
+                if let Some(s) = snap {
+                    acc.clear();
+                    acc_secs = 0.0;
+                    // A slow client only slows its own stream.
+                    if tx.send(Ok(s)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<Snapshot>, Status> {
+        let req = request.into_inner();
+        let snap = snapshot(
+            &self.shared.read(),
+            &req.filter.unwrap_or_default(),
+            &req.detail.unwrap_or_default(),
+            None,
+        );
+        Ok(Response::new(snap))
+    }
+
+    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<AgentInfo>, Status> {
+        Ok(Response::new(info(&self.shared.read())))
+    }
+}
