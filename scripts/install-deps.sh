@@ -37,11 +37,25 @@ missing=()
 llvm_major=$(/usr/bin/rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 need "llvm-${llvm_major}-dev"
 # Servers, clients and tools the tests and the demo run.
-for p in nginx-light libnginx-mod-http-echo wrk curl python3 iproute2 iptables procps util-linux gcc libc6-dev; do
+for p in nginx-light libnginx-mod-http-echo wrk curl python3 python3-pip iproute2 iptables procps \
+    util-linux gcc libc6-dev bpftool prometheus tmux; do
     need "$p"
 done
 for p in ${KITE_EXTRA_PACKAGES:-}; do need "$p"; done
 apt_install "${missing[@]}"
+
+# The reflection-only gRPC client of the agent tests.
+if ! python3 -c 'import grpc, grpc_reflection, google.protobuf' 2>/dev/null; then
+    log "pip install grpcio grpcio-reflection protobuf"
+    python3 -m pip install -q --disable-pip-version-check --break-system-packages grpcio grpcio-reflection protobuf 2>&1 \
+        | grep -v "Running pip as the 'root' user" >&2 || true
+    python3 -c 'import grpc, grpc_reflection, google.protobuf'
+fi
+
+# Debian starts the services it installs where it can; tests start their own.
+for svc in prometheus nginx; do
+    if [ -x "/etc/init.d/$svc" ]; then "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; fi
+done
 
 if ! command -v cargo >/dev/null; then
     echo "install-deps.sh: no cargo on PATH (rustup's toolchain is expected for the host build)" >&2
@@ -55,8 +69,4 @@ if ! bpf-linker --version 2>/dev/null | grep -q "^${want_linker}"; then
         --no-default-features --features "llvm-${llvm_major}" -q
 fi
 
-# The distribution's nginx service is not wanted: tests and the demo start their own.
-if [ -x /usr/sbin/nginx ] && pgrep -x nginx >/dev/null 2>&1 && [ -f /run/nginx.pid ]; then
-    nginx -s stop 2>/dev/null || true
-fi
 log "ready"

@@ -16,7 +16,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use kite_common::maps::{Direction, Stat};
 
-use crate::support::*;
+use kite_testkit::*;
 
 /// 20 paths: 16 × 8 ms, 3 × 10 ms, 1 × 14 ms. The largest stays under twice the mean even
 /// with a few milliseconds of scheduling noise, so wrk reports raw latencies.

@@ -16,7 +16,7 @@ use kite_proto::v1::{
     self, Detail, Filter, InfoRequest, ListRequest, WatchRequest, kite_client::KiteClient,
 };
 
-use crate::support::*;
+use kite_testkit::*;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_kite-agent");
 

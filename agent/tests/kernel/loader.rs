@@ -7,7 +7,7 @@ use std::{
     thread,
 };
 
-use crate::support::*;
+use kite_testkit::*;
 
 const LOADER: &str = env!("CARGO_BIN_EXE_kite-loader");
 

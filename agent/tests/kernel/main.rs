@@ -6,4 +6,3 @@ mod accuracy;
 mod agent;
 mod loader;
 mod robustness;
-mod support;

@@ -11,7 +11,7 @@ use std::{
 use kite_agent::ebpf::{Attached, Kite, Options};
 use kite_common::maps::{Direction, Stat};
 
-use crate::support::*;
+use kite_testkit::*;
 
 #[test]
 fn connection_churn_returns_socket_state_to_baseline() {

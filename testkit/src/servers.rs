@@ -1,0 +1,117 @@
+//! Real servers: the Python test server and Debian's nginx with a generated config.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crate::{Place, Proc, spawn, unique, wait_for_port};
+
+pub fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("servers")
+}
+
+/// The test HTTP server (`servers/httpd.py`).
+pub fn python_httpd(place: Place<'_>, host: &str, port: u16, dualstack: bool) -> Proc {
+    let script = dir().join("httpd.py");
+    let port_s = port.to_string();
+    let mut args = vec!["python3", script.to_str().unwrap(), host, &port_s];
+    if dualstack {
+        args.push("--dualstack");
+    }
+    let p = spawn(place, &args);
+    let addr = if host.contains(':') {
+        format!("[{}]:{port}", if host == "::" { "::1" } else { host })
+    } else {
+        format!(
+            "{}:{port}",
+            if host == "0.0.0.0" { "127.0.0.1" } else { host }
+        )
+    };
+    wait_for_port(&addr, place.netns);
+    p
+}
+
+/// Debian's nginx with a config made for the test: `/` small static answer, `/d/<ms>` delayed
+/// answers (echo module, chunked), `/status/<code>`.
+pub struct Nginx {
+    pub proc: Proc,
+    dir: PathBuf,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn nginx(place: Place<'_>, port: u16) -> Nginx {
+    let dir = std::env::temp_dir().join(unique("kite-nginx"));
+    fs::create_dir_all(dir.join("logs")).unwrap();
+    let echo = Path::new("/usr/lib/nginx/modules/ngx_http_echo_module.so");
+    assert!(
+        echo.exists(),
+        "nginx echo module missing: apt-get install libnginx-mod-http-echo"
+    );
+    let mut delays = String::new();
+    for ms in [1, 2, 5, 8, 10, 12, 14, 40, 50] {
+        delays += &format!(
+            "        location = /d/{ms} {{ echo_sleep {}; echo ok; }}\n",
+            ms as f64 / 1000.0
+        );
+    }
+    let mut statuses = String::new();
+    for code in [200, 201, 404, 500, 503] {
+        statuses += &format!(
+            "        location = /status/{code} {{ default_type text/plain; return {code} \"status {code}\\n\"; }}\n"
+        );
+    }
+    statuses += "        location = /status/302 { return 302 /moved; }\n";
+    let conf = format!(
+        "load_module {echo};\n\
+         daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+         error_log {d}/logs/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n\
+             access_log off;\n\
+             client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;\n\
+             uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+             keepalive_requests 1000000;\n\
+             server {{\n\
+                 listen 127.0.0.1:{port};\n\
+                 listen [::1]:{port};\n\
+                 location = / {{ default_type text/plain; return 200 \"hello from nginx\\n\"; }}\n\
+{statuses}\
+{delays}\
+             }}\n\
+         }}\n",
+        echo = echo.display(),
+        d = dir.display(),
+    );
+    fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let conf_path = dir.join("nginx.conf");
+    let check = Command::new("nginx")
+        .args([
+            "-t",
+            "-q",
+            "-e",
+            "stderr",
+            "-c",
+            conf_path.to_str().unwrap(),
+        ])
+        .output()
+        .expect("nginx (apt-get install nginx-light)");
+    if !check.status.success() {
+        let _ = fs::remove_dir_all(&dir);
+        panic!("nginx config: {}", String::from_utf8_lossy(&check.stderr));
+    }
+    let proc = spawn(
+        place,
+        &["nginx", "-c", conf_path.to_str().unwrap(), "-e", "stderr"],
+    );
+    wait_for_port(&format!("127.0.0.1:{port}"), place.netns);
+    Nginx { proc, dir }
+}
