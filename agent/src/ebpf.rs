@@ -31,6 +31,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 const INGRESS: &str = "kite_ingress";
 const EGRESS: &str = "kite_egress";
 const RELEASE: &str = "kite_sock_release";
+const EMPTY: &str = "kite_empty";
 
 /// Map sizes, fixed at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -423,6 +424,65 @@ fn missing_map(name: &'static str) -> Error {
 impl Drop for Kite {
     fn drop(&mut self) {
         self.detach_all();
+    }
+}
+
+/// A `cgroup_skb` program that does nothing, attached to a cgroup (ingress and egress): the
+/// baseline cost of any such program, for benchmarks. Detached on drop.
+pub struct EmptyProgram {
+    ebpf: Ebpf,
+    links: Option<(CgroupSkbLinkId, CgroupSkbLinkId)>,
+}
+
+impl EmptyProgram {
+    /// Loads the empty program and attaches it to `cgroup`.
+    pub fn attach(cgroup: &Cgroup) -> Result<Self, Error> {
+        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(load_error)?;
+        let prog = skb(&mut ebpf, EMPTY)?;
+        prog.load().map_err(load_error)?;
+        let dir = File::open(&cgroup.dir).map_err(|e| Error::Io {
+            what: format!("opening cgroup {}", cgroup.dir.display()),
+            source: e,
+        })?;
+        let fail = |source| Error::Attach {
+            action: "attaching",
+            program: EMPTY,
+            cgroup: cgroup.path.clone(),
+            source: Box::new(source),
+        };
+        let i = prog
+            .attach(&dir, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+            .map_err(fail)?;
+        let e = prog
+            .attach(&dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+            .map_err(fail)?;
+        Ok(Self {
+            ebpf,
+            links: Some((i, e)),
+        })
+    }
+
+    /// Kernel run-time statistics of the program.
+    pub fn stats(&self) -> ProgramStats {
+        match self.ebpf.program(EMPTY) {
+            Some(aya::programs::Program::CgroupSkb(p)) => p.info().map_or_else(
+                |_| ProgramStats::default(),
+                |i| ProgramStats {
+                    run_time: i.run_time(),
+                    run_count: i.run_count(),
+                },
+            ),
+            _ => ProgramStats::default(),
+        }
+    }
+}
+
+impl Drop for EmptyProgram {
+    fn drop(&mut self) {
+        if let (Some((i, e)), Ok(p)) = (self.links.take(), skb(&mut self.ebpf, EMPTY)) {
+            let _ = p.detach(i);
+            let _ = p.detach(e);
+        }
     }
 }
 

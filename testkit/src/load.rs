@@ -119,6 +119,54 @@ pub fn wrk(
     w
 }
 
+/// Runs wrk for a fixed time (`threads` threads, `conns` connections) and returns its summary.
+/// For benchmarks: counts are not exact (requests in flight at the end are cut off).
+pub fn wrk_for(
+    place: Place<'_>,
+    url: &str,
+    threads: u32,
+    conns: u32,
+    duration: Duration,
+    headers: &[&str],
+) -> Wrk {
+    let script = dir().join("summary.lua");
+    let (t, c) = (threads.to_string(), conns.to_string());
+    let d = format!("{}s", duration.as_secs().max(1));
+    let mut args: Vec<&str> = vec![
+        "wrk",
+        "-t",
+        &t,
+        "-c",
+        &c,
+        "-d",
+        &d,
+        "-s",
+        script.to_str().unwrap(),
+    ];
+    for h in headers {
+        args.extend(["-H", h]);
+    }
+    args.push(url);
+    let started = Instant::now();
+    let out = command(place, &args).output().expect("run wrk");
+    let finished = Instant::now();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "wrk failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("KITE_WRK "))
+        .unwrap_or_else(|| panic!("no summary from wrk: {stdout}"));
+    let mut w: Wrk = serde_json::from_str(line).expect("wrk summary JSON");
+    w.started = Some(started);
+    w.finished = Some(finished);
+    w.threads = threads;
+    w
+}
+
 /// A small blocking HTTP/1.1 client that times every request itself: from the write of the
 /// request (or of the pipelined batch holding it) to the read that brought the first byte of
 /// its response.
@@ -155,6 +203,28 @@ pub struct Load<'a> {
     pub paths: &'a [&'a str],
     /// `Connection: close` and a new connection per request.
     pub close: bool,
+    /// More server addresses: each new connection goes to the next one (with `addr` first).
+    pub more_addrs: &'a [SocketAddr],
+    /// Each connection sends at most one batch per `pace` (a fixed request rate).
+    pub pace: Option<Duration>,
+    /// Stop early at this time.
+    pub deadline: Option<Instant>,
+}
+
+impl Default for Load<'_> {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            conns: 1,
+            per_conn: 1,
+            depth: 1,
+            paths: &["/"],
+            close: false,
+            more_addrs: &[],
+            pace: None,
+            deadline: None,
+        }
+    }
 }
 
 struct Reader {
@@ -262,10 +332,22 @@ pub fn client(load: &Load<'_>) -> ClientReport {
             .map(|c| {
                 let load = load.clone();
                 s.spawn(move || {
-                    let mut lat = Vec::with_capacity(load.per_conn);
+                    let mut lat = Vec::with_capacity(load.per_conn.min(1 << 20));
                     let mut statuses = BTreeMap::new();
-                    let connect = || {
-                        let s = TcpStream::connect(load.addr).expect("connect");
+                    let mut nth_conn = c;
+                    let mut connect = || {
+                        let addr = if load.more_addrs.is_empty() {
+                            load.addr
+                        } else {
+                            let k = nth_conn % (load.more_addrs.len() + 1);
+                            nth_conn += load.conns;
+                            if k == 0 {
+                                load.addr
+                            } else {
+                                load.more_addrs[k - 1]
+                            }
+                        };
+                        let s = TcpStream::connect(addr).expect("connect");
                         s.set_nodelay(true).unwrap();
                         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
                         Reader {
@@ -278,7 +360,14 @@ pub fn client(load: &Load<'_>) -> ClientReport {
                     };
                     let mut r = connect();
                     let mut i = 0;
-                    while i < load.per_conn {
+                    let mut next = Instant::now();
+                    while i < load.per_conn && load.deadline.is_none_or(|d| Instant::now() < d) {
+                        if let Some(p) = load.pace {
+                            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                                thread::sleep(wait);
+                            }
+                            next += p;
+                        }
                         let n = load.depth.min(load.per_conn - i);
                         let mut batch = Vec::new();
                         for k in 0..n {

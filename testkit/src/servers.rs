@@ -49,6 +49,11 @@ impl Drop for Nginx {
 }
 
 pub fn nginx(place: Place<'_>, port: u16) -> Nginx {
+    nginx_on(place, port, &["127.0.0.1", "[::1]"])
+}
+
+/// nginx listening on `port` of each of `hosts` (`0.0.0.0` accepts every 127.0.0.0/8 address).
+pub fn nginx_on(place: Place<'_>, port: u16, hosts: &[&str]) -> Nginx {
     let dir = std::env::temp_dir().join(unique("kite-nginx"));
     fs::create_dir_all(dir.join("logs")).unwrap();
     let echo = Path::new("/usr/lib/nginx/modules/ngx_http_echo_module.so");
@@ -70,6 +75,10 @@ pub fn nginx(place: Place<'_>, port: u16) -> Nginx {
         );
     }
     statuses += "        location = /status/302 { return 302 /moved; }\n";
+    let listens: String = hosts
+        .iter()
+        .map(|h| format!("        listen {h}:{port};\n"))
+        .collect();
     let conf = format!(
         "load_module {echo};\n\
          daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
@@ -81,8 +90,7 @@ pub fn nginx(place: Place<'_>, port: u16) -> Nginx {
              uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
              keepalive_requests 1000000;\n\
              server {{\n\
-                 listen 127.0.0.1:{port};\n\
-                 listen [::1]:{port};\n\
+{listens}\
                  location = / {{ default_type text/plain; return 200 \"hello from nginx\\n\"; }}\n\
 {statuses}\
 {delays}\

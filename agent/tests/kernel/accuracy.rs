@@ -158,6 +158,7 @@ fn keep_alive_wide_latency_mix_with_timing_client() {
             depth: 1,
             paths: &MIX,
             close: false,
+            ..Load::default()
         })
     });
     check_client(&w, &r);
@@ -227,6 +228,7 @@ fn pipelining_depth_4() {
                 depth: 4,
                 paths: &MIX,
                 close: false,
+                ..Load::default()
             })
         });
         check_client(&w, &r);
@@ -386,6 +388,7 @@ fn keep_alive_long_run_has_stable_windows() {
             depth: 1,
             paths: &["/d/5"],
             close: false,
+            ..Load::default()
         })
     });
     check_client(&w, &r);

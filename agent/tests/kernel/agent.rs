@@ -285,6 +285,7 @@ fn reflection_only_python_client_lists_and_health_is_serving() {
         depth: 1,
         paths: &["/"],
         close: false,
+        ..Load::default()
     });
     thread::sleep(Duration::from_millis(1200));
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kernel/clients/reflect.py");
@@ -553,6 +554,7 @@ fn enrollment_attaches_pods_of_both_kubelet_layouts_and_refuses_others() {
             depth: 1,
             paths: &["/"],
             close: false,
+            ..Load::default()
         });
         thread::sleep(Duration::from_millis(1200));
         let snap = agent.list();

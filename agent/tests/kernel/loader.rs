@@ -47,6 +47,7 @@ fn loader_prints_a_line_per_endpoint_in_the_seed_format() {
             depth: 1,
             paths: &["/"],
             close: false,
+            ..Load::default()
         });
         let url = format!("http://127.0.0.1:{port_out}");
         wrk(place, &url, 1, 300, &["/d/1"], &[]);

@@ -40,6 +40,7 @@ fn connection_churn_returns_socket_state_to_baseline() {
             depth: 1,
             paths: &["/"],
             close: true,
+            ..Load::default()
         })
     });
     assert_eq!(r.requests(), 20_000);
@@ -408,6 +409,7 @@ fn ipv6_and_dual_stack_sockets() {
                 depth: 1,
                 paths: &["/"],
                 close: false,
+                ..Load::default()
             });
         }
     });
@@ -452,6 +454,7 @@ fn vanished_cgroup_is_harmless() {
         depth: 1,
         paths: &["/"],
         close: false,
+        ..Load::default()
     });
     srv.child.kill().unwrap();
     srv.child.wait().unwrap();
@@ -507,6 +510,7 @@ fn nested_attachments_never_count_twice() {
         depth: 1,
         paths: &["/"],
         close: false,
+        ..Load::default()
     });
     thread::sleep(Duration::from_millis(200));
     let eps = kite.endpoints().unwrap();

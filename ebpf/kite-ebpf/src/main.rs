@@ -331,6 +331,13 @@ pub fn kite_egress(ctx: SkBuffContext) -> i32 {
     1
 }
 
+/// Does nothing: attached in place of Kite's programs, it measures what a `cgroup_skb`
+/// program costs by itself (the benchmarks report Kite's cost next to it).
+#[cgroup_skb]
+pub fn kite_empty(_ctx: SkBuffContext) -> i32 {
+    1
+}
+
 /// A socket of the cgroup is released: record what it still holds, forget it.
 #[cgroup_sock(sock_release)]
 pub fn kite_sock_release(ctx: SockContext) -> i32 {

@@ -1,0 +1,253 @@
+//! Kite's figures next to the load generators' own, for the usual traffic shapes. The same
+//! comparisons run with tolerances in the agent's kernel tests; here they are reported.
+
+use std::{fmt::Write as _, net::SocketAddr, time::Instant};
+
+use kite_common::maps::Direction;
+use kite_testkit::{
+    ClientReport, Load, Place, TestCgroup, Watch, Wrk, client, free_port, kite_q, nginx,
+    python_httpd, wrk,
+};
+
+use crate::report;
+
+/// Narrow delay mix for wrk (its percentiles are raw only below twice the mean, see the
+/// agent's accuracy tests): 80 % 8 ms, 15 % 10 ms, 5 % 14 ms.
+const WRK_MIX: [&str; 20] = [
+    "/d/8", "/d/8", "/d/8", "/d/8", "/d/10", "/d/8", "/d/8", "/d/8", "/d/8", "/d/8", "/d/14",
+    "/d/8", "/d/8", "/d/10", "/d/8", "/d/8", "/d/8", "/d/8", "/d/10", "/d/8",
+];
+/// Wide mix for the timing client: 80 % 2 ms, 15 % 10 ms, 5 % 40 ms.
+const MIX: [&str; 20] = [
+    "/d/2", "/d/2", "/d/2", "/d/2", "/d/10", "/d/2", "/d/2", "/d/2", "/d/2", "/d/2", "/d/40",
+    "/d/2", "/d/2", "/d/10", "/d/2", "/d/2", "/d/2", "/d/2", "/d/10", "/d/2",
+];
+
+struct Truth {
+    generator: &'static str,
+    requests: u64,
+    rps: f64,
+    q: [f64; 3],
+    started: Instant,
+    finished: Instant,
+}
+
+impl From<&Wrk> for Truth {
+    fn from(w: &Wrk) -> Self {
+        Truth {
+            generator: "wrk",
+            requests: w.requests,
+            rps: w.rps(),
+            q: [w.p50_us / 1e6, w.p90_us / 1e6, w.p99_us / 1e6],
+            started: w.started.unwrap(),
+            finished: w.finished.unwrap(),
+        }
+    }
+}
+
+impl From<&ClientReport> for Truth {
+    fn from(c: &ClientReport) -> Self {
+        Truth {
+            generator: "timing client",
+            requests: c.requests(),
+            rps: c.rps(),
+            q: [0.5, 0.9, 0.99].map(|q| c.quantile(q).as_secs_f64()),
+            started: c.started,
+            finished: c.finished,
+        }
+    }
+}
+
+fn row(shape: &str, w: &Watch, t: &Truth) -> Vec<String> {
+    let kite_rps = w.windowed_rps(t.started, t.finished);
+    let mut r = vec![
+        shape.to_string(),
+        t.generator.to_string(),
+        format!("{} / {}", w.total().requests, t.requests),
+        format!(
+            "{kite_rps:.1} / {:.1} ({})",
+            t.rps,
+            report::rel(kite_rps, t.rps)
+        ),
+    ];
+    for (i, q) in [0.5, 0.9, 0.99].iter().enumerate() {
+        let k = kite_q(w, *q);
+        r.push(format!(
+            "{:.2} / {:.2} ({})",
+            k * 1e3,
+            t.q[i] * 1e3,
+            report::rel(k, t.q[i])
+        ));
+    }
+    eprintln!("  accuracy: {}", r.join(" | "));
+    r
+}
+
+fn server(kind: &str, cg: &TestCgroup, port: u16) -> Box<dyn std::any::Any> {
+    let place = Place {
+        cgroup: Some(cg),
+        ..Place::default()
+    };
+    if kind == "nginx" {
+        Box::new(nginx(place, port))
+    } else {
+        Box::new(python_httpd(place, "127.0.0.1", port, false))
+    }
+}
+
+/// Runs the accuracy comparisons; returns their Markdown section.
+pub fn run() -> String {
+    let mut rows = Vec::new();
+    let wrk_shape =
+        |name: &str, kind: &str, threads: u32, per: u64, paths: &[&str], headers: &[&str]| {
+            let cg = TestCgroup::new("bench-acc");
+            let port = free_port();
+            let _srv = server(kind, &cg, port);
+            let mut w = Watch::new(&cg);
+            w.target(Direction::Inbound, port);
+            let url = format!("http://127.0.0.1:{port}");
+            let r = w.during(|| wrk(Place::default(), &url, threads, per, paths, headers));
+            row(name, &w, &Truth::from(&r))
+        };
+    rows.push(wrk_shape(
+        "keep-alive, nginx",
+        "nginx",
+        4,
+        400,
+        &WRK_MIX,
+        &[],
+    ));
+    rows.push(wrk_shape(
+        "one request per connection, nginx",
+        "nginx",
+        4,
+        400,
+        &WRK_MIX,
+        &["Connection: close"],
+    ));
+    rows.push(wrk_shape(
+        "fixed 5 ms, Python",
+        "python",
+        4,
+        400,
+        &["/d/5"],
+        &[],
+    ));
+    rows.push(wrk_shape(
+        "fixed 50 ms, Python",
+        "python",
+        8,
+        40,
+        &["/d/50"],
+        &[],
+    ));
+    let statuses = [
+        "/status/200/8",
+        "/status/404/8",
+        "/status/200/8",
+        "/status/500/12",
+        "/status/200/8",
+        "/status/200/8",
+        "/status/404/8",
+        "/status/200/8",
+        "/status/503/12",
+        "/status/201/8",
+    ];
+    rows.push(wrk_shape(
+        "mixed 200/201/404/500/503, Python",
+        "python",
+        4,
+        300,
+        &statuses,
+        &[],
+    ));
+    let client_shape =
+        |name: &str, kind: &str, load: &(dyn Fn(SocketAddr) -> ClientReport + Sync)| {
+            let cg = TestCgroup::new("bench-acc");
+            let port = free_port();
+            let _srv = server(kind, &cg, port);
+            let mut w = Watch::new(&cg);
+            w.target(Direction::Inbound, port);
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let r = w.during(|| load(addr));
+            row(name, &w, &Truth::from(&r))
+        };
+    rows.push(client_shape(
+        "keep-alive, wide mix, nginx",
+        "nginx",
+        &|addr| {
+            client(&Load {
+                addr,
+                conns: 4,
+                per_conn: 500,
+                paths: &MIX,
+                ..Load::default()
+            })
+        },
+    ));
+    rows.push(client_shape(
+        "pipelining depth 4, nginx",
+        "nginx",
+        &|addr| {
+            client(&Load {
+                addr,
+                conns: 4,
+                per_conn: 400,
+                depth: 4,
+                paths: &MIX,
+                ..Load::default()
+            })
+        },
+    ));
+    rows.push(client_shape("1 MB responses, Python", "python", &|addr| {
+        client(&Load {
+            addr,
+            conns: 2,
+            per_conn: 150,
+            paths: &["/big/1000000"],
+            ..Load::default()
+        })
+    }));
+    // Outbound: wrk inside the cgroup calling a server outside it.
+    {
+        let cg = TestCgroup::new("bench-acc-out");
+        let port = free_port();
+        let _srv = python_httpd(Place::default(), "127.0.0.1", port, false);
+        let mut w = Watch::new(&cg);
+        w.target(Direction::Outbound, port);
+        let url = format!("http://127.0.0.1:{port}");
+        let place = Place {
+            cgroup: Some(&cg),
+            ..Place::default()
+        };
+        let r = w.during(|| wrk(place, &url, 4, 400, &WRK_MIX, &[]));
+        rows.push(row(
+            "outbound (client in the cgroup), Python",
+            &w,
+            &Truth::from(&r),
+        ));
+    }
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "## Accuracy\n\n\
+         Kite / generator for each shape. Kite's RPS comes from its own 250 ms windows inside the \
+         run; percentiles are milliseconds (Kite at the server's socket, the generator at the \
+         client, so the generator also counts its own stack time). Servers add known delays so \
+         the percentiles are about Kite's math, not loopback overhead (see \
+         `agent/tests/kernel/accuracy.rs`).\n"
+    );
+    md += &report::table(
+        &[
+            "shape",
+            "generator",
+            "requests",
+            "RPS",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+        ],
+        &rows,
+    );
+    md
+}

@@ -1,0 +1,138 @@
+//! `kite-bench`: Kite's cost and accuracy, measured on this machine, printed as Markdown.
+//!
+//! Every comparison alternates the baseline and the monitored runs within one invocation (the
+//! order rotates each round), and reports ratios of medians, so a noisy shared machine still
+//! gives stable figures. Everything runs on loopback with bounded durations.
+//!
+//! ```text
+//! sudo ./bench/run.sh                       # everything, writes docs/benchmarks.md
+//! kite-bench overhead --rounds 5 --secs 5   # one part
+//! ```
+
+mod accuracy;
+mod agent_cost;
+mod overhead;
+mod report;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+/// Command line.
+#[derive(Parser)]
+#[command(
+    name = "kite-bench",
+    about = "Kite's overhead, agent cost and accuracy on this machine"
+)]
+struct Args {
+    #[command(subcommand)]
+    what: What,
+    /// Write the Markdown report here as well (e.g. docs/benchmarks.md).
+    #[arg(long, global = true)]
+    write: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// nginx + wrk: throughput and latency unmonitored vs with Kite; eBPF ns per request.
+    Overhead(overhead::Opts),
+    /// kite-agent CPU and memory at several request rates and endpoint counts.
+    Agent(agent_cost::Opts),
+    /// Kite's counts, RPS and percentiles next to the load generators' own.
+    Accuracy,
+    /// All of the above.
+    All {
+        #[command(flatten)]
+        overhead: overhead::Opts,
+        #[command(flatten)]
+        agent: agent_cost::Opts,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // SAFETY: trivial libc call.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("kite-bench: run as root (it loads eBPF programs and makes cgroups)");
+        return ExitCode::FAILURE;
+    }
+    // Kernel BPF run-time statistics, for as long as the benchmark runs.
+    let _stats = match kite_agent::ebpf::enable_run_time_stats() {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            eprintln!("kite-bench: BPF statistics unavailable, eBPF ns/request will read 0: {e}");
+            None
+        }
+    };
+    let mut md = report::header();
+    match args.what {
+        What::Overhead(o) => md += &overhead::run(&o),
+        What::Agent(o) => md += &agent_cost::run(&o),
+        What::Accuracy => md += &accuracy::run(),
+        What::All { overhead, agent } => {
+            md += &overhead::run(&overhead);
+            md += &agent_cost::run(&agent);
+            md += &accuracy::run();
+        }
+    }
+    println!("{md}");
+    if let Some(p) = args.write {
+        if let Err(e) = std::fs::write(&p, &md) {
+            eprintln!("kite-bench: writing {}: {e}", p.display());
+            return ExitCode::FAILURE;
+        }
+        eprintln!("kite-bench: wrote {}", p.display());
+    }
+    ExitCode::SUCCESS
+}
+
+/// Median of a non-empty list.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// CPU time (user + system) of a process so far.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: trivial libc call.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| f.get(*i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    Duration::from_secs_f64(ticks / hz)
+}
+
+/// Resident memory of a process, bytes.
+pub fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Run time and run count of every loaded program whose name starts with `kite_` but is not
+/// the empty one (summed), per the kernel's BPF statistics.
+pub fn kite_bpf_stats() -> (Duration, u64) {
+    let mut t = Duration::ZERO;
+    let mut n = 0;
+    for p in aya::programs::loaded_programs().flatten() {
+        let name = p.name_as_str().unwrap_or_default();
+        if name.starts_with("kite_") && name != "kite_empty" {
+            t += p.run_time();
+            n += p.run_count();
+        }
+    }
+    (t, n)
+}
