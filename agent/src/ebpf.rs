@@ -141,7 +141,9 @@ fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<io::Error>()
-            && matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+            // EPERM: missing privileges. (The verifier's refusals are EACCES or EINVAL, and are
+            // load errors, not permission problems.)
+            && io.raw_os_error() == Some(libc::EPERM)
         {
             return true;
         }

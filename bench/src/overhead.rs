@@ -28,6 +28,9 @@ pub struct Opts {
     /// wrk connections.
     #[arg(long, default_value_t = 32)]
     pub conns: u32,
+    /// Only the keep-alive shape (quicker, for iterating on the eBPF code).
+    #[arg(long)]
+    pub keep_alive_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -193,7 +196,12 @@ pub fn run(o: &Opts) -> String {
          the empty program's row is what any `cgroup_skb` program costs here.\n",
         o.conns, o.secs, o.rounds
     );
-    for close in [false, true] {
+    let shapes: &[bool] = if o.keep_alive_only {
+        &[false]
+    } else {
+        &[false, true]
+    };
+    for &close in shapes {
         let res = run_shape(o, &cg, port, close);
         let base = median(&mut res[&Mode::Baseline].rps.clone());
         let rows: Vec<Vec<String>> = res

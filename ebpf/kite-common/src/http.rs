@@ -208,25 +208,42 @@ pub trait Payload {
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug)]
 pub struct Scratch {
-    /// The bytes; only the current window's length is meaningful.
-    pub bytes: [u8; WINDOW],
+    /// The bytes; only the current window's length is meaningful. The 8 bytes past the window
+    /// let a word be read at any offset inside it.
+    pub bytes: [u8; WINDOW + 8],
 }
 
 impl Scratch {
     /// All zero.
-    pub const ZERO: Self = Self { bytes: [0; WINDOW] };
+    pub const ZERO: Self = Self {
+        bytes: [0; WINDOW + 8],
+    };
 
     #[inline(always)]
     fn byte(&self, off: u32) -> u8 {
         self.bytes[off as usize & (WINDOW - 1)]
     }
 
-    /// The 8 bytes at `off`, which must be a multiple of 8.
+    /// The aligned word at byte `o` (a multiple of 8, at most `WINDOW`).
     #[inline(always)]
-    fn word(&self, off: u32) -> u64 {
-        let o = off as usize & (WINDOW - 8);
-        // SAFETY: `o + 8 <= WINDOW`, and `o` is a multiple of 8 inside an 8-aligned struct.
+    fn aligned(&self, o: usize) -> u64 {
+        let o = (if o < WINDOW { o } else { WINDOW }) & !7;
+        // SAFETY: `o` is a multiple of 8 and `o + 8 <= WINDOW + 8`, inside an 8-aligned struct.
         unsafe { core::ptr::read(self.bytes.as_ptr().add(o).cast::<u64>()) }
+    }
+
+    /// The 8 bytes starting at `off` (little-endian), from two aligned loads: BPF has no
+    /// unaligned loads, and LLVM would otherwise assemble the word byte by byte.
+    #[inline(always)]
+    fn word_at(&self, off: u32) -> u64 {
+        let o = off as usize & (WINDOW - 1);
+        let base = o & !7;
+        let r = (o & 7) as u32;
+        let w0 = self.aligned(base);
+        if r == 0 {
+            return w0;
+        }
+        (w0 >> (8 * r)) | (self.aligned(base + 8) << (64 - 8 * r))
     }
 }
 
@@ -364,13 +381,30 @@ pub fn opens_connection(h: &[u8; START_LEN], len: usize) -> bool {
     false
 }
 
+/// Index of the first `\n` byte in a little-endian word, if any. The classic zero-byte test
+/// can flag bytes after a real match (borrows) but never before it, so the lowest flag is
+/// exact; its index comes from a multiplication instead of a count-trailing-zeros, which BPF
+/// lacks.
 #[inline(always)]
-fn has_newline(w: u64) -> bool {
+fn first_newline(w: u64) -> Option<u32> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let x = w ^ (ONES * b'\n' as u64);
-    (x.wrapping_sub(ONES) & !x & HIGHS) != 0
+    let m = x.wrapping_sub(ONES) & !x & HIGHS;
+    if m == 0 {
+        return None;
+    }
+    let lowest = m & m.wrapping_neg();
+    Some(((lowest >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56) as u32)
 }
+
+/// ASCII letters to lower case in a whole word (other bytes may change, see [`Conn::scan`]).
+const LOWER: u64 = 0x2020_2020_2020_2020;
+const CONTENT_DASH: u64 = u64::from_le_bytes(*b"content-");
+const LENGTH_COLON: u64 = u64::from_le_bytes(*b"length:\0");
+const SEVEN_BYTES: u64 = 0x00ff_ffff_ffff_ffff;
+/// Actions per [`Conn::step`].
+const ACTIONS: u32 = 3;
 
 #[inline(always)]
 fn hex_value(b: u8) -> Option<u64> {
@@ -412,6 +446,19 @@ impl Stream {
     fn lose(&mut self) {
         self.mode = MODE_LOST;
         self.stash_len = 0;
+    }
+
+    /// A `Content-Length:` name was read; its value follows.
+    #[inline(always)]
+    fn content_length_value(&mut self) {
+        self.idx = 0;
+        self.sub = HS_VALUE_CL;
+        if self.flags & SF_CL != 0 {
+            // A second Content-Length: framing is ambiguous (RFC 9112 §6.3).
+            self.flags |= SF_BAD;
+        }
+        self.flags |= SF_CL;
+        self.remaining = 0;
     }
 
     /// One byte of a header block or trailer section.
@@ -463,16 +510,10 @@ impl Stream {
                 } else if idx < len && (b | 0x20) == expected {
                     self.idx += 1;
                 } else if idx == len && b == b':' {
-                    self.idx = 0;
                     if self.sub == HS_NAME_CL {
-                        self.sub = HS_VALUE_CL;
-                        if self.flags & SF_CL != 0 {
-                            // A second Content-Length: framing is ambiguous (RFC 9112 §6.3).
-                            self.flags |= SF_BAD;
-                        }
-                        self.flags |= SF_CL;
-                        self.remaining = 0;
+                        self.content_length_value();
                     } else {
+                        self.idx = 0;
                         self.sub = HS_VALUE_TE;
                     }
                 } else {
@@ -687,7 +728,17 @@ impl Conn {
                 }
                 true
             }
-            MODE_START => self.start(seg, scratch, payload, sink, req),
+            MODE_START => {
+                if !self.start(seg, scratch, payload, sink, req) {
+                    return false;
+                }
+                // Go on with the header lines in the same step (the window holds them).
+                if self.stream(seg.rx).mode == MODE_HEADERS && seg.pos < seg.win_start + seg.win_len
+                {
+                    self.scan(seg, scratch, sink, req);
+                }
+                true
+            }
             MODE_HEADERS | MODE_TRAILER | MODE_CHUNK_SIZE => {
                 if !Self::window(seg, scratch, payload, sink, 1) {
                     self.stream(seg.rx).lose();
@@ -956,43 +1007,85 @@ impl Conn {
         }
     }
 
-    /// Feeds header / chunk-size bytes from the scratch window: a whole 8-byte word when
-    /// skipping a header line that does not end in it, else up to 8 single bytes.
+    /// Feeds header / chunk-size bytes from the scratch window, a few actions per step.
+    ///
+    /// Fast paths do whole lines: the rest of a line is skipped word by word to its `\n`, and
+    /// at a line start one or two word comparisons tell `Content-Length:` and the end of the
+    /// header block from every other field. Everything else (values, chunk-size lines,
+    /// `Transfer-Encoding`, lines cut by the end of the window) goes through the byte-wise
+    /// automaton, which carries its state across segments. Lower-casing a word by OR-ing
+    /// 0x20 into every byte can only make a header name with control bytes match — such a
+    /// message is not HTTP anyway.
     #[inline(always)]
     fn scan<S: Sink>(&mut self, seg: &mut Segment, scratch: &Scratch, sink: &mut S, req: bool) {
         let win_end = seg.win_start + seg.win_len;
-        let mut off = seg.pos - seg.win_start;
         let st = self.stream(seg.rx);
-        if st.mode != MODE_CHUNK_SIZE && st.sub == HS_SKIP {
-            // Skip whole words without a line feed (most header bytes).
-            let mut k = 0;
-            while k < 4 && off & 7 == 0 && seg.pos + 8 <= win_end {
-                if has_newline(scratch.word(off)) {
+        let mut ev = Ev::More;
+        let mut actions = 0;
+        while actions < ACTIONS && ev == Ev::More && seg.pos < win_end {
+            actions += 1;
+            let off = seg.pos - seg.win_start;
+            let avail = win_end - seg.pos;
+            if st.mode != MODE_CHUNK_SIZE && st.sub == HS_SKIP {
+                // To the end of the line, up to 32 bytes per action.
+                let mut k = 0;
+                let mut done = false;
+                while k < 4 && !done && 8 * k < avail {
+                    match first_newline(scratch.word_at(off + 8 * k)) {
+                        Some(i) if 8 * k + i < avail => {
+                            seg.pos += 8 * k + i + 1;
+                            st.sub = HS_LINE_START;
+                            done = true;
+                        }
+                        Some(_) => {
+                            // The line goes on past the window.
+                            seg.pos = win_end;
+                            done = true;
+                        }
+                        None => k += 1,
+                    }
+                }
+                if !done {
+                    let skip = 8 * k;
+                    seg.pos += if skip < avail { skip } else { avail };
+                }
+                continue;
+            }
+            if st.mode != MODE_CHUNK_SIZE && st.sub == HS_LINE_START && avail >= 16 {
+                let w0 = scratch.word_at(off);
+                let b0 = w0 as u8;
+                if b0 == b'\r' && (w0 >> 8) as u8 == b'\n' {
+                    seg.pos += 2;
+                    ev = Ev::BlockEnd;
                     break;
                 }
-                seg.pos += 8;
-                off += 8;
-                k += 1;
+                if b0 == b'\n' {
+                    seg.pos += 1;
+                    ev = Ev::BlockEnd;
+                    break;
+                }
+                if st.mode == MODE_HEADERS
+                    && w0 | LOWER == CONTENT_DASH
+                    && (scratch.word_at(off + 8) | LOWER) & SEVEN_BYTES == LENGTH_COLON
+                {
+                    seg.pos += 15;
+                    st.content_length_value();
+                    continue;
+                }
+                if st.mode != MODE_HEADERS || (b0 | 0x20) != b't' {
+                    st.sub = HS_SKIP;
+                    continue;
+                }
             }
-            if k > 0 {
-                return;
-            }
-        }
-        let mut ev = Ev::More;
-        let mut k = 0;
-        while k < 8 && seg.pos < win_end {
+            // One byte through the automaton. (One per action keeps the step simple enough for
+            // the verifier to check once.)
             let b = scratch.byte(off);
             seg.pos += 1;
-            off += 1;
-            k += 1;
             ev = if st.mode == MODE_CHUNK_SIZE {
                 st.chunk_byte(b)
             } else {
                 st.header_byte(b)
             };
-            if ev != Ev::More {
-                break;
-            }
         }
         match ev {
             Ev::More => {}

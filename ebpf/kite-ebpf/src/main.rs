@@ -207,28 +207,41 @@ fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
 #[inline(always)]
 fn on_packet(ctx: &SkBuffContext, rx: bool) -> Result<(), i64> {
     bump(Stat::Packets, 1);
-    let vihl: u8 = ctx.load(0)?;
-    let (l4, dst) = match vihl >> 4 {
+    // One copy covers an IPv4 header without options and the TCP header's first 20 bytes
+    // (every IPv4 TCP packet has them), or the whole IPv6 header: helper calls cost more than
+    // the bytes.
+    let h: [u8; 40] = ctx.load(0)?;
+    let (tcp, dst): ([u8; 16], [u8; 16]) = match h[0] >> 4 {
         4 => {
-            let proto: u8 = ctx.load(9)?;
-            let frag: u16 = u16::from_be(ctx.load(6)?);
-            if proto != IPPROTO_TCP || frag & 0x1fff != 0 {
+            let frag = u16::from_be_bytes([h[6], h[7]]);
+            if h[9] != IPPROTO_TCP || frag & 0x1fff != 0 {
                 return Ok(());
             }
-            let dst: [u8; 4] = ctx.load(16)?;
-            (((vihl & 0x0f) as u32) * 4, mapped_v4(dst))
+            let ihl = ((h[0] & 0x0f) as usize) * 4;
+            let tcp = if ihl == 20 {
+                let mut t = [0u8; 16];
+                t.copy_from_slice(&h[20..36]);
+                t
+            } else {
+                ctx.load(ihl)?
+            };
+            (tcp, mapped_v4([h[16], h[17], h[18], h[19]]))
         }
         6 => {
-            let next: u8 = ctx.load(6)?;
-            if next != IPPROTO_TCP {
+            if h[6] != IPPROTO_TCP {
                 return Ok(());
             }
-            let dst: [u8; 16] = ctx.load(24)?;
-            (40, dst)
+            let mut dst = [0u8; 16];
+            dst.copy_from_slice(&h[24..40]);
+            (ctx.load(40)?, dst)
         }
         _ => return Ok(()),
     };
-    let tcp: [u8; 16] = ctx.load(l4 as usize)?;
+    let l4: u32 = if h[0] >> 4 == 4 {
+        ((h[0] & 0x0f) as u32) * 4
+    } else {
+        40
+    };
     let doff = ((tcp[12] >> 4) as u32) * 4;
     let fin = tcp[13] & TCP_FIN != 0;
     let base = l4 + doff;

@@ -875,3 +875,35 @@ fn junk_after_a_body_loses_only_that_segment() {
     assert_eq!(s.side.sink.stat(Stat::PipelineOverflow), 0);
     assert_eq!(s.side.conn.unwrap().waiting(), 0);
 }
+
+#[test]
+fn first_newline_positions() {
+    for i in 0..8 {
+        let mut b = [b'a'; 8];
+        b[i] = b'\n';
+        assert_eq!(first_newline(u64::from_le_bytes(b)), Some(i as u32));
+        // A second one later does not matter.
+        if i < 7 {
+            b[7] = b'\n';
+            assert_eq!(first_newline(u64::from_le_bytes(b)), Some(i as u32));
+        }
+    }
+    assert_eq!(first_newline(u64::from_le_bytes(*b"abcdefgh")), None);
+    // Bytes that trip a naive zero test: 0x0b next to 0x0a, high bytes.
+    assert_eq!(
+        first_newline(u64::from_le_bytes([0x0b, 0x0a, 0xff, 0x8a, 0, 0, 0, 0])),
+        Some(1)
+    );
+}
+
+#[test]
+fn words_at_every_offset() {
+    let mut sc = Scratch::ZERO;
+    for (i, b) in sc.bytes.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    for off in 0..WINDOW as u32 {
+        let want = u64::from_le_bytes(core::array::from_fn(|k| (off as usize + k) as u8));
+        assert_eq!(sc.word_at(off), want, "offset {off}");
+    }
+}
