@@ -82,8 +82,9 @@ pub struct Attachment {
 
 /// Cumulative per-endpoint counters as read from the kernel, summed over CPUs.
 ///
-/// `buckets` keep the kernel's 32-bit wrapping counters (see
-/// [`kite_common::maps::EndpointStats`]): subtract them with `wrapping_sub`.
+/// `buckets` are the non-empty histogram buckets `(index, count)`, by index, with the kernel's
+/// 32-bit wrapping counts (see [`kite_common::maps::EndpointStats`]): subtract them with
+/// `wrapping_sub`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawStats {
     /// Completed requests.
@@ -94,29 +95,36 @@ pub struct RawStats {
     pub req_bytes: u64,
     /// Response bytes.
     pub resp_bytes: u64,
-    /// Histogram buckets (wrapping).
-    pub buckets: Box<[u32]>,
+    /// Non-empty histogram buckets (wrapping counts).
+    pub buckets: Vec<(u16, u32)>,
 }
 
 impl RawStats {
     /// Sums the per-CPU values of one key.
     pub fn sum<'a>(per_cpu: impl IntoIterator<Item = &'a EndpointStats>) -> Self {
+        let mut dense = [0u32; NUM_BUCKETS];
         let mut out = RawStats {
             count: 0,
             latency_sum_ns: 0,
             req_bytes: 0,
             resp_bytes: 0,
-            buckets: vec![0; NUM_BUCKETS].into_boxed_slice(),
+            buckets: Vec::new(),
         };
         for v in per_cpu {
             out.count = out.count.wrapping_add(v.count);
             out.latency_sum_ns = out.latency_sum_ns.wrapping_add(v.latency_sum_ns);
             out.req_bytes = out.req_bytes.wrapping_add(v.req_bytes);
             out.resp_bytes = out.resp_bytes.wrapping_add(v.resp_bytes);
-            for (o, b) in out.buckets.iter_mut().zip(v.buckets.iter()) {
+            for (o, b) in dense.iter_mut().zip(v.buckets.iter()) {
                 *o = o.wrapping_add(*b);
             }
         }
+        out.buckets = dense
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c != 0)
+            .map(|(i, c)| (i as u16, *c))
+            .collect();
         out
     }
 }

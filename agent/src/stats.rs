@@ -7,7 +7,7 @@
 //! totals (for Prometheus).
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, VecDeque},
     fmt,
     net::{IpAddr, Ipv6Addr},
     time::{Duration, Instant},
@@ -21,9 +21,13 @@ use kite_common::{
 use crate::ebpf::RawStats;
 
 /// Latency histogram over the kernel's bucket layout, with 64-bit counts.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Sparse: only non-empty buckets are stored, sorted by index. A service's latencies fill a
+/// few dozen of the 433 buckets at most, so an agent with thousands of endpoints keeps
+/// kilobytes, not megabytes, per endpoint.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Histogram {
-    counts: Box<[u64]>,
+    buckets: Vec<(u16, u64)>,
 }
 
 impl fmt::Debug for Histogram {
@@ -34,53 +38,53 @@ impl fmt::Debug for Histogram {
     }
 }
 
-impl Default for Histogram {
-    fn default() -> Self {
-        Self {
-            counts: vec![0; NUM_BUCKETS].into_boxed_slice(),
-        }
-    }
-}
-
 impl Histogram {
-    /// Counts per bucket, indexed as in [`kite_common::hist`].
-    pub fn counts(&self) -> &[u64] {
-        &self.counts
-    }
-
-    /// A histogram from bucket counts (missing buckets are zero, extra ones ignored).
+    /// A histogram from dense bucket counts (index `i` is bucket `i`; extra ones ignored).
     pub fn from_counts(counts: impl IntoIterator<Item = u64>) -> Self {
-        let mut h = Self::default();
-        for (o, c) in h.counts.iter_mut().zip(counts) {
-            *o = c;
+        Self {
+            buckets: counts
+                .into_iter()
+                .take(NUM_BUCKETS)
+                .enumerate()
+                .filter(|(_, c)| *c > 0)
+                .map(|(i, c)| (i as u16, c))
+                .collect(),
         }
-        h
     }
 
     /// Adds one observation (user-space use: tests, simulations).
     pub fn record(&mut self, ns: u64) {
-        self.counts[bucket_index(ns)] += 1;
+        let i = bucket_index(ns) as u16;
+        match self.buckets.binary_search_by_key(&i, |(b, _)| *b) {
+            Ok(k) => self.buckets[k].1 += 1,
+            Err(k) => self.buckets.insert(k, (i, 1)),
+        }
     }
 
     /// Total observations.
     pub fn count(&self) -> u64 {
-        self.counts.iter().sum()
+        self.buckets.iter().map(|(_, c)| c).sum()
     }
 
     /// Adds another histogram's counts.
     pub fn add(&mut self, other: &Histogram) {
-        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
-            *a += b;
+        if other.buckets.is_empty() {
+            return;
         }
+        if self.buckets.is_empty() {
+            self.buckets.clone_from(&other.buckets);
+            return;
+        }
+        let mut out = Vec::with_capacity(self.buckets.len().max(other.buckets.len()));
+        merge_sparse(&self.buckets, &other.buckets, |i, x, y| {
+            out.push((i, x + y))
+        });
+        self.buckets = out;
     }
 
-    /// Non-empty buckets: (index, count).
+    /// Non-empty buckets: (index, count), by index.
     pub fn nonzero(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
-        self.counts
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c > 0)
-            .map(|(i, c)| (i, *c))
+        self.buckets.iter().map(|(i, c)| (*i as usize, *c))
     }
 
     /// Observations below `ns` nanoseconds, exact when `ns` is a bucket edge.
@@ -124,6 +128,83 @@ impl Histogram {
         } else {
             bucket_upper_ns(i) as f64
         })
+    }
+}
+
+/// A small map kept as a sorted vector: an endpoint has a handful of status codes and methods,
+/// and a `BTreeMap` node per endpoint would weigh more than the data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmallMap<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for SmallMap<K, V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<K: Ord + Copy, V: Default> SmallMap<K, V> {
+    /// The value for `k`, inserted with its default if missing.
+    pub fn entry(&mut self, k: K) -> &mut V {
+        let i = match self.0.binary_search_by(|(x, _)| x.cmp(&k)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.insert(i, (k, V::default()));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+}
+
+impl<K: Ord, V> SmallMap<K, V> {
+    /// The value for `k`.
+    pub fn get(&self, k: &K) -> Option<&V> {
+        self.0
+            .binary_search_by(|(x, _)| x.cmp(k))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    /// Entries by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    /// Values by key.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// No entries.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<K: Ord, V> std::ops::Index<&K> for SmallMap<K, V> {
+    type Output = V;
+    fn index(&self, k: &K) -> &V {
+        self.get(k).expect("no such key")
+    }
+}
+
+impl<K: Ord, V, const N: usize> From<[(K, V); N]> for SmallMap<K, V> {
+    fn from(mut a: [(K, V); N]) -> Self {
+        a.sort_by(|x, y| x.0.cmp(&y.0));
+        Self(a.into_iter().collect())
+    }
+}
+
+impl<'a, K, V> IntoIterator for &'a SmallMap<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, (K, V)>, fn(&'a (K, V)) -> (&'a K, &'a V)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
     }
 }
 
@@ -185,29 +266,69 @@ impl Series {
         self.hist.add(&o.hist);
     }
 
-    fn delta(cur: &RawStats, prev: Option<&RawStats>) -> Series {
-        let z = |f: fn(&RawStats) -> u64| cur_minus(f(cur), prev.map(f));
-        let hist = match prev {
-            Some(p) => Histogram::from_counts(
-                cur.buckets
-                    .iter()
-                    .zip(p.buckets.iter())
-                    .map(|(c, p)| c.wrapping_sub(*p) as u64),
-            ),
-            None => Histogram::from_counts(cur.buckets.iter().map(|c| *c as u64)),
-        };
+    /// What a new kernel reading adds to this cumulative series. The kernel's counters are
+    /// cumulative too, so the series itself is the previous reading (no copy of it is kept);
+    /// histogram buckets are 32-bit and wrapping in the kernel, so they are compared modulo
+    /// 2^32. A reading below the series (the kernel entry was removed and created again)
+    /// counts from zero.
+    fn delta(cur: &RawStats, total: &Series) -> Series {
+        if cur.count < total.count {
+            return Series::delta(cur, &Series::default());
+        }
+        let before: Vec<(u16, u32)> = total
+            .hist
+            .buckets
+            .iter()
+            .map(|(i, c)| (*i, *c as u32))
+            .collect();
+        let mut out = Vec::with_capacity(cur.buckets.len());
+        // A bucket absent from one side reads 0; its wrapping difference still comes out right.
+        merge_sparse(&cur.buckets, &before, |i, c, p| {
+            let d = c.wrapping_sub(p) as u64;
+            if d > 0 {
+                out.push((i, d));
+            }
+        });
         Series {
-            count: z(|r| r.count),
-            latency_sum_ns: z(|r| r.latency_sum_ns),
-            req_bytes: z(|r| r.req_bytes),
-            resp_bytes: z(|r| r.resp_bytes),
-            hist,
+            count: cur.count - total.count,
+            latency_sum_ns: cur.latency_sum_ns.wrapping_sub(total.latency_sum_ns),
+            req_bytes: cur.req_bytes.wrapping_sub(total.req_bytes),
+            resp_bytes: cur.resp_bytes.wrapping_sub(total.resp_bytes),
+            hist: Histogram { buckets: out },
         }
     }
 }
 
-fn cur_minus(cur: u64, prev: Option<u64>) -> u64 {
-    cur.wrapping_sub(prev.unwrap_or(0))
+/// Walks two index-sorted sparse bucket lists together, calling `f(index, a, b)` for every
+/// index present in either (an absent count reads as the default, 0).
+fn merge_sparse<A: Copy + Default, B: Copy + Default>(
+    a: &[(u16, A)],
+    b: &[(u16, B)],
+    mut f: impl FnMut(u16, A, B),
+) {
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) if x.0 == y.0 => {
+                f(x.0, x.1, y.1);
+                i += 1;
+                j += 1;
+            }
+            (Some(x), Some(y)) if x.0 < y.0 => {
+                f(x.0, x.1, B::default());
+                i += 1;
+            }
+            (Some(x), None) => {
+                f(x.0, x.1, B::default());
+                i += 1;
+            }
+            (_, Some(y)) => {
+                f(y.0, A::default(), y.1);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
 }
 
 /// Statistics of one interval (or of a whole run).
@@ -230,9 +351,9 @@ pub struct Interval {
     /// Latency distribution.
     pub hist: Histogram,
     /// Requests per status code.
-    pub by_status: BTreeMap<u16, u64>,
+    pub by_status: SmallMap<u16, u64>,
     /// Requests per method.
-    pub by_method: BTreeMap<Method, u64>,
+    pub by_method: SmallMap<Method, u64>,
 }
 
 impl Interval {
@@ -248,8 +369,8 @@ impl Interval {
         self.latency_sum_ns += s.latency_sum_ns;
         self.hist.add(&s.hist);
         if s.count > 0 {
-            *self.by_status.entry(status).or_default() += s.count;
-            *self.by_method.entry(method).or_default() += s.count;
+            *self.by_status.entry(status) += s.count;
+            *self.by_method.entry(method) += s.count;
         }
     }
 
@@ -264,10 +385,10 @@ impl Interval {
         self.latency_sum_ns += o.latency_sum_ns;
         self.hist.add(&o.hist);
         for (k, v) in &o.by_status {
-            *self.by_status.entry(*k).or_default() += v;
+            *self.by_status.entry(*k) += v;
         }
         for (k, v) in &o.by_method {
-            *self.by_method.entry(*k).or_default() += v;
+            *self.by_method.entry(*k) += v;
         }
         self.secs = self.secs.max(o.secs);
     }
@@ -332,17 +453,18 @@ fn ns_to_duration(ns: f64) -> Duration {
     Duration::from_nanos(ns.round() as u64)
 }
 
-/// A point of an endpoint's history (one interval).
+/// A point of an endpoint's history (one interval). `f32` keeps 60 points of thousands of
+/// endpoints small; sparklines need no more precision.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Point {
     /// Requests per second.
-    pub rps: f64,
+    pub rps: f32,
     /// Median latency, ns (0 when idle).
-    pub p50_ns: f64,
+    pub p50_ns: f32,
     /// 99th percentile latency, ns (0 when idle).
-    pub p99_ns: f64,
+    pub p99_ns: f32,
     /// Share of 4xx/5xx responses.
-    pub error_ratio: f64,
+    pub error_ratio: f32,
 }
 
 /// Everything known about one endpoint.
@@ -355,7 +477,7 @@ pub struct EndpointStats {
     /// Recent intervals, oldest first, at most the collector's history length.
     pub history: VecDeque<Point>,
     /// Cumulative counters per (method, status) since the endpoint was first seen.
-    pub totals: BTreeMap<(Method, u16), Series>,
+    pub totals: SmallMap<(Method, u16), Series>,
     /// When it last had a request.
     pub last_active: Instant,
 }
@@ -373,7 +495,6 @@ impl EndpointStats {
 
 /// Turns successive kernel readings into windowed statistics.
 pub struct Collector {
-    prev: HashMap<EndpointKey, RawStats>,
     prev_at: Instant,
     endpoints: BTreeMap<EndpointId, EndpointStats>,
     history_len: usize,
@@ -386,32 +507,32 @@ impl Collector {
     /// A collector whose first interval starts at `start` (when the programs were attached).
     pub fn new(start: Instant, history_len: usize) -> Self {
         Self {
-            prev: HashMap::new(),
             prev_at: start,
             endpoints: BTreeMap::new(),
             history_len: history_len.max(1),
         }
     }
 
-    /// Folds a new reading taken at `now` into the statistics. Keys missing from the reading
-    /// (removed from the map) are forgotten; their endpoints stay until [`Collector::retain`]
-    /// drops them.
+    /// Folds a new reading taken at `now` into the statistics. Endpoints missing from the
+    /// reading (removed from the map) stay until [`Collector::retain`] drops them.
     pub fn update(&mut self, now: Instant, reading: Vec<(EndpointKey, RawStats)>) {
         let secs = now.saturating_duration_since(self.prev_at).as_secs_f64();
         self.prev_at = now;
         let mut intervals: BTreeMap<EndpointId, Interval> = BTreeMap::new();
-        let mut next = HashMap::with_capacity(reading.len());
         for (key, raw) in reading {
-            let delta = Series::delta(&raw, self.prev.get(&key));
             let id = EndpointId::of(&key);
             let method = Method::from_u8(key.method);
+            let history_len = self.history_len;
             let ep = self.endpoints.entry(id).or_insert_with(|| EndpointStats {
                 id,
                 last: Interval::default(),
-                history: VecDeque::new(),
-                totals: BTreeMap::new(),
+                history: VecDeque::with_capacity(history_len),
+                totals: SmallMap::default(),
                 last_active: now,
             });
+            let total = ep.totals.entry((method, key.status));
+            let delta = Series::delta(&raw, total);
+            total.add(&delta);
             if delta.count > 0 {
                 ep.last_active = now;
             }
@@ -419,21 +540,15 @@ impl Collector {
                 .entry(id)
                 .or_default()
                 .add(method, key.status, &delta);
-            ep.totals
-                .entry((method, key.status))
-                .or_default()
-                .add(&delta);
-            next.insert(key, raw);
         }
-        self.prev = next;
         for (id, ep) in self.endpoints.iter_mut() {
             let mut iv = intervals.remove(id).unwrap_or_default();
             iv.secs = secs;
             let point = Point {
-                rps: iv.rps(),
-                p50_ns: iv.hist.quantile(0.5).unwrap_or(0.0),
-                p99_ns: iv.hist.quantile(0.99).unwrap_or(0.0),
-                error_ratio: iv.error_ratio(),
+                rps: iv.rps() as f32,
+                p50_ns: iv.hist.quantile(0.5).unwrap_or(0.0) as f32,
+                p99_ns: iv.hist.quantile(0.99).unwrap_or(0.0) as f32,
+                error_ratio: iv.error_ratio() as f32,
             };
             if ep.history.len() == self.history_len {
                 ep.history.pop_front();
@@ -490,7 +605,7 @@ mod tests {
             latency_sum_ns: samples.iter().sum(),
             req_bytes: bytes.0,
             resp_bytes: bytes.1,
-            buckets: h.counts().iter().map(|c| *c as u32).collect(),
+            buckets: h.nonzero().map(|(i, c)| (i as u16, c as u32)).collect(),
         }
     }
 
@@ -624,16 +739,58 @@ mod tests {
         let mut c = Collector::new(t0, 10);
         let k = key(1, Method::Get, 200);
         let mut before = raw(&[1_000; 3], (0, 0));
-        let b = bucket_index(1_000);
-        before.buckets[b] = u32::MAX - 1;
+        let b = bucket_index(1_000) as u16;
+        before.buckets = vec![(b, u32::MAX - 1)];
         let mut after = before.clone();
-        after.buckets[b] = 2; // wrapped: +4
+        after.buckets = vec![(b, 2)]; // wrapped: +4
         after.count += 4;
         c.update(t0 + Duration::from_secs(1), vec![(k, before)]);
         c.update(t0 + Duration::from_secs(2), vec![(k, after)]);
         let ep = c.endpoints().next().unwrap();
         assert_eq!(ep.last.hist.count(), 4);
         assert_eq!(ep.last.requests, 4);
+    }
+
+    #[test]
+    fn sparse_merge_adds_and_subtracts_by_bucket() {
+        let mut a = Histogram::default();
+        let mut b = Histogram::default();
+        for ns in [500, 5_000, 5_000, 50_000_000] {
+            a.record(ns);
+        }
+        for ns in [5_000, 900_000, 100_000_000_000] {
+            b.record(ns);
+        }
+        let mut sum = a.clone();
+        sum.add(&b);
+        assert_eq!(sum.count(), 7);
+        let idx: Vec<usize> = sum.nonzero().map(|(i, _)| i).collect();
+        assert!(idx.windows(2).all(|w| w[0] < w[1]), "{idx:?}");
+        assert_eq!(
+            sum.nonzero().find(|(i, _)| *i == bucket_index(5_000)),
+            Some((bucket_index(5_000), 3))
+        );
+        // A bucket that is only in the previous reading wrapped to exactly zero.
+        let prev = RawStats {
+            count: 1,
+            latency_sum_ns: 0,
+            req_bytes: 0,
+            resp_bytes: 0,
+            buckets: vec![(3, u32::MAX), (7, 5)],
+        };
+        let cur = RawStats {
+            count: 3,
+            buckets: vec![(7, 6), (9, 1)],
+            ..prev.clone()
+        };
+        let mut total = Series::default();
+        total.add(&Series::delta(&prev, &Series::default()));
+        let d = Series::delta(&cur, &total);
+        assert_eq!(
+            d.hist.nonzero().collect::<Vec<_>>(),
+            vec![(3, 1), (7, 1), (9, 1)]
+        );
+        assert_eq!(d.count, 2);
     }
 
     #[test]

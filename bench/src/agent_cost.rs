@@ -60,20 +60,22 @@ impl Agent {
         self.child.id()
     }
 
-    /// `kite_map_entries{map="endpoints"}` from /metrics.
-    fn endpoint_entries(&self) -> u64 {
+    /// `kite_map_entries{map="endpoints"}` from /metrics, and the size of the exposition.
+    fn endpoint_entries(&self) -> (u64, usize) {
         use std::io::{Read as _, Write as _};
         let Ok(mut s) = std::net::TcpStream::connect(self.metrics) else {
-            return 0;
+            return (0, 0);
         };
         let _ = write!(s, "GET /metrics HTTP/1.0\r\n\r\n");
         let mut body = String::new();
         let _ = s.read_to_string(&mut body);
-        body.lines()
+        let n = body
+            .lines()
             .find(|l| l.starts_with("kite_map_entries{map=\"endpoints\"}"))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+            .unwrap_or(0);
+        (n, body.len())
     }
 }
 
@@ -98,6 +100,7 @@ struct Row {
     endpoints: u64,
     mcpu: f64,
     rss: u64,
+    scrape: usize,
 }
 
 fn measure(agent: &Agent, secs: u64, load: impl FnOnce(Instant) -> f64 + Send) -> (f64, f64) {
@@ -128,12 +131,17 @@ pub fn run(o: &Opts) -> String {
     let mut rows = Vec::new();
     let mut row = |scenario: &str, (rps, mcpu): (f64, f64), agent: &Agent| {
         thread::sleep(Duration::from_millis(1500));
+        // RSS before the scrape below: rendering thousands of histograms takes tens of
+        // megabytes for a moment (reported separately).
+        let rss = rss(agent.pid());
+        let (endpoints, scrape) = agent.endpoint_entries();
         let r = Row {
             scenario: scenario.into(),
             rps,
-            endpoints: agent.endpoint_entries(),
+            endpoints,
             mcpu,
-            rss: rss(agent.pid()),
+            rss,
+            scrape,
         };
         eprintln!(
             "  agent: {:<34} {:>8.0} rps {:>6} endpoints {:>6.1} mCPU {:>5.1} MiB",
@@ -221,7 +229,14 @@ pub fn run(o: &Opts) -> String {
          address, method and status).\n"
     );
     md += &report::table(
-        &["load", "RPS", "endpoints", "agent mCPU", "agent RSS"],
+        &[
+            "load",
+            "RPS",
+            "endpoints",
+            "agent mCPU",
+            "agent RSS",
+            "/metrics size",
+        ],
         &rows
             .iter()
             .map(|r| {
@@ -231,6 +246,7 @@ pub fn run(o: &Opts) -> String {
                     r.endpoints.to_string(),
                     format!("{:.1}", r.mcpu),
                     format!("{:.1} MiB", r.rss as f64 / 1048576.0),
+                    format!("{:.1} MB", r.scrape as f64 / 1e6),
                 ]
             })
             .collect::<Vec<_>>(),

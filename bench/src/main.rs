@@ -97,19 +97,18 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// CPU time (user + system) of a process so far.
+/// CPU time of a process so far (all its threads), from the scheduler's nanosecond counters
+/// (`/proc/<pid>/task/*/schedstat`), finer than the 10 ms ticks of `/proc/<pid>/stat`.
 pub fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // SAFETY: trivial libc call.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| f.get(*i).and_then(|v| v.parse::<f64>().ok()))
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum();
-    Duration::from_secs_f64(ticks / hz)
+    Duration::from_nanos(ns)
 }
 
 /// Resident memory of a process, bytes.

@@ -230,6 +230,10 @@ impl Worker {
         let bpf = self.kite.program_stats();
         let sockets = if self.last_sweep.elapsed() >= SOCKET_SWEEP {
             self.last_sweep = Instant::now();
+            // A scrape of thousands of endpoints renders tens of megabytes of text; hand the
+            // freed pages back to the system instead of keeping the high-water mark.
+            // SAFETY: plain glibc call.
+            unsafe { libc::malloc_trim(0) };
             Some(self.sweep_sockets())
         } else {
             None

@@ -188,10 +188,10 @@ fn endpoint(st: &State, d: &Described<'_>, iv: &Interval, detail: &Detail) -> v1
             .iter()
             .skip(ep.history.len() - n_hist)
             .map(|p| v1::Point {
-                rps: p.rps,
-                p50_seconds: p.p50_ns / 1e9,
-                p99_seconds: p.p99_ns / 1e9,
-                error_ratio: p.error_ratio,
+                rps: p.rps as f64,
+                p50_seconds: p.p50_ns as f64 / 1e9,
+                p99_seconds: p.p99_ns as f64 / 1e9,
+                error_ratio: p.error_ratio as f64,
             })
             .collect(),
         histogram: detail.histogram.then(|| histogram(iv)),

@@ -165,12 +165,24 @@ async fn metrics_handler(
         .and_then(|v| v.to_str().ok());
     let format = metrics::Format::from_accept(accept);
     match metrics::render(&reg, format) {
-        Ok(body) => (
-            StatusCode::OK,
-            [(axum::http::header::CONTENT_TYPE, format.content_type())],
-            body,
-        )
-            .into_response(),
+        Ok(body) => {
+            if body.len() > 1 << 20 {
+                // Thousands of endpoints render to tens of megabytes; give the pages back once
+                // the answer is on its way rather than keep them as the process's high-water
+                // mark.
+                tokio::spawn(async {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    // SAFETY: plain glibc call.
+                    unsafe { libc::malloc_trim(0) };
+                });
+            }
+            (
+                StatusCode::OK,
+                [(axum::http::header::CONTENT_TYPE, format.content_type())],
+                body,
+            )
+                .into_response()
+        }
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response(),
     }
 }

@@ -394,7 +394,7 @@ fn keep_alive_long_run_has_stable_windows() {
     check_client(&w, &r);
     // The endpoint's history holds the recent windows with their own RPS.
     let ep = w.collector().endpoints().next().unwrap();
-    let busy: Vec<f64> = ep
+    let busy: Vec<f32> = ep
         .history
         .iter()
         .map(|p| p.rps)
