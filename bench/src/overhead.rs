@@ -227,7 +227,11 @@ pub fn run(o: &Opts) -> String {
                     } else {
                         format!("{:.1}", median(&mut s.runs_per_req.clone()))
                     },
-                    m(&s.loader_mcpu),
+                    if s.loader_mcpu.is_empty() {
+                        "–".into()
+                    } else {
+                        format!("{:.1}", median(&mut s.loader_mcpu.clone()))
+                    },
                 ]
             })
             .collect();

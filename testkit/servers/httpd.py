@@ -5,7 +5,7 @@ Usage: httpd.py HOST PORT [--dualstack]
 Routes (GET and POST; POST bodies are read by Content-Length and ignored):
   /d/<ms>        sleep <ms> milliseconds, then 200 "ok"
   /status/<code>[/<ms>] answer <code> with a short body, after <ms> milliseconds
-  /big/<n>       200 with an n-byte body
+  /big/<n>[/<ms>] 200 with an n-byte body, after <ms> milliseconds
   /chunked/<n>   200 with an n-byte body in chunked encoding (several chunks)
   /trap          200 whose body, written separately, looks like HTTP messages
   anything else  200 "hello"
@@ -52,7 +52,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if len(parts) == 3:
                 time.sleep(int(parts[2]) / 1000.0)
             return self._body(int(parts[1]), b"status %s\n" % parts[1].encode())
-        if parts[0] == "big" and len(parts) == 2:
+        if parts[0] == "big" and len(parts) in (2, 3):
+            if len(parts) == 3:
+                time.sleep(int(parts[2]) / 1000.0)
             return self._body(200, b"x" * int(parts[1]))
         if parts[0] == "chunked" and len(parts) == 2:
             return self._body(200, b"y" * int(parts[1]), chunked=True)
