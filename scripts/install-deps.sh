@@ -41,6 +41,8 @@ for p in nginx-light libnginx-mod-http-echo wrk curl python3 python3-pip iproute
     util-linux gcc libc6-dev bpftool prometheus tmux; do
     need "$p"
 done
+# `kubectl kustomize` renders deploy/ in the manifest tests; any kubectl ≥ 1.20 will do.
+command -v kubectl >/dev/null || need kubernetes-client
 for p in ${KITE_EXTRA_PACKAGES:-}; do need "$p"; done
 apt_install "${missing[@]}"
 

@@ -199,16 +199,20 @@ pub fn run() -> String {
             })
         },
     ));
-    rows.push(client_shape("1 MB responses after 5 ms, Python", "python", &|addr| {
-        client(&Load {
-            addr,
-            conns: 2,
-            per_conn: usize::MAX,
-            paths: &["/big/1000000/5"],
-            deadline: Some(Instant::now() + std::time::Duration::from_secs(4)),
-            ..Load::default()
-        })
-    }));
+    rows.push(client_shape(
+        "1 MB responses after 5 ms, Python",
+        "python",
+        &|addr| {
+            client(&Load {
+                addr,
+                conns: 2,
+                per_conn: usize::MAX,
+                paths: &["/big/1000000/5"],
+                deadline: Some(Instant::now() + std::time::Duration::from_secs(4)),
+                ..Load::default()
+            })
+        },
+    ));
     // Outbound: wrk inside the cgroup calling a server outside it.
     {
         let cg = TestCgroup::new("bench-acc-out");

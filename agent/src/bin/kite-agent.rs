@@ -7,6 +7,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// Log filter when `KITE_LOG` is unset. kube's client logs every failed request of the pod
+/// watcher at ERROR; the agent reports an unreachable API server once itself (see
+/// `daemon::kube::follow`), so those repeats are hidden unless asked for.
+const DEFAULT_LOG: &str = "info,kube_client=off,kube_runtime=warn";
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
@@ -17,7 +22,7 @@ async fn main() -> ExitCode {
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("KITE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_env("KITE_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -7,7 +7,7 @@
 //! The socket is world-writable on purpose: any local process may ask, only pods get measured,
 //! and only their own cgroup.
 //!
-//! Wire format (one JSON line each way, see `kite-init`): hello
+//! Wire format (one JSON line each way, defined in [`kite_init`]): hello
 //! `{"version":1,"pod":"web-0","namespace":"shop","uid":"…","container":"kite-init"}`, answer
 //! `{"ok":true,"cgroup":"/kubepods…/pod….slice","message":"attached"}` or
 //! `{"ok":false,"error":"…"}`.
@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use self::wire::{Ack, Hello, HelloError, read_hello};
+use kite_init::{Ack, Hello, HelloError, read_hello};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncWriteExt as _, BufReader},
@@ -281,106 +281,5 @@ impl Enroller {
             }
         }
         self.save(&kept).await;
-    }
-}
-
-/// Wire types of the enrollment protocol.
-// TODO(enrollment): use kite_init::enroll once that crate lands (same wire format).
-mod wire {
-    use serde::{Deserialize, Serialize};
-    use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _};
-
-    /// Longest hello, newline included.
-    pub const MAX_HELLO: usize = 4096;
-
-    #[derive(Debug, Deserialize)]
-    pub struct Hello {
-        pub version: u32,
-        pub pod: String,
-        pub namespace: String,
-        pub uid: String,
-        #[serde(default)]
-        #[allow(dead_code)]
-        pub container: Option<String>,
-    }
-
-    #[derive(Debug, Serialize)]
-    pub struct Ack {
-        ok: bool,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        cgroup: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        message: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        error: Option<String>,
-    }
-
-    impl Ack {
-        pub fn attached(cgroup: &str, message: &str) -> Self {
-            Self {
-                ok: true,
-                cgroup: Some(cgroup.into()),
-                message: Some(message.into()),
-                error: None,
-            }
-        }
-        pub fn refused(error: &str) -> Self {
-            Self {
-                ok: false,
-                cgroup: None,
-                message: None,
-                error: Some(error.into()),
-            }
-        }
-        pub fn to_line(&self) -> String {
-            serde_json::to_string(self).unwrap_or_else(|_| r#"{"ok":false}"#.into())
-        }
-    }
-
-    #[derive(Debug, thiserror::Error)]
-    pub enum HelloError {
-        #[error("no hello within the time limit")]
-        Timeout,
-        #[error("the hello is longer than {MAX_HELLO} bytes")]
-        TooLong,
-        #[error("the connection closed before a complete hello line")]
-        Truncated,
-        #[error("reading the hello: {0}")]
-        Io(#[from] std::io::Error),
-        #[error("the hello is not valid JSON: {0}")]
-        Json(#[from] serde_json::Error),
-        #[error("unsupported hello version {0} (this agent speaks 1)")]
-        Version(u32),
-        #[error("the hello has an empty {0}")]
-        Empty(&'static str),
-    }
-
-    pub async fn read_hello<R: AsyncBufRead + Unpin>(r: R) -> Result<Hello, HelloError> {
-        let mut line = Vec::new();
-        let n = r
-            .take(MAX_HELLO as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await?;
-        if line.last() != Some(&b'\n') {
-            return Err(if n > MAX_HELLO {
-                HelloError::TooLong
-            } else {
-                HelloError::Truncated
-            });
-        }
-        let h: Hello = serde_json::from_slice(&line)?;
-        if h.version != 1 {
-            return Err(HelloError::Version(h.version));
-        }
-        for (name, v) in [
-            ("pod", &h.pod),
-            ("namespace", &h.namespace),
-            ("uid", &h.uid),
-        ] {
-            if v.trim().is_empty() {
-                return Err(HelloError::Empty(name));
-            }
-        }
-        Ok(h)
     }
 }

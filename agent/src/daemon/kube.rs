@@ -107,7 +107,10 @@ pub async fn follow(client: Client, shared: Shared, node: String, shutdown: Canc
         };
         match ev {
             Some(Ok(ev)) => {
-                if failing {
+                // The watcher yields `Init` before every (re)list attempt, also when that
+                // attempt then fails; only pods arriving mean the API server answers again.
+                let data = !matches!(ev, watcher::Event::Init);
+                if failing && data {
                     info!("Kubernetes pod watch recovered");
                     failing = false;
                 }

@@ -33,12 +33,17 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent on free ports with these extra arguments and waits until it is ready.
     pub fn start(extra: &[&str]) -> Self {
-        let state_dir = std::env::temp_dir().join(format!("kite-agent-{}", free_port()));
-        std::fs::create_dir_all(&state_dir).unwrap();
-        Self::start_in(extra, state_dir)
+        Self::start_env(extra, &[])
     }
 
-    fn start_in(extra: &[&str], state_dir: PathBuf) -> Self {
+    /// Starts an agent with extra environment variables.
+    pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let state_dir = std::env::temp_dir().join(format!("kite-agent-{}", free_port()));
+        std::fs::create_dir_all(&state_dir).unwrap();
+        Self::start_in(extra, env, state_dir)
+    }
+
+    fn start_in(extra: &[&str], env: &[(&str, &str)], state_dir: PathBuf) -> Self {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let socket = state_dir.join("kite.sock");
@@ -53,16 +58,18 @@ impl Agent {
             state_dir.display().to_string(),
             "--interval".into(),
             "500ms".into(),
-            "--kube".into(),
-            "off".into(),
             "--node-name".into(),
             "test-node".into(),
         ];
+        if !extra.contains(&"--kube") {
+            args.extend(["--kube".into(), "off".into()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new(AGENT)
             .args(&args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log_file(&state_dir))
             .spawn()
             .expect("start kite-agent");
         let agent = Self {
@@ -82,7 +89,7 @@ impl Agent {
         let child = Command::new(AGENT)
             .args(&self.args)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log_file(&self.state_dir))
             .spawn()
             .expect("restart kite-agent");
         let a = Self {
@@ -148,12 +155,29 @@ impl Agent {
             .find(|c| c.name == name)
             .map_or(0, |c| c.value)
     }
+
+    /// What the agent logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+/// The agent's stderr goes to `<state_dir>/agent.log` (appended across restarts).
+fn log_file(state_dir: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state_dir.join("agent.log"))
+        .unwrap()
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.proc.child.kill();
         let _ = self.proc.child.wait();
+        if thread::panicking() {
+            eprintln!("--- kite-agent log ---\n{}", self.log());
+        }
         let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
@@ -505,7 +529,7 @@ fn enrollment_attaches_pods_of_both_kubelet_layouts_and_refuses_others() {
     }
     let _serial = serial();
     let root = TestCgroup::new("node");
-    let agent = Agent::start(&[]);
+    let agent = Agent::start(&["--gone-grace", "1s"]);
     let uid_ = UID.replace('-', "_");
     for (layout, pod_rel, ctr, init) in [
         (
@@ -790,4 +814,49 @@ fn sigkill_under_load_loses_no_request_and_restart_does_not_duplicate() {
     assert!(attached_programs(&web.dir).is_empty());
     assert!(attached_programs(&pod.dir).is_empty());
     assert!(!restarted.socket.exists(), "socket file left behind");
+}
+
+#[test]
+fn no_cluster_or_unreachable_api_is_reported_once_and_nothing_else_stops() {
+    if !ebpf_available("no_cluster_or_unreachable_api_is_reported_once_and_nothing_else_stops") {
+        return;
+    }
+    let _serial = serial();
+    // No kubeconfig at all, and a kubeconfig whose API server does not answer.
+    let dir = std::env::temp_dir().join(format!("kite-kubeconfig-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = DirGuard(dir.clone());
+    let dead = dir.join("dead.yaml");
+    std::fs::write(
+        &dead,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    insecure-skip-tls-verify: true\n\
+             users:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let missing = dir.join("missing.yaml");
+    let home = dir.display().to_string();
+    for kubeconfig in [&missing, &dead] {
+        let kc = kubeconfig.display().to_string();
+        let agent = Agent::start_env(
+            &["--kube", "on"],
+            &[("KUBECONFIG", kc.as_str()), ("HOME", home.as_str())],
+        );
+        // Long enough for several watch retries.
+        thread::sleep(Duration::from_secs(6));
+        let log = agent.log();
+        let warnings = log
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("Kubernetes"))
+            .count();
+        assert_eq!(warnings, 1, "{log}");
+        assert!(!log.contains("ERROR"), "{log}");
+        assert_eq!(
+            http_get(agent.metrics, "/readyz").map(|(c, _)| c),
+            Some(200)
+        );
+        assert_eq!(agent.info().node, "test-node");
+    }
 }

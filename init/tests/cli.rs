@@ -1,0 +1,116 @@
+//! The binary as a pod runs it: whatever happens, exit 0 with the reason on stderr.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixListener,
+    process::{Command, Output},
+    thread,
+    time::{Duration, Instant},
+};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kite-init"));
+    c.args(args);
+    for k in [
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "POD_UID",
+        "KITE_SOCKET",
+        "KITE_INIT_TIMEOUT",
+    ] {
+        c.env_remove(k);
+    }
+    c.envs(env.iter().copied());
+    c.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn temp_socket(name: &str) -> (std::path::PathBuf, impl Drop) {
+    struct D(std::path::PathBuf);
+    impl Drop for D {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let d = std::env::temp_dir().join(format!("kite-init-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    (d.join("kite.sock"), D(d))
+}
+
+#[test]
+fn missing_pod_identity_is_reported_and_the_pod_still_starts() {
+    let o = run(&[], &[]);
+    assert!(o.status.success());
+    assert!(stderr(&o).contains("POD_NAME"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_arguments_do_not_fail_the_pod() {
+    let o = run(&["--timeout", "soon"], &[]);
+    assert!(o.status.success());
+    assert!(stderr(&o).contains("not enrolled"), "{}", stderr(&o));
+}
+
+#[test]
+fn no_agent_means_a_bounded_wait_then_exit_0() {
+    let (socket, _d) = temp_socket("none");
+    let t = Instant::now();
+    let o = run(
+        &["--timeout", "700ms"],
+        &[
+            ("POD_NAME", "web-0"),
+            ("POD_NAMESPACE", "shop"),
+            ("POD_UID", "u-1"),
+            ("KITE_SOCKET", socket.to_str().unwrap()),
+        ],
+    );
+    assert!(o.status.success());
+    assert!(
+        t.elapsed() >= Duration::from_millis(650),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let err = stderr(&o);
+    assert!(
+        err.contains("shop/web-0 not enrolled") && err.contains("no agent"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_downward_api_env_becomes_the_hello_and_the_ack_is_logged() {
+    let (socket, _d) = temp_socket("ack");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let agent = thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        (&s).write_all(b"{\"ok\":true,\"cgroup\":\"/kubepods/podu-1\",\"message\":\"attached\"}\n")
+            .unwrap();
+        line
+    });
+    let o = run(
+        &[],
+        &[
+            ("POD_NAME", "web-0"),
+            ("POD_NAMESPACE", "shop"),
+            ("POD_UID", "u-1"),
+            ("KITE_SOCKET", socket.to_str().unwrap()),
+        ],
+    );
+    assert!(o.status.success());
+    let hello: serde_json::Value = serde_json::from_str(&agent.join().unwrap()).unwrap();
+    assert_eq!(
+        hello,
+        serde_json::json!({"version":1,"pod":"web-0","namespace":"shop","uid":"u-1","container":"kite-init"})
+    );
+    assert!(
+        stderr(&o).contains("enrolled: attached (/kubepods/podu-1)"),
+        "{}",
+        stderr(&o)
+    );
+}
