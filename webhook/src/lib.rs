@@ -6,6 +6,7 @@
 //! a cluster without cert-manager needs.
 
 pub mod certs;
+pub mod cli;
 pub mod inject;
 pub mod server;
 

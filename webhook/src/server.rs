@@ -57,12 +57,19 @@ pub enum ServerError {
     Tls(#[from] rustls::Error),
 }
 
+/// Path of the per-pod opt-in ([`Scope::Pod`]).
+pub const POD_PATH: &str = "/mutate";
+/// Path of the per-namespace opt-in ([`Scope::Namespace`]).
+pub const NAMESPACE_PATH: &str = "/mutate/namespace";
+/// Liveness and readiness.
+pub const HEALTH_PATH: &str = "/healthz";
+
 /// The HTTP routes, without TLS (tests and other servers can mount them).
 pub fn router(injector: Arc<Injector>) -> Router {
     Router::new()
-        .route("/mutate", post(mutate_pod))
-        .route("/mutate/namespace", post(mutate_namespace))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(POD_PATH, post(mutate_pod))
+        .route(NAMESPACE_PATH, post(mutate_namespace))
+        .route(HEALTH_PATH, get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(injector)
 }

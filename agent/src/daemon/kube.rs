@@ -92,6 +92,11 @@ pub fn apply(shared: &Shared, relist: &mut Option<HashSet<String>>, ev: watcher:
     }
 }
 
+/// The Kubernetes API access of this module, as (API group, resource, verbs): the pod watcher
+/// lists and watches pods (of its own node). deploy/'s ClusterRole grants exactly this, which
+/// the manifest tests check; `follows_list_and_watch_events` shows the requests are these.
+pub const API_ACCESS: &[(&str, &str, &[&str])] = &[("", "pods", &["list", "watch"])];
+
 /// Follows the pods of `node` until `shutdown`.
 pub async fn follow(client: Client, shared: Shared, node: String, shutdown: CancellationToken) {
     let api: Api<Pod> = Api::all(client);

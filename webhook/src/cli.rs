@@ -1,0 +1,95 @@
+//! Command line of `kite-webhook` (in the library so the manifest tests can parse the
+//! Deployment's arguments with it).
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+use crate::certs::Names;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Kite's admission webhook: injects kite-init into opted-in pods"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the webhook over TLS.
+    Serve(Serve),
+    /// Create a CA and a serving certificate (plus the Secret and caBundle patch).
+    Certs(Certs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Serve {
+    /// Address to listen on.
+    #[arg(long, env = "KITE_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    pub addr: SocketAddr,
+    /// Serving certificate (PEM), read again when it changes.
+    #[arg(
+        long,
+        env = "KITE_WEBHOOK_TLS_CERT",
+        default_value = "/etc/kite-webhook/tls/tls.crt"
+    )]
+    pub tls_cert: PathBuf,
+    /// Its private key (PEM).
+    #[arg(
+        long,
+        env = "KITE_WEBHOOK_TLS_KEY",
+        default_value = "/etc/kite-webhook/tls/tls.key"
+    )]
+    pub tls_key: PathBuf,
+    /// Image of the injected init container.
+    #[arg(long, env = "KITE_INIT_IMAGE", default_value_t = crate::Injector::default().image)]
+    pub init_image: String,
+    /// imagePullPolicy of the injected init container.
+    #[arg(long, env = "KITE_INIT_PULL_POLICY", default_value_t = crate::Injector::default().pull_policy)]
+    pub init_pull_policy: String,
+    /// Command of the injected init container.
+    #[arg(
+        long,
+        env = "KITE_INIT_COMMAND",
+        default_value = "kite-init",
+        value_delimiter = ' '
+    )]
+    pub init_command: Vec<String>,
+    /// How long the init container waits for the node agent.
+    #[arg(long, env = "KITE_INIT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub init_timeout: Duration,
+    /// The agent's socket directory on the nodes (a hostPath in the pod).
+    #[arg(long, env = "KITE_SOCKET_DIR", default_value_t = crate::Injector::default().socket_dir)]
+    pub socket_dir: String,
+    /// Kite's own namespace, never injected.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kite-system")]
+    pub namespace: String,
+    /// Other namespaces never injected (kube-system always is).
+    #[arg(long = "exclude-namespace", value_name = "NAMESPACE")]
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Certs {
+    /// Directory for ca.crt, tls.crt, tls.key, secret.json and ca-bundle-patch.json.
+    #[arg(long, default_value = "kite-webhook-certs")]
+    pub out_dir: PathBuf,
+    /// The webhook Service.
+    #[arg(long, default_value_t = Names::default().service)]
+    pub service: String,
+    /// Its namespace.
+    #[arg(long, default_value_t = Names::default().namespace)]
+    pub namespace: String,
+    /// Name of the Secret to write.
+    #[arg(long, default_value_t = Names::default().secret)]
+    pub secret: String,
+    /// Validity of the serving certificate in days.
+    #[arg(long, default_value_t = Names::default().days)]
+    pub days: i64,
+    /// More DNS names or IP addresses for the certificate (e.g. 127.0.0.1 for local tests).
+    #[arg(long = "extra-name")]
+    pub extra: Vec<String>,
+}
