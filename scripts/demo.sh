@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
 # Kite's local demo: nginx in a cgroup of its own, bounded wrk load at it (and, from inside
-# the cgroup, calls out to a Python upstream), and kite-loader measuring the cgroup with eBPF.
-# Runs about 25 seconds, then cleans up everything it started. Needs root.
+# the cgroup, calls out to a Python upstream), and Kite measuring the cgroup with eBPF.
+#
+#   demo.sh          kite-loader prints a line per endpoint every 2 s (about 25 s in all)
+#   demo.sh --tui    kite-agent measures, kite-tui shows it (load for 2 minutes; q quits)
+#
+# Cleans up everything it started. Needs root. KITE_DEMO_BIN_DIR=<dir> uses binaries already
+# built there instead of building release ones (the demo's own test does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+mode=loader
+case "${1:-}" in
+    "") ;;
+    --tui) mode=tui ;;
+    *) echo "usage: demo.sh [--tui]" >&2; exit 2 ;;
+esac
 if [ "$(id -u)" -ne 0 ]; then
     echo "demo.sh: run as root (loading eBPF programs and making cgroups need it)" >&2
     exit 1
@@ -12,8 +23,15 @@ fi
 scripts/install-deps.sh
 # shellcheck disable=SC1091
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-echo "building kite-loader…" >&2
-cargo build --release --locked -q -p kite-agent --bin kite-loader
+bin=${KITE_DEMO_BIN_DIR:-$root/target/release}
+if [ -z "${KITE_DEMO_BIN_DIR:-}" ]; then
+    echo "building Kite…" >&2
+    if [ "$mode" = tui ]; then
+        cargo build --release --locked -q -p kite-agent -p kite-tui --bin kite-agent --bin kite-tui
+    else
+        cargo build --release --locked -q -p kite-agent --bin kite-loader
+    fi
+fi
 
 mount=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/self/mounts)
 [ -n "$mount" ] || { echo "demo.sh: no cgroup v2 hierarchy mounted" >&2; exit 1; }
@@ -57,7 +75,7 @@ CONF
 sh -c "echo \$\$ > '$cg/cgroup.procs'; exec nginx -c '$work/nginx.conf'" &
 pids+=($!)
 # An upstream outside the cgroup, called from inside it (outbound traffic).
-python3 agent/tests/kernel/servers/httpd.py 127.0.0.1 "$upstream" 2>/dev/null &
+python3 testkit/servers/httpd.py 127.0.0.1 "$upstream" 2>/dev/null &
 pids+=($!)
 sleep 0.5
 
@@ -71,8 +89,29 @@ function request()
 end
 LUA
 
-echo "kite-loader measures cgroup ${cg#"$mount"}: nginx on 127.0.0.1:$web (in), calls to 127.0.0.1:$upstream (out)" >&2
-"$root/target/release/kite-loader" -s 2 -n 10 --cgroup "${cg#"$mount"}" DEMO &
+rel=${cg#"$mount"}
+if [ "$mode" = tui ]; then
+    grpc=$(free_port)
+    metrics=$(free_port)
+    "$bin/kite-agent" --cgroup "$rel" --kube off --node-name demo \
+        --grpc-addr "127.0.0.1:$grpc" --metrics-addr "127.0.0.1:$metrics" \
+        --socket "$work/kite.sock" --state-dir "$work" 2>"$work/agent.log" &
+    pids+=($!)
+    for _ in $(seq 100); do
+        curl -fs "http://127.0.0.1:$metrics/readyz" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    wrk -t2 -c8 -d120s -s "$work/mix.lua" "http://127.0.0.1:$web" >"$work/wrk.txt" 2>&1 &
+    pids+=($!)
+    sh -c "echo \$\$ > '$cg/cgroup.procs'; exec wrk -t1 -c2 -d120s http://127.0.0.1:$upstream/d/5" >"$work/wrk-out.txt" 2>&1 &
+    pids+=($!)
+    # Prometheus' view of the same numbers: curl http://127.0.0.1:$metrics/metrics
+    "$bin/kite-tui" --addr "127.0.0.1:$grpc" || true
+    exit 0
+fi
+
+echo "kite-loader measures cgroup $rel: nginx on 127.0.0.1:$web (in), calls to 127.0.0.1:$upstream (out)" >&2
+"$bin/kite-loader" -s 2 -n 10 --cgroup "$rel" DEMO &
 loader=$!
 pids+=($loader)
 sleep 3   # the verifier takes a moment; measuring starts when the first line appears

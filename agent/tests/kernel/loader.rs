@@ -158,3 +158,62 @@ fn loader_explains_what_is_wrong() {
     assert_eq!(code, 2);
     assert!(err.contains("expected a number of seconds"), "{err}");
 }
+
+/// The RPS figure of a kite-loader line ("RPS: 3.83k," → 3830).
+fn rps_of(line: &str) -> Option<f64> {
+    let v = line.split("RPS: ").nth(1)?.split(',').next()?.trim();
+    let (num, mult) = if let Some(n) = v.strip_suffix('k') {
+        (n, 1e3)
+    } else if let Some(n) = v.strip_suffix('M') {
+        (n, 1e6)
+    } else {
+        (v, 1.0)
+    };
+    num.parse::<f64>().ok().map(|n| n * mult)
+}
+
+/// The README's first command, as a new user runs it (with the binaries this test run built).
+#[test]
+fn the_readme_demo_shows_inbound_and_outbound_traffic_and_cleans_up() {
+    if !ebpf_available("the_readme_demo_shows_inbound_and_outbound_traffic_and_cleans_up") {
+        return;
+    }
+    let _serial = serial();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin_dir = std::path::Path::new(LOADER).parent().unwrap();
+    let out = Command::new("bash")
+        .arg(root.join("scripts/demo.sh"))
+        .env("KITE_DEMO_BIN_DIR", bin_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let best = |dir: &str| {
+        stdout
+            .lines()
+            .filter(|l| l.contains("[kite_loader] [DEMO]") && l.contains(&format!(" {dir} - RPS")))
+            .filter_map(rps_of)
+            .fold(0.0, f64::max)
+    };
+    // wrk's mix at nginx (thousands per second here) and two connections to a 5 ms upstream
+    // (about 2 × 200 per second).
+    assert!(best("in") > 500.0, "{stdout}\n{stderr}");
+    let out_rps = best("out");
+    assert!(
+        (100.0..=450.0).contains(&out_rps),
+        "{out_rps}: {stdout}\n{stderr}"
+    );
+    assert!(stderr.contains("wrk's own view"), "{stderr}");
+    // Nothing left behind: no demo cgroup, no attached programs.
+    let mount = kite_agent::cgroup::Hierarchy::discover()
+        .unwrap()
+        .mount()
+        .to_path_buf();
+    let left: Vec<_> = std::fs::read_dir(&mount)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("kite-demo-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
