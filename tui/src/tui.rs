@@ -1,0 +1,279 @@
+//! The terminal and the event loop.
+//!
+//! The loop waits on one channel only: keys and resizes come from an input thread, snapshots
+//! and connection states from one task per agent ([`crate::client::follow`]). It never waits
+//! on the network, so the screen stays responsive whatever the agents do. The terminal is put
+//! back as it was on every way out: normal exit, error, Ctrl-C or a signal, and panics (a
+//! panic hook restores it before the message is printed).
+
+use std::{
+    io::{self, Stdout},
+    sync::Once,
+    thread,
+    time::Duration,
+};
+
+use ratatui::{
+    Terminal,
+    backend::{Backend, CrosstermBackend},
+    crossterm::{
+        cursor, event as ct, execute,
+        terminal::{self, EnterAlternateScreen, LeaveAlternateScreen},
+    },
+};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Error,
+    app::{App, EntryKey, Event},
+    client::{Target, follow},
+};
+
+/// Events queued between the producers and the loop.
+const QUEUE: usize = 256;
+/// Events applied before the screen is drawn again (so a burst cannot starve drawing).
+const BATCH: usize = 64;
+
+/// Puts the terminal back: main screen, cooked mode, visible cursor. Safe to call twice.
+pub fn restore() {
+    let _ = terminal::disable_raw_mode();
+    let _ = execute!(io::stdout(), LeaveAlternateScreen, cursor::Show);
+}
+
+/// The terminal in raw mode on the alternate screen; restored on drop.
+pub struct TerminalGuard {
+    /// The ratatui terminal.
+    pub terminal: Terminal<CrosstermBackend<Stdout>>,
+}
+
+impl TerminalGuard {
+    /// Enters raw mode and the alternate screen. On panic, `shutdown` is cancelled and the
+    /// terminal restored before the panic message is printed.
+    pub fn enter(shutdown: &CancellationToken) -> Result<Self, Error> {
+        install_panic_hook(shutdown.clone());
+        terminal::enable_raw_mode().map_err(Error::Terminal)?;
+        if let Err(e) = execute!(io::stdout(), EnterAlternateScreen, cursor::Hide) {
+            restore();
+            return Err(Error::Terminal(e));
+        }
+        match Terminal::new(CrosstermBackend::new(io::stdout())) {
+            Ok(terminal) => Ok(Self { terminal }),
+            Err(e) => {
+                restore();
+                Err(Error::Terminal(e))
+            }
+        }
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore();
+    }
+}
+
+fn install_panic_hook(shutdown: CancellationToken) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore();
+            shutdown.cancel();
+            previous(info);
+        }));
+    });
+}
+
+/// Reads keys and resizes on a thread of its own (crossterm's reads block) until `shutdown`.
+pub fn spawn_input(tx: mpsc::Sender<Event>, shutdown: CancellationToken) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        while !shutdown.is_cancelled() {
+            match ct::poll(Duration::from_millis(100)) {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(_) => break,
+            }
+            let event = match ct::read() {
+                Ok(ct::Event::Key(k)) if k.kind != ct::KeyEventKind::Release => Event::Key(k),
+                Ok(ct::Event::Resize(w, h)) => Event::Resize(w, h),
+                Ok(_) => continue,
+                Err(_) => break,
+            };
+            if tx.blocking_send(event).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// Applies an event the way the loop does: event → action → update (→ follow-up actions).
+pub fn handle(app: &mut App, event: Event) {
+    let mut next = app.action(event);
+    while let Some(action) = next {
+        next = app.update(action);
+    }
+}
+
+/// Draws, then applies events and draws again until the user quits, the channel closes or
+/// `shutdown` is cancelled. Generic over the backend, so tests run it on a `TestBackend`.
+///
+/// After every batch of events the endpoint in focus (`App::focus`) is published on `focus`
+/// for the agents' tasks, without waiting for anyone.
+pub async fn event_loop<B: Backend>(
+    terminal: &mut Terminal<B>,
+    app: &mut App,
+    rx: &mut mpsc::Receiver<Event>,
+    focus: &watch::Sender<Option<EntryKey>>,
+    shutdown: &CancellationToken,
+) -> Result<(), B::Error> {
+    terminal.draw(|f| f.render_widget(&*app, f.area()))?;
+    loop {
+        let f = app.focus();
+        if *focus.borrow() != f {
+            focus.send_replace(f);
+        }
+        let event = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            e = rx.recv() => match e {
+                Some(e) => e,
+                None => return Ok(()),
+            },
+        };
+        handle(app, event);
+        for _ in 0..BATCH {
+            if app.quit {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(e) => handle(app, e),
+                Err(_) => break,
+            }
+        }
+        if app.quit {
+            return Ok(());
+        }
+        terminal.draw(|f| f.render_widget(&*app, f.area()))?;
+    }
+}
+
+/// Cancels `shutdown` on SIGINT, SIGTERM or SIGHUP (Ctrl-C in raw mode arrives as a key).
+pub fn cancel_on_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    tokio::spawn(async move {
+        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        shutdown.cancel();
+    });
+}
+
+/// The interactive dashboard over these agents, until the user quits or `shutdown`.
+pub async fn run(targets: Vec<Target>, shutdown: CancellationToken) -> Result<(), Error> {
+    let (tx, mut rx) = mpsc::channel(QUEUE);
+    let (focus_tx, focus_rx) = watch::channel(None);
+    let labels = targets.iter().map(Target::label).collect();
+    for (i, t) in targets.into_iter().enumerate() {
+        tokio::spawn(follow(i, t, tx.clone(), focus_rx.clone(), shutdown.clone()));
+    }
+    let mut guard = TerminalGuard::enter(&shutdown)?;
+    let size = guard.terminal.size().map_err(Error::Terminal)?;
+    let mut app = App::new(labels, (size.width, size.height));
+    let input = spawn_input(tx, shutdown.clone());
+    let result = event_loop(&mut guard.terminal, &mut app, &mut rx, &focus_tx, &shutdown).await;
+    shutdown.cancel();
+    drop(guard);
+    // The input thread notices within its poll interval.
+    let _ = tokio::task::spawn_blocking(move || input.join()).await;
+    result.map_err(Error::Terminal)
+}
+
+#[cfg(test)]
+mod tests {
+    use ratatui::backend::TestBackend;
+
+    use super::*;
+    use crate::app::{
+        AgentEvent,
+        tests::{ch, endpoint, snapshot},
+    };
+
+    #[tokio::test]
+    async fn the_loop_draws_updates_and_stops_on_q() {
+        let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        let mut app = App::new(vec!["127.0.0.1:7777".into()], (80, 24));
+        let (tx, mut rx) = mpsc::channel(16);
+        let shutdown = CancellationToken::new();
+        tx.send(Event::Agent(
+            0,
+            AgentEvent::Snapshot(snapshot(
+                "node-a",
+                vec![endpoint(
+                    Some(("shop", "web-1")),
+                    "",
+                    80,
+                    120.0,
+                    Some(4.0),
+                    0.0,
+                )],
+            )),
+        ))
+        .await
+        .unwrap();
+        tx.send(ch('q')).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            event_loop(
+                &mut terminal,
+                &mut app,
+                &mut rx,
+                &watch::channel(None).0,
+                &shutdown,
+            ),
+        )
+        .await
+        .expect("the loop ends on q")
+        .unwrap();
+        assert!(app.quit);
+        assert_eq!(app.row_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_loop_stops_when_cancelled_even_with_a_silent_network() {
+        let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        let mut app = App::new(vec!["127.0.0.1:7777".into()], (80, 24));
+        let (_tx, mut rx) = mpsc::channel::<Event>(16);
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            s.cancel();
+        });
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            event_loop(
+                &mut terminal,
+                &mut app,
+                &mut rx,
+                &watch::channel(None).0,
+                &shutdown,
+            ),
+        )
+        .await
+        .expect("the loop ends when cancelled")
+        .unwrap();
+        let screen = terminal.backend().to_string();
+        assert!(screen.contains("connecting"), "{screen}");
+    }
+}

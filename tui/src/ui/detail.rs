@@ -1,0 +1,492 @@
+//! The detail view of one endpoint: last window and totals, status codes and methods, the
+//! latency distribution of the last window, RPS and p50/p99 history.
+
+use kite_proto::v1;
+use ratatui::{
+    buffer::Buffer,
+    layout::{Constraint, Layout, Rect},
+    style::{Color, Style, Stylize as _},
+    symbols::Marker,
+    text::{Line, Span},
+    widgets::{Axis, Block, Borders, Chart, Dataset, GraphType, Paragraph, Widget},
+};
+
+use super::{error_span, table::fit};
+use crate::{
+    app::{App, Entry},
+    human,
+};
+
+pub(super) fn render(app: &App, e: &Entry, area: Rect, buf: &mut Buffer) {
+    let [title, info, rest] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Fill(1),
+    ])
+    .areas(area);
+    title_line(app, e, title, buf);
+    info_line(e, info, buf);
+    let charts_h = if rest.height >= 14 {
+        (rest.height * 2 / 5).max(6)
+    } else {
+        0
+    };
+    let [middle, charts] =
+        Layout::vertical([Constraint::Fill(1), Constraint::Length(charts_h)]).areas(rest);
+    let [left, right] = Layout::horizontal([Constraint::Length(30), Constraint::Fill(1)])
+        .spacing(1)
+        .areas(middle);
+    let [last, totals, codes] = Layout::vertical([
+        Constraint::Length(6),
+        Constraint::Length(3),
+        Constraint::Fill(1),
+    ])
+    .areas(left);
+    window_stats(e, last, buf);
+    totals_stats(e, totals, buf);
+    statuses(e, codes, buf);
+    // History and histogram come from the detailed copy the agent's task fetched.
+    let detailed = app.detailed(e);
+    distribution(detailed, right, buf);
+    if charts_h > 0 {
+        let [rps, lat] =
+            Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
+                .spacing(2)
+                .areas(charts);
+        let window = app
+            .agents
+            .get(e.key.agent)
+            .map_or(1.0, |a| a.window_seconds)
+            .max(0.001);
+        rps_chart(&detailed.history, window, rps, buf);
+        latency_chart(&detailed.history, window, lat, buf);
+    }
+}
+
+fn title_line(app: &App, e: &Entry, area: Rect, buf: &mut Buffer) {
+    let mut spans = vec![
+        Span::raw(" "),
+        Span::raw(e.name.clone()).bold(),
+        Span::raw(" · "),
+        Span::raw(e.addr.clone()).bold(),
+        Span::raw(format!(
+            " · {} · on {}",
+            match e.direction {
+                v1::Direction::Inbound => "inbound",
+                v1::Direction::Outbound => "outbound",
+                v1::Direction::Unspecified => "?",
+            },
+            e.node
+        )),
+    ];
+    if !app.detail_is_live() {
+        spans.push(Span::styled(
+            "  not reported any more (last values)",
+            Style::new().fg(Color::Red),
+        ));
+    }
+    Line::from(spans).render(area, buf);
+}
+
+fn info_line(e: &Entry, area: Rect, buf: &mut Buffer) {
+    let id = e.ep.id.clone().unwrap_or_default();
+    let mut parts = Vec::new();
+    if let Some(w) = &e.ep.workload {
+        if !w.workload_kind.is_empty() {
+            parts.push(format!("{}/{}", w.workload_kind, w.workload_name));
+        }
+        if !w.container.is_empty() {
+            parts.push(format!("container {}", w.container));
+        }
+    }
+    if !id.cgroup_path.is_empty() {
+        parts.push(format!("cgroup {}", id.cgroup_path));
+    }
+    parts.push(format!("cgroup id {}", id.cgroup_id));
+    let width = area.width.saturating_sub(2) as usize;
+    Line::from(format!(" {}", fit(&parts.join(" · "), width)))
+        .dim()
+        .render(area, buf);
+}
+
+fn section(title: String) -> Block<'static> {
+    Block::new()
+        .borders(Borders::TOP)
+        .title(Span::raw(title).bold().fg(Color::Cyan))
+}
+
+fn kv(k: &str, v: String) -> [Span<'static>; 2] {
+    [
+        Span::raw(format!(" {k:<4}")).dim(),
+        Span::raw(format!("{v:>7}")),
+    ]
+}
+
+fn window_stats(e: &Entry, area: Rect, buf: &mut Buffer) {
+    let w = e.ep.last.unwrap_or_default();
+    let err = w.error_ratio;
+    let lines = vec![
+        Line::from_iter(
+            kv("RPS", human::rate(w.rps))
+                .into_iter()
+                .chain(kv("req", human::rate(w.requests as f64))),
+        ),
+        Line::from_iter(
+            kv("p50", human::latency(w.p50_seconds))
+                .into_iter()
+                .chain(kv("p90", human::latency(w.p90_seconds))),
+        ),
+        Line::from_iter(
+            kv("p99", human::latency(w.p99_seconds))
+                .into_iter()
+                .chain(kv("max", human::latency(w.max_seconds))),
+        ),
+        Line::from(vec![
+            Span::raw(" err ").dim(),
+            error_span(format!("{:>7}", format!("{}%", human::percent(err))), err),
+            Span::raw(format!("  4xx {} 5xx {}", w.status_4xx, w.status_5xx)).dim(),
+        ]),
+        Line::from(vec![
+            Span::raw(" B/s ").dim(),
+            Span::raw(format!(
+                "{:>7} in {:>7} out",
+                human::bytes(w.request_bytes_per_second),
+                human::bytes(w.response_bytes_per_second)
+            )),
+        ]),
+    ];
+    Paragraph::new(lines)
+        .block(section(format!(
+            " Last window {} ",
+            human::latency(Some(w.seconds))
+        )))
+        .render(area, buf);
+}
+
+fn totals_stats(e: &Entry, area: Rect, buf: &mut Buffer) {
+    let t = e.ep.totals.unwrap_or_default();
+    let err = if t.requests == 0 {
+        0.0
+    } else {
+        (t.status_4xx + t.status_5xx) as f64 / t.requests as f64
+    };
+    let lines = vec![
+        Line::from(vec![
+            Span::raw(" req ").dim(),
+            Span::raw(format!("{:>7}", human::rate(t.requests as f64))),
+            Span::raw(" err ").dim(),
+            error_span(format!("{}%", human::percent(err)), err),
+        ]),
+        Line::from_iter(
+            kv("p50", human::latency(t.p50_seconds))
+                .into_iter()
+                .chain(kv("p99", human::latency(t.p99_seconds))),
+        ),
+    ];
+    Paragraph::new(lines)
+        .block(section(" Since first seen ".into()))
+        .render(area, buf);
+}
+
+fn status_color(code: u32) -> Color {
+    match code {
+        500.. => Color::Red,
+        400..500 => Color::Yellow,
+        300..400 => Color::Cyan,
+        _ => Color::Green,
+    }
+}
+
+fn statuses(e: &Entry, area: Rect, buf: &mut Buffer) {
+    let total: u64 = e.ep.statuses.iter().map(|s| s.count).sum();
+    let mut lines: Vec<Line<'_>> =
+        e.ep.statuses
+            .iter()
+            .map(|s| {
+                Line::from(vec![
+                    Span::styled(format!(" {:<4}", s.status), status_color(s.status)),
+                    Span::raw(format!("{:>7}", human::rate(s.count as f64))),
+                    Span::raw(format!(
+                        " {:>5}%",
+                        human::percent(s.count as f64 / total.max(1) as f64)
+                    ))
+                    .dim(),
+                ])
+            })
+            .collect();
+    if lines.is_empty() {
+        lines.push(Line::raw(" no requests in the last window").dim());
+    }
+    if !e.ep.methods.is_empty() {
+        let methods: Vec<String> =
+            e.ep.methods
+                .iter()
+                .map(|m| format!("{} {}", m.method, human::rate(m.count as f64)))
+                .collect();
+        lines.push(Line::from(vec![
+            Span::raw(" methods ").dim(),
+            Span::raw(methods.join(" · ")),
+        ]));
+    }
+    Paragraph::new(lines)
+        .block(section(" Status codes ".into()))
+        .render(area, buf);
+}
+
+/// A row of the latency distribution: [lower, upper) seconds and a count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Bin {
+    pub lower: f64,
+    pub upper: f64,
+    pub count: u64,
+}
+
+/// Groups Kite's fine log-linear buckets into power-of-two bins (empty ones in between
+/// included, so the shape is right), then merges neighbours until at most `rows` remain.
+pub(crate) fn bins(buckets: &[v1::Bucket], rows: usize) -> Vec<Bin> {
+    let octave = |secs: f64| -> i32 { (secs * 1e9).max(1.0).log2().floor() as i32 };
+    let nonempty: Vec<&v1::Bucket> = buckets.iter().filter(|b| b.count > 0).collect();
+    let (Some(first), Some(last)) = (nonempty.first(), nonempty.last()) else {
+        return Vec::new();
+    };
+    let (lo, hi) = (octave(first.lower_seconds), octave(last.lower_seconds));
+    let edge = |o: i32| 2f64.powi(o) / 1e9;
+    let mut out: Vec<Bin> = (lo..=hi)
+        .map(|o| Bin {
+            lower: edge(o),
+            upper: edge(o + 1),
+            count: 0,
+        })
+        .collect();
+    for b in &nonempty {
+        let i = (octave(b.lower_seconds) - lo) as usize;
+        out[i].count += b.count;
+    }
+    if let Some(b) = out.first_mut() {
+        b.lower = b.lower.min(first.lower_seconds);
+    }
+    if let Some(b) = out.last_mut()
+        && last.upper_seconds.is_infinite()
+    {
+        b.upper = f64::INFINITY;
+    }
+    let rows = rows.max(1);
+    while out.len() > rows {
+        out = out
+            .chunks(2)
+            .map(|c| Bin {
+                lower: c[0].lower,
+                upper: c[c.len() - 1].upper,
+                count: c.iter().map(|b| b.count).sum(),
+            })
+            .collect();
+    }
+    out
+}
+
+/// A horizontal bar of `frac` (0..=1) of `width` cells, in eighths.
+fn bar(frac: f64, width: usize) -> String {
+    const PARTS: [char; 8] = [' ', '▏', '▎', '▍', '▌', '▋', '▊', '▉'];
+    let eighths = (frac.clamp(0.0, 1.0) * width as f64 * 8.0).round() as usize;
+    let mut s: String = "█".repeat(eighths / 8);
+    if !eighths.is_multiple_of(8) {
+        s.push(PARTS[eighths % 8]);
+    }
+    s
+}
+
+fn distribution(ep: &v1::Endpoint, area: Rect, buf: &mut Buffer) {
+    let w = ep.last.unwrap_or_default();
+    let block = section(format!(
+        " Latency, last window: {} requests ",
+        human::rate(w.requests as f64)
+    ));
+    let inner = block.inner(area);
+    block.render(area, buf);
+    let buckets = ep
+        .histogram
+        .as_ref()
+        .map(|h| h.buckets.as_slice())
+        .unwrap_or_default();
+    let bins = bins(buckets, inner.height as usize);
+    if bins.is_empty() {
+        Line::raw(" no requests in the last window")
+            .dim()
+            .render(inner, buf);
+        return;
+    }
+    let total: u64 = bins.iter().map(|b| b.count).sum();
+    let max = bins.iter().map(|b| b.count).max().unwrap_or(1).max(1);
+    // "1.05ms–2.10ms", " 3.38k  36.4%", " ◂p50 p99".
+    let label_w = 13;
+    let tail_w = 14 + 9;
+    let bar_w = (inner.width as usize)
+        .saturating_sub(label_w + 1 + tail_w)
+        .max(1);
+    let within = |b: &Bin, q: Option<f64>| q.is_some_and(|q| q >= b.lower && q < b.upper);
+    let lines: Vec<Line<'_>> = bins
+        .iter()
+        .map(|b| {
+            let label = format!(
+                "{}–{}",
+                human::latency(Some(b.lower)),
+                human::latency(Some(b.upper))
+            );
+            let mut marks = Vec::new();
+            if within(b, w.p50_seconds) {
+                marks.push("p50");
+            }
+            if within(b, w.p99_seconds) {
+                marks.push("p99");
+            }
+            let marks = if marks.is_empty() {
+                String::new()
+            } else {
+                format!(" ◂{}", marks.join(" "))
+            };
+            Line::from(vec![
+                Span::raw(format!("{label:>label_w$} ")).dim(),
+                Span::styled(
+                    format!("{:<bar_w$}", bar(b.count as f64 / max as f64, bar_w)),
+                    Style::new().fg(Color::Blue),
+                ),
+                Span::raw(format!(
+                    " {:>6} {:>5}%",
+                    human::rate(b.count as f64),
+                    human::percent(b.count as f64 / total as f64)
+                )),
+                Span::styled(marks, Style::new().fg(Color::Magenta)),
+            ])
+        })
+        .collect();
+    Paragraph::new(lines).render(inner, buf);
+}
+
+/// x: seconds before now, one point per window.
+fn series(h: &[v1::Point], window: f64, f: impl Fn(&v1::Point) -> Option<f64>) -> Vec<(f64, f64)> {
+    let n = h.len();
+    h.iter()
+        .enumerate()
+        .filter_map(|(i, p)| f(p).map(|v| (-((n - 1 - i) as f64) * window, v)))
+        .collect()
+}
+
+fn x_axis<'a>(n: usize, window: f64) -> Axis<'a> {
+    let span = (n.saturating_sub(1)) as f64 * window;
+    Axis::default()
+        .bounds([-span.max(window), 0.0])
+        .labels([
+            format!("-{}", human::latency(Some(span.max(window)))),
+            "now".to_string(),
+        ])
+        .style(Style::new().dim())
+}
+
+fn no_history(block: Block<'_>, area: Rect, buf: &mut Buffer) {
+    Paragraph::new(Line::raw(" no history yet").dim())
+        .block(block)
+        .render(area, buf);
+}
+
+fn rps_chart(h: &[v1::Point], window: f64, area: Rect, buf: &mut Buffer) {
+    let block = section(format!(" RPS, last {} windows ", h.len()));
+    if h.is_empty() {
+        return no_history(block, area, buf);
+    }
+    let data = series(h, window, |p| Some(p.rps));
+    let max = data.iter().map(|p| p.1).fold(0.0, f64::max);
+    let top = if max > 0.0 { max * 1.1 } else { 1.0 };
+    Chart::new(vec![
+        Dataset::default()
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::new().fg(Color::Green))
+            .data(&data),
+    ])
+    .block(block)
+    .x_axis(x_axis(h.len(), window))
+    .y_axis(
+        Axis::default()
+            .bounds([0.0, top])
+            .labels(["0".to_string(), human::rate(top)])
+            .style(Style::new().dim()),
+    )
+    .render(area, buf);
+}
+
+fn latency_chart(h: &[v1::Point], window: f64, area: Rect, buf: &mut Buffer) {
+    let block = section(" Latency p50 / p99 ".into());
+    if h.is_empty() {
+        return no_history(block, area, buf);
+    }
+    let positive = |v: f64| (v > 0.0).then_some(v);
+    let p50 = series(h, window, |p| positive(p.p50_seconds));
+    let p99 = series(h, window, |p| positive(p.p99_seconds));
+    let max = p99.iter().chain(&p50).map(|p| p.1).fold(0.0, f64::max);
+    let top = if max > 0.0 { max * 1.1 } else { 1e-3 };
+    Chart::new(vec![
+        Dataset::default()
+            .name("p50")
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::new().fg(Color::Cyan))
+            .data(&p50),
+        Dataset::default()
+            .name("p99")
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::new().fg(Color::Magenta))
+            .data(&p99),
+    ])
+    .block(block)
+    .x_axis(x_axis(h.len(), window))
+    .y_axis(
+        Axis::default()
+            .bounds([0.0, top])
+            .labels(["0".to_string(), human::latency(Some(top))])
+            .style(Style::new().dim()),
+    )
+    .render(area, buf);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(lower_us: f64, upper_us: f64, count: u64) -> v1::Bucket {
+        v1::Bucket {
+            lower_seconds: lower_us / 1e6,
+            upper_seconds: upper_us / 1e6,
+            count,
+        }
+    }
+
+    #[test]
+    fn bins_group_by_power_of_two_and_fill_gaps() {
+        // 2^16 ns = 65.5 µs; 2^18 ns = 262 µs.
+        let b = [
+            bucket(66.0, 68.0, 3),
+            bucket(70.0, 72.0, 2),
+            bucket(270.0, 280.0, 5),
+        ];
+        let bins = bins(&b, 10);
+        assert_eq!(bins.len(), 3);
+        assert_eq!(bins.iter().map(|b| b.count).collect::<Vec<_>>(), [5, 0, 5]);
+        assert!((bins[0].lower * 1e9 - 65_536.0).abs() < 1.0);
+        // Fewer rows: neighbours merge, nothing is lost.
+        let merged = super::bins(&b, 2);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged.iter().map(|b| b.count).sum::<u64>(), 10);
+        assert!(super::bins(&[], 5).is_empty());
+        // The overflow bucket keeps its infinite edge.
+        let inf = super::bins(&[bucket(1.0, 2.0, 1), bucket(6.8e7, f64::INFINITY, 1)], 40);
+        assert!(inf.last().unwrap().upper.is_infinite());
+    }
+
+    #[test]
+    fn bars_use_eighths() {
+        assert_eq!(bar(1.0, 3), "███");
+        assert_eq!(bar(0.5, 3), "█▌");
+        assert_eq!(bar(0.0, 3), "");
+    }
+}

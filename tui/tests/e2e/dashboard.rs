@@ -1,0 +1,334 @@
+//! The dashboard in a real terminal (tmux, 160×40) against a real agent measuring nginx.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use kite_testkit::{Load, Place, TestCgroup, client, ebpf_available, free_port, nginx, serial};
+
+use crate::{TUI, agent::InProcessAgent, parse_rate, tmux::Tmux};
+
+/// Paced load on one address until `stop` (or a hard limit): returns (requests, seconds).
+fn paced_load(addr: SocketAddr, conns: usize, pace: Duration, stop: Arc<AtomicBool>) -> (u64, f64) {
+    let started = Instant::now();
+    let hard_limit = started + Duration::from_secs(90);
+    let per_burst = (Duration::from_secs(1).as_micros() / pace.as_micros()) as usize;
+    let mut requests = 0;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < hard_limit {
+        let r = client(&Load {
+            addr,
+            conns,
+            per_conn: per_burst,
+            pace: Some(pace),
+            deadline: Some(hard_limit),
+            ..Load::default()
+        });
+        requests += r.requests();
+    }
+    (requests, started.elapsed().as_secs_f64())
+}
+
+/// Load threads; stopped and joined on drop (also when the test fails, before the servers
+/// go away).
+struct Loads {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<(u64, f64)>>,
+}
+
+impl Loads {
+    fn new() -> Self {
+        Self {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        }
+    }
+
+    fn start(&mut self, addr: &str, conns: usize, pace: Duration) {
+        let (stop, addr) = (self.stop.clone(), addr.parse().unwrap());
+        self.threads
+            .push(thread::spawn(move || paced_load(addr, conns, pace, stop)));
+    }
+
+    /// Stops every load; (requests, seconds) of each.
+    fn finish(mut self) -> Vec<(u64, f64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .drain(..)
+            .map(|t| t.join().expect("load thread"))
+            .collect()
+    }
+}
+
+impl Drop for Loads {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Row of `addr` on the screen: its fields split on spaces.
+fn row<'a>(screen: &'a str, addr: &str) -> Option<Vec<&'a str>> {
+    screen
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|t| t.contains(&addr) && t.contains(&"in"))
+}
+
+/// The RPS shown for `addr` (the field after the direction).
+fn shown_rps(screen: &str, addr: &str) -> Option<f64> {
+    let r = row(screen, addr)?;
+    let i = r.iter().position(|f| *f == addr)?;
+    parse_rate(r.get(i + 2)?)
+}
+
+/// Line number of `addr`'s row.
+fn line_of(screen: &str, addr: &str) -> Option<usize> {
+    screen
+        .lines()
+        .position(|l| l.split_whitespace().any(|f| f == addr))
+}
+
+const WAIT: Duration = Duration::from_secs(15);
+
+#[test]
+fn dashboard_sorts_filters_opens_details_and_restores_the_terminal() {
+    if !ebpf_available("dashboard_sorts_filters_opens_details_and_restores_the_terminal") {
+        return;
+    }
+    let _serial = serial();
+    let cg = TestCgroup::new("tui-e2e");
+    let (busy_port, quiet_port) = (free_port(), free_port());
+    let place = Place {
+        cgroup: Some(&cg),
+        ..Place::default()
+    };
+    let _busy_srv = nginx(place, busy_port);
+    let _quiet_srv = nginx(place, quiet_port);
+    let agent = InProcessAgent::start(&cg, "1s");
+    let busy = format!("127.0.0.1:{busy_port}");
+    let quiet = format!("127.0.0.1:{quiet_port}");
+    let dead = format!("127.0.0.1:{}", free_port());
+
+    // 200 RPS (2 connections, one request each per 10 ms) and 20 RPS, loopback only.
+    let mut loads = Loads::new();
+    loads.start(&busy, 2, Duration::from_millis(10));
+    loads.start(&quiet, 1, Duration::from_millis(50));
+
+    let tmux = Tmux::new(160, 40);
+    let saved = std::env::temp_dir().join(kite_testkit::unique("kite-tui-stty"));
+    let _saved_guard = RemoveOnDrop(saved.clone());
+    let saved = saved.display().to_string();
+    tmux.text(&format!(
+        "stty -g > {saved}; {TUI} --addr {} --addr {dead}; echo \"EXIT_CODE $?\"",
+        agent.addr()
+    ));
+    tmux.keys(&["Enter"]);
+
+    // Both endpoints, the agent that is down, and the busy one first (sorted by RPS).
+    let s = tmux.wait_for("both endpoints with traffic", WAIT, |s| {
+        shown_rps(s, &busy).is_some_and(|r| r > 50.0)
+            && shown_rps(s, &quiet).is_some_and(|r| r > 5.0)
+    });
+    assert!(s.contains("RPS▼"), "{s}");
+    assert!(
+        s.contains(&format!("{dead} down")) && s.contains("refused"),
+        "{s}"
+    );
+    assert!(s.contains("tui-test-node"), "{s}");
+    assert!(line_of(&s, &busy) < line_of(&s, &quiet), "{s}");
+
+    // The RPS shown against the load's own rate, over a few windows.
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        thread::sleep(Duration::from_millis(1000));
+        if let Some(r) = shown_rps(&tmux.screen(), &busy) {
+            samples.push(r);
+        }
+    }
+
+    // Sorting: reverse, then through every column and back.
+    tmux.keys(&["S"]);
+    let s = tmux.wait_for("reversed RPS order", WAIT, |s| {
+        s.contains("RPS▲") && line_of(s, &quiet) < line_of(s, &busy)
+    });
+    assert!(line_of(&s, &busy).is_some());
+    tmux.keys(&["s"]);
+    tmux.wait_for("sorted by p99", WAIT, |s| s.contains("P99▼"));
+    tmux.keys(&["s"]);
+    tmux.wait_for("sorted by errors", WAIT, |s| s.contains("ERR%▼"));
+    tmux.keys(&["s"]);
+    tmux.wait_for("sorted by name", WAIT, |s| s.contains("NAME▲"));
+    tmux.keys(&["s"]);
+    tmux.wait_for("sorted by RPS again", WAIT, |s| {
+        s.contains("RPS▼") && line_of(s, &busy) < line_of(s, &quiet)
+    });
+
+    // Filtering: `/`, text, Enter keeps only the quiet endpoint; Esc clears.
+    tmux.keys(&["/"]);
+    tmux.text(&format!(":{quiet_port}"));
+    tmux.keys(&["Enter"]);
+    let applied = format!("filter \":{quiet_port}\"");
+    let s = tmux.wait_for("only the quiet endpoint", WAIT, |s| {
+        s.contains(&applied) && line_of(s, &quiet).is_some() && line_of(s, &busy).is_none()
+    });
+    assert!(s.contains("1/2 endpoints"), "{s}");
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("the filter cleared", WAIT, |s| {
+        line_of(s, &quiet).is_some() && line_of(s, &busy).is_some()
+    });
+
+    // Detail of the busy endpoint (first row), and back.
+    tmux.keys(&["g"]);
+    tmux.keys(&["Enter"]);
+    // History and histogram come from the focused endpoint's own `List`: bars with the
+    // p50/p99 marks and a history of several windows.
+    let s = tmux.wait_for(
+        "the detail view with its histogram and history",
+        WAIT,
+        |s| {
+            s.contains("Latency, last window")
+                && s.contains("Status codes")
+                && s.contains("◂p50")
+                && !s.contains("RPS, last 0 windows")
+                && !s.contains("RPS, last 1 windows")
+        },
+    );
+    assert!(s.contains(&busy) && s.contains("inbound"), "{s}");
+    assert!(s.lines().any(|l| l.trim_start().starts_with("200 ")), "{s}");
+    assert!(s.contains("methods GET"), "{s}");
+    assert!(
+        s.contains("RPS, last") && s.contains("Latency p50 / p99"),
+        "{s}"
+    );
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("the table again", WAIT, |s| s.contains("ENDPOINT"));
+
+    // A smaller terminal: everything is laid out again, the footer on the last line.
+    tmux.resize(100, 30);
+    // (tmux may apply the width and the height in two steps: wait for the final layout.)
+    tmux.wait_for("the 100×30 layout", WAIT, |s| {
+        let lines: Vec<&str> = s.lines().collect();
+        lines.len() == 30
+            && lines[0].contains("endpoints")
+            && lines[29].contains("q quit")
+            && lines.iter().all(|l| l.chars().count() <= 100)
+            && s.contains("ENDPOINT")
+            && line_of(s, &busy).is_some()
+    });
+    tmux.resize(160, 40);
+    tmux.wait_for("the 160×40 layout", WAIT, |s| {
+        let lines: Vec<&str> = s.lines().collect();
+        lines.len() == 40
+            && lines[0].contains("endpoints")
+            && lines[39].contains("q quit")
+            && line_of(s, &busy).is_some()
+    });
+
+    // Pause and help.
+    tmux.keys(&["Space"]);
+    tmux.wait_for("paused", WAIT, |s| s.contains("PAUSED"));
+    tmux.keys(&["Space"]);
+    tmux.wait_for("running again", WAIT, |s| !s.contains("PAUSED"));
+    tmux.keys(&["?"]);
+    tmux.wait_for("the help", WAIT, |s| s.contains("kite-tui help"));
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("the help closed", WAIT, |s| !s.contains("kite-tui help"));
+
+    // `q`: the shell's screen is back, the exit code 0, the terminal settings as before.
+    tmux.keys(&["q"]);
+    let s = tmux.wait_for("kite-tui to exit", WAIT, |s| s.contains("EXIT_CODE 0"));
+    assert!(
+        s.contains("stty -g >"),
+        "the command line is visible again: {s}"
+    );
+    assert!(!s.contains("ENDPOINT"), "the alternate screen is gone: {s}");
+    let check = format!(
+        "[ \"$(stty -g)\" = \"$(cat {saved})\" ] && r=same || r=changed; echo \"TTY_STATE $r\""
+    );
+    tmux.text(&check);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the terminal settings", WAIT, |s| {
+        s.contains("TTY_STATE same")
+    });
+
+    // Ctrl-C quits too, and restores the terminal as well.
+    tmux.keys(&["C-l"]);
+    tmux.text(&format!(
+        "{TUI} --addr {}; echo \"SECOND_EXIT $?\"",
+        agent.addr()
+    ));
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the dashboard again", WAIT, |s| line_of(s, &busy).is_some());
+    tmux.keys(&["C-c"]);
+    tmux.wait_for("exit on Ctrl-C", WAIT, |s| s.contains("SECOND_EXIT 0"));
+    tmux.text(&check);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the terminal settings", WAIT, |s| {
+        s.contains("TTY_STATE same")
+    });
+
+    // SIGTERM (e.g. the terminal's owner going away) restores the terminal too.
+    let pid_file = format!("{saved}.pid");
+    tmux.keys(&["C-l"]);
+    tmux.text(&format!(
+        "sh -c 'echo $$ > {pid_file}; exec {TUI} --addr {}'; echo \"THIRD_EXIT $?\"",
+        agent.addr()
+    ));
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the dashboard once more", WAIT, |s| {
+        line_of(s, &busy).is_some()
+    });
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("pid of kite-tui")
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = std::fs::remove_file(&pid_file);
+    // SAFETY: plain syscall on the process this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    tmux.wait_for("exit on SIGTERM", WAIT, |s| s.contains("THIRD_EXIT 0"));
+    tmux.text(&check);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the terminal settings", WAIT, |s| {
+        s.contains("TTY_STATE same")
+    });
+
+    // The shell ends, and with it the session.
+    tmux.text("exit");
+    tmux.keys(&["Enter"]);
+    let deadline = Instant::now() + WAIT;
+    while tmux.alive() {
+        assert!(Instant::now() < deadline, "tmux session still there");
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    let (requests, secs) = loads.finish()[0];
+    let own = requests as f64 / secs;
+    assert!(own > 100.0, "the load ran at {own:.0} RPS only");
+    samples.sort_by(f64::total_cmp);
+    assert!(samples.len() >= 3, "RPS read {} times", samples.len());
+    let median = samples[samples.len() / 2];
+    let ratio = median / own;
+    eprintln!("busy endpoint: kite-tui showed {samples:?} RPS, the load ran at {own:.1} RPS");
+    assert!(
+        (0.85..=1.15).contains(&ratio),
+        "kite-tui showed {median} RPS, the load ran at {own:.1} RPS ({samples:?})"
+    );
+}
+
+/// Removes a file on drop.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
