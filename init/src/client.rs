@@ -10,6 +10,8 @@ use std::{
 
 use crate::{Ack, Hello, MAX_HELLO};
 
+/// Longest wait honoured; longer timeouts are cut to this.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How often a missing or not yet listening socket is tried again.
 const RETRY: Duration = Duration::from_millis(200);
 
@@ -54,7 +56,8 @@ pub enum EnrollError {
 /// Sends the hello and returns the agent's positive answer.
 pub fn enroll(req: &Request) -> Result<Ack, EnrollError> {
     let start = Instant::now();
-    let deadline = start + req.timeout;
+    // Capped so that no timeout, however absurd, can overflow the clock and panic.
+    let deadline = start + req.timeout.min(MAX_TIMEOUT);
     let left = || deadline.saturating_duration_since(Instant::now());
     let mut stream = connect(&req.socket, deadline).map_err(|source| EnrollError::NoAgent {
         socket: req.socket.clone(),

@@ -52,6 +52,27 @@ fn bad_arguments_do_not_fail_the_pod() {
     let o = run(&["--timeout", "soon"], &[]);
     assert!(o.status.success());
     assert!(stderr(&o).contains("not enrolled"), "{}", stderr(&o));
+    // An absurd timeout is capped, not an overflow.
+    let (socket, _d) = temp_socket("huge");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let agent = thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        (&s).write_all(b"{\"ok\":true}\n").unwrap();
+    });
+    let o = run(
+        &["--timeout", "10000000000000000000s"],
+        &[
+            ("POD_NAME", "p"),
+            ("POD_NAMESPACE", "n"),
+            ("POD_UID", "u"),
+            ("KITE_SOCKET", socket.to_str().unwrap()),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("enrolled"), "{}", stderr(&o));
+    agent.join().unwrap();
 }
 
 #[test]

@@ -3,9 +3,12 @@
 //!
 //! ```text
 //! kite-webhook certs --out-dir certs/
-//! kubectl apply -f certs/secret.json
 //! kubectl patch mutatingwebhookconfiguration kite-webhook --type=json --patch-file certs/ca-bundle-patch.json
+//! kubectl apply -f certs/secret.json
 //! ```
+//!
+//! In that order: the caBundle first trusts the new CA (and, when renewing into the same
+//! directory, still the previous one), then the webhook gets the new certificate.
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -88,6 +91,9 @@ pub struct Bundle {
     pub cert_pem: String,
     /// The serving certificate's private key.
     pub key_pem: String,
+    /// The CA of the previous run in the same directory, still trusted by the caBundle so
+    /// that a renewal never leaves a moment when the API server trusts neither certificate.
+    pub previous_ca_pem: Option<String>,
 }
 
 /// Makes a CA and a serving certificate for `names` (plus `extra` DNS names or IP addresses).
@@ -130,6 +136,7 @@ pub fn generate(names: &Names, extra: &[String]) -> Result<Bundle, CertError> {
         ca_pem: ca_cert.pem(),
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
+        previous_ca_pem: None,
     })
 }
 
@@ -163,9 +170,25 @@ impl Bundle {
         }
     }
 
+    /// Keeps trusting the CA a previous run left in `dir` (renewal), if there is one.
+    pub fn keep_previous_ca(&mut self, dir: &Path) {
+        self.previous_ca_pem = std::fs::read_to_string(dir.join("ca.crt"))
+            .ok()
+            .filter(|p| p.contains("BEGIN CERTIFICATE") && *p != self.ca_pem);
+    }
+
+    /// The caBundle: the CA, then the previous one while a renewal is under way.
+    pub fn ca_bundle(&self) -> String {
+        let mut b = self.ca_pem.clone();
+        if let Some(old) = &self.previous_ca_pem {
+            b.push_str(old);
+        }
+        b
+    }
+
     /// A JSON patch setting the caBundle of every webhook of the configuration.
     pub fn ca_bundle_patch(&self, names: &Names) -> serde_json::Value {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(self.ca_bundle());
         (0..names.webhooks)
             .map(|i| json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": b64}))
             .collect()

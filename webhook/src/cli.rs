@@ -64,6 +64,9 @@ pub struct Serve {
     /// The agent's socket directory on the nodes (a hostPath in the pod).
     #[arg(long, env = "KITE_SOCKET_DIR", default_value_t = crate::Injector::default().socket_dir)]
     pub socket_dir: String,
+    /// The agent's socket file name in that directory (the agent's `--socket`).
+    #[arg(long, env = "KITE_SOCKET_NAME", default_value_t = crate::Injector::default().socket_name)]
+    pub socket_name: String,
     /// Kite's own namespace, never injected.
     #[arg(long, env = "POD_NAMESPACE", default_value = "kite-system")]
     pub namespace: String,
@@ -86,8 +89,8 @@ pub struct Certs {
     /// Name of the Secret to write.
     #[arg(long, default_value_t = Names::default().secret)]
     pub secret: String,
-    /// Validity of the serving certificate in days.
-    #[arg(long, default_value_t = Names::default().days)]
+    /// Validity of the serving certificate in days (the CA's is ten times longer).
+    #[arg(long, default_value_t = Names::default().days, value_parser = clap::value_parser!(i64).range(1..=3650))]
     pub days: i64,
     /// More DNS names or IP addresses for the certificate (e.g. 127.0.0.1 for local tests).
     #[arg(long = "extra-name")]

@@ -220,6 +220,21 @@ impl Injector {
         if has_init || annotation(INJECTED_ANNOTATION).is_some() {
             return Decision::Skip("already injected");
         }
+        // Another container of that name would make the pod invalid.
+        let taken = spec.containers.iter().any(|c| c.name == INIT_CONTAINER)
+            || spec
+                .ephemeral_containers
+                .iter()
+                .flatten()
+                .any(|c| c.name == INIT_CONTAINER);
+        if taken {
+            return Decision::Skip("a container is already named kite-init");
+        }
+        // Kite measures Linux cgroups; and the API server refuses seccomp and runAsUser
+        // settings on Windows pods.
+        if spec.os.as_ref().is_some_and(|os| os.name != "linux") {
+            return Decision::Skip("not a Linux pod");
+        }
         Decision::Inject(self.patch(pod))
     }
 
@@ -308,9 +323,11 @@ impl Injector {
                     humantime::format_duration(self.timeout).to_string(),
                 ),
             ]),
+            // Read-only is enough: connect(2) on a socket file needs no writable mount.
             volume_mounts: Some(vec![VolumeMount {
                 name: volume.into(),
                 mount_path: self.socket_dir.clone(),
+                read_only: Some(true),
                 ..VolumeMount::default()
             }]),
             resources: Some(ResourceRequirements {

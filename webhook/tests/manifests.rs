@@ -32,10 +32,13 @@ struct Rendered {
 }
 
 fn render() -> Rendered {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base");
+    render_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base"))
+}
+
+fn render_dir(dir: &Path) -> Rendered {
     let out = Command::new("kubectl")
         .arg("kustomize")
-        .arg(&dir)
+        .arg(dir)
         .output()
         .expect("kubectl (Debian's kubernetes-client) is needed to render deploy/");
     assert!(
@@ -176,6 +179,11 @@ fn the_agent_daemonset_has_what_the_agent_needs() {
         "SO_PEERCRED pids and /proc/1/ns/cgroup need the host pid namespace"
     );
     assert_eq!(spec.service_account_name.as_deref(), Some("kite-agent"));
+    let linux = spec.node_selector.clone().unwrap_or_default();
+    assert_eq!(
+        linux.get("kubernetes.io/os").map(String::as_str),
+        Some("linux")
+    );
     let c = container(&spec, "kite-agent");
     assert_eq!(c.image.as_deref(), Some("kite:0.1.0"));
     let config = agent_config(c);
@@ -504,5 +512,51 @@ fn rbac_grants_what_the_code_calls_and_no_more() {
     assert_eq!(
         grants(&viewer.rules.unwrap()),
         access(kite_tui::kube::API_ACCESS)
+    );
+}
+
+/// An overlay that moves the image moves the injected init container's image with it.
+#[test]
+fn an_overlay_image_reaches_the_injected_init_container() {
+    let tmp = std::env::temp_dir().join(format!("kite-overlay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base");
+    std::fs::create_dir_all(tmp.join("base")).unwrap();
+    for f in std::fs::read_dir(&base).unwrap().flatten() {
+        std::fs::copy(f.path(), tmp.join("base").join(f.file_name())).unwrap();
+    }
+    std::fs::create_dir_all(tmp.join("prod")).unwrap();
+    std::fs::write(
+        tmp.join("prod/kustomization.yaml"),
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../base\n\
+         images:\n  - name: kite\n    newName: registry.example/team/kite\n    newTag: \"9.9\"\n",
+    )
+    .unwrap();
+    let r = render_dir(&tmp.join("prod"));
+    std::fs::remove_dir_all(&tmp).unwrap();
+    let deploy: Deployment = r.one("Deployment", "kite-webhook");
+    let c = container(
+        &deploy
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .clone(),
+        "kite-webhook",
+    )
+    .clone();
+    assert_eq!(c.image.as_deref(), Some("registry.example/team/kite:9.9"));
+    assert_eq!(
+        env(&c)["KITE_INIT_IMAGE"].as_deref(),
+        Some("registry.example/team/kite:9.9")
+    );
+    let ds: DaemonSet = r.one("DaemonSet", "kite-agent");
+    let spec = ds.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        container(&spec, "kite-agent").image.as_deref(),
+        Some("registry.example/team/kite:9.9")
     );
 }

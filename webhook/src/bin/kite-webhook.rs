@@ -31,12 +31,14 @@ async fn main() -> anyhow::Result<()> {
                 days: c.days,
                 ..Names::default()
             };
-            let bundle = certs::generate(&names, &c.extra)?;
+            let mut bundle = certs::generate(&names, &c.extra)?;
+            bundle.keep_previous_ca(&c.out_dir);
             bundle.write(&names, &c.out_dir)?;
             println!(
                 "wrote {dir}/{{ca.crt,tls.crt,tls.key,secret.json,ca-bundle-patch.json}} for {dns}\n\
-                 install with:\n  kubectl apply -f {dir}/secret.json\n  \
-                 kubectl patch mutatingwebhookconfiguration {cfg} --type=json --patch-file {dir}/ca-bundle-patch.json",
+                 install with (in this order):\n  \
+                 kubectl patch mutatingwebhookconfiguration {cfg} --type=json --patch-file {dir}/ca-bundle-patch.json\n  \
+                 kubectl apply -f {dir}/secret.json",
                 dir = c.out_dir.display(),
                 dns = names.dns_names()[2],
                 cfg = names.webhook_config,
@@ -55,6 +57,7 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         pull_policy: s.init_pull_policy,
         command: s.init_command,
         socket_dir: s.socket_dir,
+        socket_name: s.socket_name,
         timeout: s.init_timeout,
         excluded_namespaces: excluded,
         ..Injector::default()

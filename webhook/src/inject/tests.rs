@@ -225,3 +225,35 @@ fn odd_reviews_get_a_reason_and_never_block() {
         );
     }
 }
+
+#[test]
+fn pods_the_patch_would_break_are_left_alone() {
+    // An init container named kite-init without the marker annotation (e.g. copied from an
+    // injected pod's YAML) counts as injected.
+    let mut by_name = review();
+    by_name["request"]["object"]["spec"]["initContainers"] =
+        json!([{"name": INIT_CONTAINER, "image": "kite:old"}]);
+    // An app container of that name would clash.
+    let mut clash = review();
+    clash["request"]["object"]["spec"]["containers"][0]["name"] = json!(INIT_CONTAINER);
+    let mut windows = review();
+    windows["request"]["object"]["spec"]["os"] = json!({"name": "windows"});
+    for (r, why) in [
+        (&by_name, "already injected"),
+        (&clash, "a container is already named kite-init"),
+        (&windows, "not a Linux pod"),
+    ] {
+        let (resp, pod) = run(&Injector::default(), r, Scope::Namespace);
+        assert!(resp.allowed && resp.patch.is_none(), "{why}");
+        assert_eq!(resp.audit_annotations["decision"], why);
+        assert_eq!(pod, r["request"]["object"]);
+    }
+    let mut linux = review();
+    linux["request"]["object"]["spec"]["os"] = json!({"name": "linux"});
+    assert!(
+        run(&Injector::default(), &linux, Scope::Pod)
+            .0
+            .patch
+            .is_some()
+    );
+}
