@@ -60,7 +60,6 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         socket_name: s.socket_name,
         timeout: s.init_timeout,
         excluded_namespaces: excluded,
-        ..Injector::default()
     };
     let cert = FileCert::load(&s.tls_cert, &s.tls_key)?;
     let listener = tokio::net::TcpListener::bind(s.addr)
