@@ -26,6 +26,18 @@ trap cleanup EXIT
 echo "[check] debootstrap bookworm from $mirror into $root" >&2
 debootstrap --variant=minbase bookworm "$root" "$mirror" >/dev/null
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# The official debian:bookworm image lists bookworm, bookworm-updates and bookworm-security (the
+# Dockerfile's rustc-web and LLVM come from the latter); the host's deb822 sources are that list.
+if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    rm -f "$root/etc/apt/sources.list"
+    cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/debian.sources"
+fi
+# Local CAs of the host (a TLS-inspecting proxy's, say) are trusted in the chroot as on the
+# host; the Dockerfile's ca-certificates install picks them up.
+if [ -d /usr/local/share/ca-certificates ]; then
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    cp -r /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+fi
 mount -t proc proc "$root/proc"
 mount --rbind /dev "$root/dev"
 mount -t sysfs sys "$root/sys"
