@@ -290,7 +290,10 @@ impl SortKey {
 
     fn compare(self, a: &Entry, b: &Entry) -> Ordering {
         // Numbers: largest first; names: A to Z.
-        let num = |x: f64, y: f64| y.partial_cmp(&x).unwrap_or(Ordering::Equal);
+        // A total order even with NaN from the wire (NaN sorts last): std's sorts may panic
+        // on comparators that are not.
+        let key = |x: f64| if x.is_nan() { f64::NEG_INFINITY } else { x };
+        let num = |x: f64, y: f64| key(y).total_cmp(&key(x));
         match self {
             SortKey::Rps => num(a.rps(), b.rps()),
             SortKey::P99 => num(a.p99().unwrap_or(-1.0), b.p99().unwrap_or(-1.0)),
@@ -344,6 +347,9 @@ pub struct App {
     shown: Vec<Arc<Vec<Entry>>>,
     /// Filtered and sorted rows: (agent, index into its shown entries).
     rows: Vec<(u32, u32)>,
+    /// `shown` changed since `rows` were built: rebuild before the rows are read again (once
+    /// per batch of events, not once per agent snapshot; see [`App::settle`]).
+    dirty: bool,
     /// Sums over `rows`.
     pub totals: Totals,
     /// Widest address and node name among `rows`, in characters.
@@ -396,6 +402,7 @@ impl App {
             live: (0..n).map(|_| Arc::new(Vec::new())).collect(),
             shown: (0..n).map(|_| Arc::new(Vec::new())).collect(),
             rows: Vec::new(),
+            dirty: false,
             totals: Totals::default(),
             widths: (0, 0),
             known: 0,
@@ -529,6 +536,11 @@ impl App {
 
     /// Applies an action; returns a follow-up action, if any.
     pub fn update(&mut self, action: Action) -> Option<Action> {
+        // Snapshots only mark the rows stale; anything that reads or moves rows sees them
+        // rebuilt first.
+        if !matches!(action, Action::Agent(..)) {
+            self.settle();
+        }
         match action {
             Action::Quit => self.quit = true,
             Action::Up => self.select(self.selected.saturating_sub(1)),
@@ -652,6 +664,14 @@ impl App {
         self.live[i] = Arc::new(entries);
         if !self.paused {
             self.shown[i] = self.live[i].clone();
+            self.dirty = true;
+        }
+    }
+
+    /// Rebuilds the rows if snapshots arrived since the last time: the event loop calls it
+    /// once per batch, before drawing, so N agents' snapshots cost one sort, not N.
+    pub fn settle(&mut self) {
+        if self.dirty {
             self.rebuild();
         }
     }
@@ -687,6 +707,7 @@ impl App {
 
     /// Filters, sorts and sums again; the selection follows its endpoint.
     fn rebuild(&mut self) {
+        self.dirty = false;
         let needle = self.active_filter().to_lowercase();
         let needle = needle.trim();
         self.rows.clear();
@@ -835,12 +856,13 @@ pub(crate) mod tests {
         })
     }
 
-    /// Applies an event the way the event loop does.
+    /// Applies an event the way the event loop does (a batch of one: rows settled after).
     pub(crate) fn feed(app: &mut App, event: Event) {
         let mut next = app.action(event);
         while let Some(a) = next {
             next = app.update(a);
         }
+        app.settle();
     }
 
     fn three() -> App {
@@ -1180,5 +1202,109 @@ pub(crate) mod tests {
             feed(&mut app, ch(c));
         }
         assert_eq!(app.row_count(), 1);
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::{tests::*, *};
+
+    /// Several agents' snapshots in one batch are sorted once, and a key in the same batch
+    /// sees the new rows (never indices into replaced entries).
+    #[test]
+    fn snapshots_mark_rows_stale_until_settled_and_keys_settle_first() {
+        let mut app = App::new(vec!["a:1".into(), "b:1".into()], (100, 30));
+        let ep = |port: u32, rps: f64| v1::Endpoint {
+            id: Some(v1::EndpointId {
+                ip: "10.0.0.1".into(),
+                port,
+                direction: 1,
+                ..Default::default()
+            }),
+            last: Some(v1::Window {
+                rps,
+                requests: rps as u64,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let apply = |app: &mut App, e: Event| {
+            let mut next = app.action(e);
+            while let Some(a) = next {
+                next = app.update(a);
+            }
+        };
+        apply(
+            &mut app,
+            Event::Agent(
+                0,
+                AgentEvent::Snapshot(snapshot("a", vec![ep(1, 5.0), ep(2, 50.0)])),
+            ),
+        );
+        apply(
+            &mut app,
+            Event::Agent(1, AgentEvent::Snapshot(snapshot("b", vec![ep(3, 500.0)]))),
+        );
+        assert!(app.dirty);
+        assert_eq!(app.row_count(), 0, "not rebuilt per snapshot");
+        // A key in the same batch rebuilds first, then moves.
+        apply(&mut app, Event::Key(KeyCode::Down.into()));
+        assert!(!app.dirty);
+        assert_eq!(app.row_count(), 3);
+        assert_eq!(
+            app.selected_entry().unwrap().ep.id.as_ref().unwrap().port,
+            2
+        );
+        // A smaller snapshot then a key: the selection stays within the new rows.
+        apply(
+            &mut app,
+            Event::Agent(0, AgentEvent::Snapshot(snapshot("a", vec![]))),
+        );
+        apply(
+            &mut app,
+            Event::Agent(1, AgentEvent::Snapshot(snapshot("b", vec![]))),
+        );
+        apply(&mut app, Event::Key(KeyCode::End.into()));
+        assert_eq!(app.row_count(), 0);
+        assert!(app.selected_entry().is_none());
+    }
+
+    #[test]
+    fn nan_from_the_wire_sorts_last_without_panicking() {
+        let mut app = App::new(vec!["a:1".into()], (100, 30));
+        let eps: Vec<v1::Endpoint> = (0..50u32)
+            .map(|i| v1::Endpoint {
+                id: Some(v1::EndpointId {
+                    ip: "10.0.0.1".into(),
+                    port: i,
+                    direction: 1,
+                    ..Default::default()
+                }),
+                last: Some(v1::Window {
+                    rps: if i % 3 == 0 { f64::NAN } else { f64::from(i) },
+                    p99_seconds: Some(if i % 4 == 0 { f64::NAN } else { 0.001 }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        feed(
+            &mut app,
+            Event::Agent(0, AgentEvent::Snapshot(snapshot("a", eps))),
+        );
+        for _ in 0..4 {
+            feed(&mut app, Event::Key(KeyCode::Char('s').into()));
+            feed(&mut app, Event::Key(KeyCode::Char('S').into()));
+        }
+        assert_eq!(app.row_count(), 50);
+        for _ in 0..4 {
+            if app.sort == SortKey::Rps && !app.reverse {
+                break;
+            }
+            feed(&mut app, Event::Key(KeyCode::Char('s').into()));
+        }
+        assert!(app.sort == SortKey::Rps && !app.reverse);
+        assert_eq!(app.row(0).unwrap().rps(), 49.0);
+        assert!(app.row(49).unwrap().rps().is_nan(), "NaN sorts last");
     }
 }

@@ -331,20 +331,29 @@ async fn watch_stream(
         status: Box::new(status),
     };
     let mut client = connect(target).await?;
-    let mut stream = client
-        .watch(WatchRequest {
-            interval_ms: 0,
-            filter: None,
-            detail: Some(Detail {
-                histogram: false,
-                history: 0,
-            }),
-        })
+    // An agent that accepts the connection but never answers the call is down, not
+    // "connecting" for ever.
+    let call = client.watch(WatchRequest {
+        interval_ms: 0,
+        filter: None,
+        detail: Some(Detail {
+            histogram: false,
+            history: 0,
+        }),
+    });
+    let mut stream = tokio::time::timeout(STALL, call)
         .await
+        .map_err(|_| Error::Timeout {
+            target: label.clone(),
+            timeout: STALL,
+        })?
         .map_err(rpc)?
         .into_inner();
     let send = |e: AgentEvent| async move { tx.send(Event::Agent(index, e)).await.is_ok() };
     let mut stall = STALL;
+    // One deadline per snapshot: focus changes (someone scrolling) must not keep a silent
+    // stream looking alive.
+    let mut deadline = tokio::time::Instant::now() + stall;
     let mut focus_open = true;
     loop {
         let snap = tokio::select! {
@@ -358,7 +367,7 @@ async fn watch_stream(
                 }
                 continue;
             }
-            msg = tokio::time::timeout(stall, stream.message()) => {
+            msg = tokio::time::timeout_at(deadline, stream.message()) => {
                 msg.map_err(|_| Error::Timeout {
                     target: label.clone(),
                     timeout: stall,
@@ -374,9 +383,12 @@ async fn watch_stream(
                 return Ok(());
             }
         }
-        stall = STALL.max(Duration::from_secs_f64(
-            (snap.window_seconds * 5.0).clamp(0.0, 3600.0),
-        ));
+        // NaN or infinite windows from the wire fall back to STALL instead of panicking.
+        stall = STALL.max(
+            Duration::try_from_secs_f64((snap.window_seconds * 5.0).clamp(0.0, 3600.0))
+                .unwrap_or(STALL),
+        );
+        deadline = tokio::time::Instant::now() + stall;
         if !send(AgentEvent::Snapshot(Box::new(snap))).await {
             return Ok(());
         }

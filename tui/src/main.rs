@@ -24,6 +24,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tui::cancel_on_signals(shutdown.clone());
     tui::run(targets, shutdown).await?;
+    anyhow::ensure!(!tui::panicked(), "stopped after a panic (see above)");
     Ok(())
 }
 

@@ -35,8 +35,16 @@ const QUEUE: usize = 256;
 /// Events applied before the screen is drawn again (so a burst cannot starve drawing).
 const BATCH: usize = 64;
 
-/// Puts the terminal back: main screen, cooked mode, visible cursor. Safe to call twice.
+/// Whether the terminal is in Kite's state (raw mode, alternate screen).
+static ACTIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Puts the terminal back: main screen, cooked mode, visible cursor. Only the first call
+/// after [`TerminalGuard::enter`] acts: leaving the alternate screen twice would move the
+/// cursor back over what was printed in between (a panic message, say).
 pub fn restore() {
+    if !ACTIVE.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     let _ = terminal::disable_raw_mode();
     let _ = execute!(io::stdout(), LeaveAlternateScreen, cursor::Show);
 }
@@ -53,6 +61,7 @@ impl TerminalGuard {
     pub fn enter(shutdown: &CancellationToken) -> Result<Self, Error> {
         install_panic_hook(shutdown.clone());
         terminal::enable_raw_mode().map_err(Error::Terminal)?;
+        ACTIVE.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Err(e) = execute!(io::stdout(), EnterAlternateScreen, cursor::Hide) {
             restore();
             return Err(Error::Terminal(e));
@@ -73,11 +82,21 @@ impl Drop for TerminalGuard {
     }
 }
 
+/// Set by the panic hook: a panic anywhere (an agent's task included) ends the program with
+/// a failure, not with the success of a normal quit.
+static PANICKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether anything panicked since the terminal was set up.
+pub fn panicked() -> bool {
+    PANICKED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 fn install_panic_hook(shutdown: CancellationToken) {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            PANICKED.store(true, std::sync::atomic::Ordering::SeqCst);
             restore();
             shutdown.cancel();
             previous(info);
@@ -89,16 +108,18 @@ fn install_panic_hook(shutdown: CancellationToken) {
 pub fn spawn_input(tx: mpsc::Sender<Event>, shutdown: CancellationToken) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         while !shutdown.is_cancelled() {
+            // Without this thread neither q nor Ctrl-C (a plain key in raw mode) could quit:
+            // a terminal that cannot be read ends the program.
             match ct::poll(Duration::from_millis(100)) {
                 Ok(false) => continue,
                 Ok(true) => {}
-                Err(_) => break,
+                Err(_) => return shutdown.cancel(),
             }
             let event = match ct::read() {
                 Ok(ct::Event::Key(k)) if k.kind != ct::KeyEventKind::Release => Event::Key(k),
                 Ok(ct::Event::Resize(w, h)) => Event::Resize(w, h),
                 Ok(_) => continue,
-                Err(_) => break,
+                Err(_) => return shutdown.cancel(),
             };
             if tx.blocking_send(event).is_err() {
                 break;
@@ -109,6 +130,12 @@ pub fn spawn_input(tx: mpsc::Sender<Event>, shutdown: CancellationToken) -> thre
 
 /// Applies an event the way the loop does: event → action → update (→ follow-up actions).
 pub fn handle(app: &mut App, event: Event) {
+    apply(app, event);
+    app.settle();
+}
+
+/// [`handle`] without rebuilding the rows after a snapshot (the loop does it once per batch).
+fn apply(app: &mut App, event: Event) {
     let mut next = app.action(event);
     while let Some(action) = next {
         next = app.update(action);
@@ -141,19 +168,20 @@ pub async fn event_loop<B: Backend>(
                 None => return Ok(()),
             },
         };
-        handle(app, event);
+        apply(app, event);
         for _ in 0..BATCH {
             if app.quit {
                 break;
             }
             match rx.try_recv() {
-                Ok(e) => handle(app, e),
+                Ok(e) => apply(app, e),
                 Err(_) => break,
             }
         }
         if app.quit {
             return Ok(());
         }
+        app.settle();
         terminal.draw(|f| f.render_widget(&*app, f.area()))?;
     }
 }
@@ -191,6 +219,13 @@ pub async fn run(targets: Vec<Target>, shutdown: CancellationToken) -> Result<()
     let size = guard.terminal.size().map_err(Error::Terminal)?;
     let mut app = App::new(labels, (size.width, size.height));
     let input = spawn_input(tx, shutdown.clone());
+    // For tests/e2e/dashboard.rs: a panic in a task must restore the terminal and fail.
+    if std::env::var_os("KITE_TUI_TEST_PANIC").is_some() {
+        tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            panic!("KITE_TUI_TEST_PANIC is set");
+        });
+    }
     let result = event_loop(&mut guard.terminal, &mut app, &mut rx, &focus_tx, &shutdown).await;
     shutdown.cancel();
     drop(guard);

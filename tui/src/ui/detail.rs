@@ -199,21 +199,35 @@ fn status_color(code: u32) -> Color {
 
 fn statuses(e: &Entry, area: Rect, buf: &mut Buffer) {
     let total: u64 = e.ep.statuses.iter().map(|s| s.count).sum();
-    let mut lines: Vec<Line<'_>> =
-        e.ep.statuses
-            .iter()
-            .map(|s| {
-                Line::from(vec![
-                    Span::styled(format!(" {:<4}", s.status), status_color(s.status)),
-                    Span::raw(format!("{:>7}", human::rate(s.count as f64))),
-                    Span::raw(format!(
-                        " {:>5}%",
-                        human::percent(s.count as f64 / total.max(1) as f64)
-                    ))
-                    .dim(),
-                ])
-            })
-            .collect();
+    // Errors first (5xx, then 4xx), then by count: on a small terminal the box shows only its
+    // first lines, and those are what someone opening the detail view looks for.
+    let mut statuses: Vec<&v1::StatusCount> = e.ep.statuses.iter().collect();
+    let class = |code: u32| match code {
+        500.. => 0,
+        400..500 => 1,
+        _ => 2,
+    };
+    statuses.sort_by(|a, b| {
+        (class(a.status), std::cmp::Reverse(a.count), a.status).cmp(&(
+            class(b.status),
+            std::cmp::Reverse(b.count),
+            b.status,
+        ))
+    });
+    let mut lines: Vec<Line<'_>> = statuses
+        .iter()
+        .map(|s| {
+            Line::from(vec![
+                Span::styled(format!(" {:<4}", s.status), status_color(s.status)),
+                Span::raw(format!("{:>7}", human::rate(s.count as f64))),
+                Span::raw(format!(
+                    " {:>5}%",
+                    human::percent(s.count as f64 / total.max(1) as f64)
+                ))
+                .dim(),
+            ])
+        })
+        .collect();
     if lines.is_empty() {
         lines.push(Line::raw(" no requests in the last window").dim());
     }
@@ -244,8 +258,15 @@ pub(crate) struct Bin {
 /// Groups Kite's fine log-linear buckets into power-of-two bins (empty ones in between
 /// included, so the shape is right), then merges neighbours until at most `rows` remain.
 pub(crate) fn bins(buckets: &[v1::Bucket], rows: usize) -> Vec<Bin> {
-    let octave = |secs: f64| -> i32 { (secs * 1e9).max(1.0).log2().floor() as i32 };
-    let nonempty: Vec<&v1::Bucket> = buckets.iter().filter(|b| b.count > 0).collect();
+    // Octaves of nanoseconds, clamped to 1 ns … 2^40 ns (18 min) so that odd bounds from the
+    // wire cannot ask for a huge or negative range.
+    let octave =
+        |secs: f64| -> i32 { (secs * 1e9).clamp(1.0, 2f64.powi(40)).log2().floor() as i32 };
+    let mut nonempty: Vec<&v1::Bucket> = buckets
+        .iter()
+        .filter(|b| b.count > 0 && b.lower_seconds.is_finite() && b.lower_seconds >= 0.0)
+        .collect();
+    nonempty.sort_by(|a, b| a.lower_seconds.total_cmp(&b.lower_seconds));
     let (Some(first), Some(last)) = (nonempty.first(), nonempty.last()) else {
         return Vec::new();
     };
@@ -259,8 +280,10 @@ pub(crate) fn bins(buckets: &[v1::Bucket], rows: usize) -> Vec<Bin> {
         })
         .collect();
     for b in &nonempty {
-        let i = (octave(b.lower_seconds) - lo) as usize;
-        out[i].count += b.count;
+        let i = (octave(b.lower_seconds) - lo).max(0) as usize;
+        if let Some(bin) = out.get_mut(i) {
+            bin.count += b.count;
+        }
     }
     if let Some(b) = out.first_mut() {
         b.lower = b.lower.min(first.lower_seconds);

@@ -301,6 +301,30 @@ fn dashboard_sorts_filters_opens_details_and_restores_the_terminal() {
         s.contains("TTY_STATE same")
     });
 
+    // A panic (here in a task, through a test hook) restores the terminal and fails.
+    tmux.keys(&["C-l"]);
+    tmux.text(&format!(
+        "KITE_TUI_TEST_PANIC=1 {TUI} --addr {}; echo \"FOURTH_EXIT $?\"",
+        agent.addr()
+    ));
+    tmux.keys(&["Enter"]);
+    let done = |s: &str| s.lines().any(|l| l.starts_with("FOURTH_EXIT "));
+    let s = tmux.wait_for("exit after a panic", WAIT, done);
+    assert!(
+        s.lines().any(|l| l.trim_end() == "FOURTH_EXIT 1"),
+        "a panic must fail: {s}"
+    );
+    assert!(
+        s.contains("KITE_TUI_TEST_PANIC is set"),
+        "the panic message is readable: {s}"
+    );
+    assert!(s.contains("stopped after a panic"), "{s}");
+    tmux.text(&check);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the terminal settings", WAIT, |s| {
+        s.contains("TTY_STATE same")
+    });
+
     // The shell ends, and with it the session.
     tmux.text("exit");
     tmux.keys(&["Enter"]);
