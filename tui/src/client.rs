@@ -579,6 +579,8 @@ mod tests {
             }
         }
         assert!(delays.windows(2).all(|w| w[1] >= w[0]), "{delays:?}");
+        assert!(delays[2] > delays[0], "failures must back off: {delays:?}");
+        assert!(delays.iter().all(|d| *d <= BACKOFF.1), "{delays:?}");
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), task)
             .await

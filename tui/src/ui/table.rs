@@ -47,6 +47,22 @@ pub(crate) fn fit(s: &str, width: usize) -> String {
     }
 }
 
+/// Shortens an `address:port` to `width` characters, keeping the port (what tells two
+/// endpoints of one long IPv6 address apart).
+pub(crate) fn fit_addr(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_string();
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if port.len() + 2 < width => {
+            let keep = width - port.len() - 2;
+            let head: String = host.chars().take(keep).collect();
+            format!("{head}…:{port}")
+        }
+        _ => fit(s, width),
+    }
+}
+
 fn right(s: String) -> Cell<'static> {
     Cell::from(Line::from(s).alignment(Alignment::Right))
 }
@@ -123,7 +139,14 @@ pub(super) fn render(app: &App, area: Rect, buf: &mut Buffer) {
         .max((selected + 1).saturating_sub(height));
     let rows = (offset..(offset + height).min(app.row_count())).filter_map(|i| {
         let e = app.row(i)?;
-        let row = row(e, multi, node_w as usize, name_w as usize, &numbers);
+        let row = row(
+            e,
+            multi,
+            node_w as usize,
+            name_w as usize,
+            addr_w as usize,
+            &numbers,
+        );
         Some(if i == selected {
             row.style(Style::new().add_modifier(Modifier::REVERSED))
         } else {
@@ -154,6 +177,7 @@ fn row(
     multi: bool,
     node_w: usize,
     name_w: usize,
+    addr_w: usize,
     numbers: &[(&str, u16)],
 ) -> Row<'static> {
     let mut cells = Vec::with_capacity(10);
@@ -162,7 +186,7 @@ fn row(
     }
     cells.extend([
         Cell::from(fit(&e.name, name_w)),
-        Cell::from(e.addr.clone()),
+        Cell::from(fit_addr(&e.addr, addr_w)),
         Cell::from(e.direction.short()),
     ]);
     let err = e.error_ratio();
@@ -258,7 +282,17 @@ pub(super) fn sparklines(app: &App, area: Rect, buf: &mut Buffer) {
 
 #[cfg(test)]
 mod tests {
-    use super::fit;
+    use super::{fit, fit_addr};
+
+    #[test]
+    fn long_addresses_keep_their_port() {
+        assert_eq!(fit_addr("10.0.0.1:8080", 23), "10.0.0.1:8080");
+        let v6 = "[2001:db8:aaaa:bbbb:cccc::1]:8080";
+        let short = fit_addr(v6, 23);
+        assert_eq!(short.chars().count(), 23);
+        assert!(short.ends_with("…:8080"), "{short}");
+        assert!(short.starts_with("[2001:db8"), "{short}");
+    }
 
     #[test]
     fn fit_keeps_the_end_of_paths_and_the_start_of_names() {
