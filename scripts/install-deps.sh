@@ -41,7 +41,10 @@ for p in nginx-light libnginx-mod-http-echo wrk curl python3 python3-pip iproute
     util-linux gcc libc6-dev bpftool prometheus tmux; do
     need "$p"
 done
-# `kubectl kustomize` renders deploy/ in the manifest tests; any kubectl ≥ 1.20 will do.
+# `kubectl kustomize` renders deploy/ in the manifest tests. deploy/ needs kustomize v4 or
+# later (kubectl ≥ 1.22: a var taken from a list element, directories as resources). These
+# machines come with one; Debian's kubernetes-client (1.20, kustomize v2) is only a fallback
+# that renders the base but not all of it, and says so below.
 command -v kubectl >/dev/null || need kubernetes-client
 for p in ${KITE_EXTRA_PACKAGES:-}; do need "$p"; done
 apt_install "${missing[@]}"
@@ -69,6 +72,11 @@ if ! bpf-linker --version 2>/dev/null | grep -q "^${want_linker}"; then
     log "cargo install bpf-linker (LLVM ${llvm_major})"
     LLVM_PREFIX="/usr/lib/llvm-${llvm_major}" cargo install bpf-linker@0.13.0 --locked \
         --no-default-features --features "llvm-${llvm_major}" -q
+fi
+
+kustomize=$(kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: v\([0-9]*\).*/\1/p')
+if [ -z "$kustomize" ] || [ "$kustomize" -lt 4 ]; then
+    log "warning: this kubectl's kustomize is older than v4; the deploy/ manifest tests need v4+ (kubectl ≥ 1.22)"
 fi
 
 log "ready"
