@@ -34,11 +34,44 @@ pub const MIX: [&str; 20] = [
 const LATENCY_TOL: f64 = 0.10;
 const RPS_TOL: f64 = 0.02;
 
+/// Whether wrk's percentiles are its raw measurements: wrk corrects its histogram for
+/// coordinated omission as soon as one sample exceeds twice the mean interval, which a single
+/// scheduling hiccup of a busy two-core VM can cause.
+fn wrk_is_raw(r: &Wrk) -> bool {
+    r.max_us < 2.0 * r.mean_interval_us()
+}
+
+/// Runs `load` under a new [`Watch`] of `cg` and returns both; runs it again (three times at
+/// most, each with its own Watch) while wrk's latencies are not raw, since then they cannot be
+/// compared with anything. Kite's figures are never what decides a retry.
+fn watched_wrk(
+    cg: &TestCgroup,
+    dir: Direction,
+    port: u16,
+    load: impl Fn() -> Wrk + Sync,
+) -> (Watch, Wrk) {
+    let mut attempt = 1;
+    loop {
+        let mut w = Watch::new(cg);
+        w.target(dir, port);
+        let r = w.during(&load);
+        if wrk_is_raw(&r) || attempt == 3 {
+            return (w, r);
+        }
+        eprintln!(
+            "  wrk's max {} µs ≥ 2 × {:.0} µs: its percentiles are corrected, running again",
+            r.max_us,
+            r.mean_interval_us()
+        );
+        attempt += 1;
+    }
+}
+
 fn check_wrk(w: &Watch, r: &Wrk) {
     eprintln!("  wrk: {r:?}");
     assert_eq!(r.socket_errors(), 0, "wrk saw socket errors");
     assert!(
-        r.max_us < 2.0 * r.mean_interval_us(),
+        wrk_is_raw(r),
         "wrk corrected its latencies for coordinated omission (max {} µs ≥ 2 × {} µs): \
          narrow the delay mix",
         r.max_us,
@@ -106,10 +139,10 @@ fn keep_alive_nginx_with_wrk() {
         },
         port,
     );
-    let mut w = Watch::new(&cg);
-    w.target(Direction::Inbound, port);
     let url = format!("http://127.0.0.1:{port}");
-    let r = w.during(|| wrk(Place::default(), &url, 4, 400, &WRK_MIX, &[]));
+    let (w, r) = watched_wrk(&cg, Direction::Inbound, port, || {
+        wrk(Place::default(), &url, 4, 400, &WRK_MIX, &[])
+    });
     check_wrk(&w, &r);
 }
 
@@ -130,10 +163,10 @@ fn keep_alive_python_with_wrk() {
         port,
         false,
     );
-    let mut w = Watch::new(&cg);
-    w.target(Direction::Inbound, port);
     let url = format!("http://127.0.0.1:{port}");
-    let r = w.during(|| wrk(Place::default(), &url, 4, 400, &WRK_MIX, &[]));
+    let (w, r) = watched_wrk(&cg, Direction::Inbound, port, || {
+        wrk(Place::default(), &url, 4, 400, &WRK_MIX, &[])
+    });
     check_wrk(&w, &r);
 }
 
@@ -184,10 +217,8 @@ fn one_request_per_connection_nginx_with_wrk() {
         },
         port,
     );
-    let mut w = Watch::new(&cg);
-    w.target(Direction::Inbound, port);
     let url = format!("http://127.0.0.1:{port}");
-    let r = w.during(|| {
+    let (w, r) = watched_wrk(&cg, Direction::Inbound, port, || {
         wrk(
             Place::default(),
             &url,
@@ -258,10 +289,12 @@ fn fixed_50ms_delay() {
         port,
         false,
     );
-    let mut w = Watch::new(&cg);
-    w.target(Direction::Inbound, port);
     let url = format!("http://127.0.0.1:{port}");
-    let r = w.during(|| wrk(Place::default(), &url, 8, 40, &["/d/50"], &[]));
+    // 800 requests, about 5 s: wrk's run also counts its start (threads, connects), which
+    // against 320 requests (2 s) made its RPS 1.3–1.6 % lower than Kite's windows.
+    let (w, r) = watched_wrk(&cg, Direction::Inbound, port, || {
+        wrk(Place::default(), &url, 8, 100, &["/d/50"], &[])
+    });
     check_wrk(&w, &r);
     let p50 = kite_q(&w, 0.5);
     assert!((0.050..0.055).contains(&p50), "p50 {p50}");
@@ -297,10 +330,10 @@ fn mixed_status_codes() {
         port,
         false,
     );
-    let mut w = Watch::new(&cg);
-    w.target(Direction::Inbound, port);
     let url = format!("http://127.0.0.1:{port}");
-    let r = w.during(|| wrk(Place::default(), &url, 4, 300, &paths, &[]));
+    let (w, r) = watched_wrk(&cg, Direction::Inbound, port, || {
+        wrk(Place::default(), &url, 4, 300, &paths, &[])
+    });
     check_wrk(&w, &r);
     let t = w.total();
     assert_eq!(t.status_4xx, r.statuses["404"]);
@@ -317,8 +350,6 @@ fn mixed_status_codes() {
         },
         port,
     );
-    let mut w = Watch::new(&cg);
-    w.target(Direction::Inbound, port);
     let url = format!("http://127.0.0.1:{port}");
     let paths = [
         "/status/200",
@@ -327,7 +358,9 @@ fn mixed_status_codes() {
         "/status/200",
         "/status/302",
     ];
-    let r = w.during(|| wrk(Place::default(), &url, 2, 2000, &paths, &[]));
+    let (w, r) = watched_wrk(&cg, Direction::Inbound, port, || {
+        wrk(Place::default(), &url, 2, 2000, &paths, &[])
+    });
     assert_eq!(w.total().requests, r.requests);
     for (status, n) in &r.statuses {
         let status: u16 = status.parse().unwrap();
