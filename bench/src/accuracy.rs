@@ -103,11 +103,20 @@ pub fn run() -> String {
             let cg = TestCgroup::new("bench-acc");
             let port = free_port();
             let _srv = server(kind, &cg, port);
-            let mut w = Watch::new(&cg);
-            w.target(Direction::Inbound, port);
             let url = format!("http://127.0.0.1:{port}");
-            let r = w.during(|| wrk(Place::default(), &url, threads, per, paths, headers));
-            row(name, &w, &Truth::from(&r))
+            // wrk corrects its percentiles for coordinated omission once a sample exceeds twice
+            // the mean interval (one scheduling hiccup does it): such a run says nothing about
+            // Kite, so it is run again, three times at most.
+            let mut attempt = 1;
+            loop {
+                let mut w = Watch::new(&cg);
+                w.target(Direction::Inbound, port);
+                let r = w.during(|| wrk(Place::default(), &url, threads, per, paths, headers));
+                if r.max_us < 2.0 * r.mean_interval_us() || attempt == 3 {
+                    break row(name, &w, &Truth::from(&r));
+                }
+                attempt += 1;
+            }
         };
     rows.push(wrk_shape(
         "keep-alive, nginx",
@@ -137,7 +146,9 @@ pub fn run() -> String {
         "fixed 50 ms, Python",
         "python",
         8,
-        40,
+        // 800 requests, about 5 s: over 2 s, wrk's own start (threads, connects) made its RPS
+        // 1.3–1.6 % lower than Kite's windows.
+        100,
         &["/d/50"],
         &[],
     ));
