@@ -198,13 +198,16 @@ impl Bundle {
     /// `ca-bundle-patch.json` into `dir`.
     pub fn write(&self, names: &Names, dir: &Path) -> Result<(), CertError> {
         use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::create_dir_all(dir).map_err(|source| CertError::Write {
+            path: dir.display().to_string(),
+            source,
+        })?;
         let write = |name: &str, bytes: &[u8], mode: u32| {
             let path = dir.join(name);
             let err = |source| CertError::Write {
                 path: path.display().to_string(),
                 source,
             };
-            std::fs::create_dir_all(dir).map_err(err)?;
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)

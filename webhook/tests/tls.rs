@@ -2,13 +2,13 @@
 //! that trusts only the generated CA, real AdmissionReview v1 JSON.
 use std::{
     io::Write as _,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
+use kite_testkit::free_port;
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kite-webhook");
@@ -25,14 +25,6 @@ impl Drop for Webhook {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Webhook {
