@@ -4,6 +4,7 @@
 //!
 //! Used by the agent's real-kernel tests and by `kite-bench`.
 
+pub mod impair;
 pub mod load;
 pub mod servers;
 pub mod sys;
