@@ -64,6 +64,11 @@ const HS_NAME_TE: u8 = 3;
 const HS_VALUE_CL: u8 = 4;
 const HS_VALUE_TE: u8 = 5;
 const HS_END_CR: u8 = 6;
+/// The request line of an `_OTHER` method: its last 8 bytes (CR left out) are kept in
+/// `remaining` to check that it ends in `HTTP/1.x`.
+const HS_REQLINE: u8 = 7;
+const HTTP_10: u64 = u64::from_be_bytes(*b"HTTP/1.0");
+const HTTP_11: u64 = u64::from_be_bytes(*b"HTTP/1.1");
 
 // Chunk-size sub-states (MODE_CHUNK_SIZE).
 const CS_HEX: u8 = 0;
@@ -77,10 +82,30 @@ const SF_CL: u8 = 2;
 const SF_CHUNKED: u8 = 4;
 const SF_RESYNC: u8 = 8;
 const SF_BAD: u8 = 16;
+/// `cand_seq` holds a proven message start.
+const SF_CAND: u8 = 32;
+/// Bytes beyond a gap were seen (`ahead_seq..ahead_end`) but not parsed.
+const SF_WAIT: u8 = 64;
+/// The request line of a method outside the known list is being checked for `HTTP/1.x`.
+const SF_VERIFY: u8 = 128;
+/// Flags that outlive a message.
+const SF_KEEP: u8 = SF_SEQ | SF_CAND | SF_WAIT;
 
 // Connection flags.
 const CF_OPEN: u8 = 1;
 const CF_IGNORE: u8 = 2;
+/// The client has had more than one request outstanding (pipelining).
+const CF_PIPELINED: u8 = 4;
+/// A request was recognised on this connection: it is HTTP/1.x.
+const CF_HTTP: u8 = 8;
+
+// [`Conn::resp_kind`]: how the open response is framed, from its request's method.
+const RK_NORMAL: u8 = 0;
+const RK_HEAD: u8 = 1;
+const RK_CONNECT: u8 = 2;
+const RK_UNKNOWN: u8 = 3;
+/// Requests beyond the queue whose HEAD-ness is remembered (bits of [`Conn::skip_head`]).
+const SKIP_KNOWN: u8 = 64;
 
 /// [`Conn::role`]: the socket is the server (requests arrive).
 pub const ROLE_SERVER: u8 = 1;
@@ -102,7 +127,9 @@ pub struct Stream {
     pub remaining: u64,
     /// Time of the first byte of a message start split across segments.
     pub start_ns: u64,
-    /// Next expected TCP sequence number (valid once `SF_SEQ` is set).
+    /// Sequence number of the next byte the parser needs (valid once `SF_SEQ` is set). Bytes
+    /// before it have been parsed, skipped as body, or given up on; a segment that starts
+    /// beyond it waits (out of order) unless framing or a proven boundary places it.
     pub next_seq: u32,
     /// One of the `MODE_*` constants.
     pub mode: u8,
@@ -120,6 +147,16 @@ pub struct Stream {
     pub _pad: u8,
     /// Status code of the response being parsed (response stream).
     pub status: u16,
+    /// A proven message start (valid with `SF_CAND`): the other direction's acknowledgment
+    /// number when it started a request (response streams) or finished a response (request
+    /// streams) with nothing else outstanding.
+    pub cand_seq: u32,
+    /// First byte of the bytes seen beyond a gap (valid with `SF_WAIT`).
+    pub ahead_seq: u32,
+    /// End of the bytes seen beyond a gap.
+    pub ahead_end: u32,
+    /// Explicit padding.
+    pub _pad2: u32,
 }
 
 /// State of one tracked connection: the value of the `SOCKETS` map.
@@ -130,6 +167,9 @@ pub struct Conn {
     pub cgroup_id: u64,
     /// Time of the last segment with payload.
     pub last_ns: u64,
+    /// Whether each request beyond the queue is a `HEAD` (bit 0: the oldest), for the first
+    /// [`Conn::skip_known`] of them.
+    pub skip_head: u64,
     /// Latency of the open response.
     pub open_latency_ns: u64,
     /// Request bytes of the open response's request.
@@ -166,8 +206,12 @@ pub struct Conn {
     pub q_len: u8,
     /// [`Method`] of the open response's request.
     pub open_method: u8,
+    /// Requests beyond the queue whose method is known through `skip_head`.
+    pub skip_known: u8,
+    /// How the response being parsed is framed (`RK_*`).
+    pub resp_kind: u8,
     /// Explicit padding.
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 3],
 }
 
 /// A finished request, handed to [`Sink::record`].
@@ -262,6 +306,8 @@ pub struct Segment {
     pub win_len: u32,
     /// Payload bytes before this offset have been accounted.
     pub acct: u32,
+    /// The segment's acknowledgment number (the next byte of the other direction).
+    pub ack: u32,
     /// `true` for received bytes (ingress), `false` for sent bytes (egress).
     pub rx: bool,
 }
@@ -276,6 +322,7 @@ impl Segment {
             win_start: 0,
             win_len: 0,
             acct: 0,
+            ack: 0,
             rx,
         }
     }
@@ -333,13 +380,64 @@ pub fn classify(h: &[u8; START_LEN]) -> Option<Start> {
             (h[9] - b'0') as u16 * 100 + (h[10] - b'0') as u16 * 10 + (h[11] - b'0') as u16;
         return Some(Start::Response(status));
     } else {
-        return None;
+        return other_method(h).map(|_| Start::Request(Method::Other));
     };
     if is_target_start(target) {
         Some(Start::Request(method))
     } else {
         None
     }
+}
+
+/// Longest method token outside the known list recognised (`MKCALENDAR` is 10).
+const MAX_OTHER_TOKEN: usize = START_LEN - 2;
+
+/// RFC 9110 `tchar`: the bytes of a method token.
+#[inline(always)]
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
+/// A method token outside the known list (`PURGE`, `PROPFIND`, lowercase `get`, …) followed
+/// by a space and the start of a request target: its length. The request line must still
+/// end in `HTTP/1.x` before it counts (checked by the header automaton).
+#[inline(always)]
+fn other_method(h: &[u8; START_LEN]) -> Option<usize> {
+    let mut n = 0;
+    let mut i = 0;
+    let mut ended = false;
+    while i <= MAX_OTHER_TOKEN {
+        if !ended {
+            if h[i] == b' ' {
+                ended = true;
+                n = i;
+            } else if !is_tchar(h[i]) {
+                return None;
+            }
+        }
+        i += 1;
+    }
+    if !ended || n == 0 || n + 1 >= START_LEN || !is_target_start(h[n + 1]) {
+        return None;
+    }
+    Some(n)
 }
 
 /// Whether a segment whose payload starts with `h` (`len` bytes of it valid) may be the first
@@ -362,6 +460,28 @@ pub fn opens_connection(h: &[u8; START_LEN], len: usize) -> bool {
         *b"CONNECT ",
         *b"TRACE \0\0",
     ];
+    // A token outside the list, possibly followed by a space and a target start.
+    let mut i = 0;
+    let mut other = len > 0;
+    let mut space = START_LEN;
+    while i < START_LEN {
+        if i < len && other {
+            let b = h[i];
+            if space == START_LEN {
+                if b == b' ' && i > 0 && i <= MAX_OTHER_TOKEN {
+                    space = i;
+                } else if !is_tchar(b) || i >= MAX_OTHER_TOKEN {
+                    other = false;
+                }
+            } else if i == space + 1 && !is_target_start(b) {
+                other = false;
+            }
+        }
+        i += 1;
+    }
+    if other {
+        return true;
+    }
     let mut t = 0;
     while t < TOKENS.len() {
         let tok = &TOKENS[t];
@@ -428,6 +548,8 @@ enum Ev {
     ChunkLine,
     /// The bytes cannot be HTTP/1.x framing.
     Bad,
+    /// The request line of an `_OTHER` method ended in `HTTP/1.x`.
+    RequestLine,
 }
 
 impl Stream {
@@ -439,7 +561,34 @@ impl Stream {
         self.idx = 0;
         self.remaining = 0;
         self.stash_len = 0;
-        self.flags &= SF_SEQ;
+        self.flags &= SF_KEEP;
+    }
+
+    /// `len` bytes at `seq`, beyond a gap, were seen and not parsed: remember the range
+    /// nearest to the parser (one range; a disjoint later one is forgotten).
+    #[inline(always)]
+    fn note_ahead(&mut self, seq: u32, len: u32) {
+        let end = seq.wrapping_add(len);
+        if self.flags & SF_WAIT == 0
+            || (end.wrapping_sub(self.ahead_seq) as i32) < 0
+            || (self.ahead_end.wrapping_sub(self.next_seq) as i32) <= 0
+        {
+            self.ahead_seq = seq;
+            self.ahead_end = end;
+            self.flags |= SF_WAIT;
+            return;
+        }
+        if (seq.wrapping_sub(self.ahead_end) as i32) <= 0
+            && (end.wrapping_sub(self.ahead_seq) as i32) >= 0
+        {
+            // Touches or overlaps: one range.
+            if (seq.wrapping_sub(self.ahead_seq) as i32) < 0 {
+                self.ahead_seq = seq;
+            }
+            if (end.wrapping_sub(self.ahead_end) as i32) > 0 {
+                self.ahead_end = end;
+            }
+        }
     }
 
     #[inline(always)]
@@ -468,6 +617,20 @@ impl Stream {
             HS_SKIP => {
                 if b == b'\n' {
                     self.sub = HS_LINE_START;
+                }
+            }
+            HS_REQLINE => {
+                if b == b'\n' {
+                    let v = self.remaining;
+                    self.remaining = 0;
+                    return if v == HTTP_11 || v == HTTP_10 {
+                        Ev::RequestLine
+                    } else {
+                        Ev::Bad
+                    };
+                }
+                if b != b'\r' {
+                    self.remaining = (self.remaining << 8) | b as u64;
                 }
             }
             HS_LINE_START => {
@@ -643,33 +806,83 @@ impl Conn {
 
     /// Starts a segment: sequence-number bookkeeping. Returns whether [`Conn::step`] has payload
     /// to look at. `seg.end` is the payload length; `seq` the TCP sequence number of its first
-    /// byte (of the SYN if `syn`).
-    pub fn begin<S: Sink>(&mut self, seg: &mut Segment, seq: u32, syn: bool, sink: &mut S) -> bool {
+    /// byte, `ack` the segment's acknowledgment number (the next byte of the other direction
+    /// its sender expects).
+    ///
+    /// The invariant (ingress sees segments before TCP puts them in order): the parser only
+    /// looks at the byte at `next_seq`, or at a proven message start. A segment beyond
+    /// `next_seq` is placed by framing when the missing bytes are body (skipped by
+    /// arithmetic), resynchronises the stream when it starts at (or spans) a proven boundary,
+    /// and otherwise waits: the retransmission or the overtaken segment that fills the gap is
+    /// new data, parsed when it comes. Nothing beyond a gap is ever read as a message start.
+    pub fn begin<S: Sink>(&mut self, seg: &mut Segment, seq: u32, ack: u32, sink: &mut S) -> bool {
         if self.flags & CF_IGNORE != 0 {
             return false;
         }
         let len = seg.end;
-        let st = self.stream(seg.rx);
-        let seq = if syn {
-            st.flags |= SF_SEQ;
-            st.next_seq = seq.wrapping_add(1);
-            seq.wrapping_add(1)
-        } else {
-            seq
-        };
+        seg.ack = ack;
         if len == 0 {
             return false;
         }
+        self.last_ns = seg.now_ns;
+        let req = self.is_request_stream(seg.rx);
+        let other_lost = self.stream(!seg.rx).mode == MODE_LOST;
+        // The old heuristic (a lost stream resynchronises at a segment that starts with a
+        // message) is only used where no boundary can be proven: pipelining clients, and
+        // request streams whose response stream is lost too.
+        let guess_ok = self.flags & CF_PIPELINED != 0 || (req && other_lost);
+        let st = self.stream(seg.rx);
         if st.flags & SF_SEQ == 0 {
             st.flags |= SF_SEQ;
             st.next_seq = seq;
         }
         let d = seq.wrapping_sub(st.next_seq) as i32;
-        if d > 0 {
-            sink.stat(Stat::SeqGaps);
-            st.lose();
-            st.next_seq = seq.wrapping_add(len);
-        } else if d < 0 {
+        // Offset in this segment of a proven message start, if it has one.
+        let cand = if st.flags & SF_CAND != 0 {
+            let off = st.cand_seq.wrapping_sub(seq);
+            if off < len {
+                Some(off)
+            } else {
+                if (st.cand_seq.wrapping_sub(st.next_seq) as i32) < 0 {
+                    // The stream is past it.
+                    st.flags &= !SF_CAND;
+                }
+                None
+            }
+        } else {
+            None
+        };
+        if st.mode == MODE_LOST || st.mode == MODE_UNTIL_CLOSE {
+            // Nothing to parse: only the frontier moves. A lost stream resynchronises at a
+            // proven boundary (or, where allowed, at a segment start).
+            let end = seq.wrapping_add(len);
+            if (end.wrapping_sub(st.next_seq) as i32) > 0 {
+                st.next_seq = end;
+            }
+            if st.mode == MODE_UNTIL_CLOSE {
+                if d < 0 {
+                    let dup = d.unsigned_abs();
+                    sink.stat(Stat::Retransmits);
+                    seg.pos = if dup < len { dup } else { len };
+                    seg.acct = seg.pos;
+                } else if d > 0 {
+                    self.account_gap(seg.rx, d as u32);
+                }
+                sink.stat(Stat::PayloadPackets);
+                return true;
+            }
+            sink.stat(Stat::PayloadPackets);
+            if let Some(off) = cand {
+                return self.resync(seg, seq, off, true, sink);
+            }
+            if guess_ok && d >= 0 {
+                return self.resync(seg, seq, 0, false, sink);
+            }
+            seg.pos = len;
+            seg.acct = len;
+            return false;
+        }
+        if d < 0 {
             let dup = d.unsigned_abs();
             sink.stat(Stat::Retransmits);
             if dup >= len {
@@ -680,17 +893,125 @@ impl Conn {
             seg.pos = dup;
             seg.acct = dup;
             st.next_seq = seq.wrapping_add(len);
+        } else if d > 0 {
+            let gap = d as u32;
+            let in_body = st.mode == MODE_BODY || st.mode == MODE_CHUNK_DATA;
+            if in_body && st.remaining >= gap as u64 {
+                // The missing bytes are body: nothing in them needs to be seen.
+                st.remaining -= gap as u64;
+                st.next_seq = seq.wrapping_add(len);
+                sink.stat(Stat::SeqGaps);
+                self.account_gap(seg.rx, gap);
+            } else if let Some(off) = cand {
+                sink.stat(Stat::SeqGaps);
+                sink.stat(Stat::PayloadPackets);
+                return self.resync(seg, seq, off, true, sink);
+            } else if guess_ok {
+                // No boundary can be proven: lose the stream (resynchronised by the old
+                // heuristic at a later segment start).
+                sink.stat(Stat::SeqGaps);
+                st.lose();
+                st.next_seq = seq.wrapping_add(len);
+                seg.pos = len;
+                seg.acct = len;
+                return false;
+            } else {
+                if in_body && st.mode == MODE_BODY {
+                    // The body ends inside the gap: the message is complete; what follows it
+                    // waits like any gap.
+                    let rest = st.remaining as u32;
+                    st.next_seq = st.next_seq.wrapping_add(rest);
+                    self.account_gap(seg.rx, rest);
+                    self.message_end(seg, req, sink);
+                }
+                sink.stat(Stat::OutOfOrder);
+                self.stream(seg.rx).note_ahead(seq, len);
+                seg.pos = len;
+                seg.acct = len;
+                return false;
+            }
         } else {
             st.next_seq = seq.wrapping_add(len);
         }
-        self.last_ns = seg.now_ns;
         sink.stat(Stat::PayloadPackets);
-        let st = self.stream(seg.rx);
-        if st.mode == MODE_LOST && seg.pos == 0 {
-            st.reset_message();
-            st.flags |= SF_RESYNC;
+        true
+    }
+
+    /// Resynchronises the stream at payload offset `off` of the segment: a proven boundary
+    /// (`proven`) or, where allowed, a segment start. What was open before it ended in bytes
+    /// never parsed.
+    fn resync<S: Sink>(
+        &mut self,
+        seg: &mut Segment,
+        seq: u32,
+        off: u32,
+        proven: bool,
+        sink: &mut S,
+    ) -> bool {
+        let req = self.is_request_stream(seg.rx);
+        if !req {
+            // The open response ended before the boundary.
+            self.complete(sink);
+            // At a proven boundary only the newest request can be answered (nothing else was
+            // outstanding when it was sent); the older ones were answered in bytes Kite did
+            // not parse.
+            let extra = self.waiting().saturating_sub(1);
+            if proven && extra > 0 {
+                self.drop_oldest(extra, sink);
+            }
         }
-        st.mode != MODE_LOST
+        let st = self.stream(seg.rx);
+        st.reset_message();
+        st.flags &= !SF_CAND;
+        st.flags |= SF_RESYNC;
+        let end = seq.wrapping_add(seg.end);
+        if (end.wrapping_sub(st.next_seq) as i32) > 0 {
+            st.next_seq = end;
+        }
+        seg.pos = off;
+        seg.acct = off;
+        true
+    }
+
+    /// Forgets the `n` oldest waiting requests: their responses were in bytes never parsed.
+    fn drop_oldest<S: Sink>(&mut self, n: u32, sink: &mut S) {
+        let from_queue = if n < self.q_len as u32 {
+            n
+        } else {
+            self.q_len as u32
+        };
+        self.q_head = ((self.q_head as u32 + from_queue) as usize & (QUEUE_DEPTH - 1)) as u8;
+        self.q_len -= from_queue as u8;
+        let mut k = 0;
+        while k < 64 && from_queue + k < n && self.q_skip > 0 {
+            self.pop_skipped();
+            k += 1;
+        }
+        sink.add(Stat::UnseenBoundary, n as u64);
+    }
+
+    /// Takes the oldest request beyond the queue; returns how its response is framed.
+    #[inline(always)]
+    fn pop_skipped(&mut self) -> u8 {
+        self.q_skip -= 1;
+        if self.skip_known > 0 {
+            let head = self.skip_head & 1 != 0;
+            self.skip_head >>= 1;
+            self.skip_known -= 1;
+            if head { RK_HEAD } else { RK_NORMAL }
+        } else {
+            RK_UNKNOWN
+        }
+    }
+
+    /// `n` bytes of this direction were never seen but belong to the current message.
+    #[inline(always)]
+    fn account_gap(&mut self, rx: bool, n: u32) {
+        if self.is_request_stream(rx) {
+            self.req_acc += n as u64;
+        } else if self.flags & CF_OPEN != 0 {
+            self.open_resp_bytes += n as u64;
+        }
     }
 
     /// Processes a few bytes of the segment. Returns `false` when the segment is done.
@@ -767,10 +1088,57 @@ impl Conn {
             seg.pos = seg.end;
         }
         self.account(seg, req);
+        self.place_ahead(seg, req, sink);
         if fin && !req && self.flags & CF_OPEN != 0 {
             // The responder closed: a body delimited by the close is complete.
             self.complete(sink);
             self.stream(seg.rx).lose();
+        }
+    }
+
+    /// After an in-order segment: if the parser has reached bytes it saw earlier beyond a
+    /// gap, places them by framing (body bytes skip, and a body that ends exactly where they
+    /// end completes its message). Anything else keeps waiting: those bytes may be resent, and
+    /// otherwise the next proven boundary resynchronises the stream.
+    #[inline(always)]
+    fn place_ahead<S: Sink>(&mut self, seg: &mut Segment, req: bool, sink: &mut S) {
+        let st = self.stream(seg.rx);
+        if st.flags & SF_WAIT == 0 {
+            return;
+        }
+        if (st.ahead_end.wrapping_sub(st.next_seq) as i32) <= 0 {
+            // Parsed or skipped past them meanwhile.
+            st.flags &= !SF_WAIT;
+            return;
+        }
+        if st.next_seq != st.ahead_seq {
+            return;
+        }
+        let n = st.ahead_end.wrapping_sub(st.ahead_seq);
+        let body = st.mode == MODE_BODY || st.mode == MODE_CHUNK_DATA;
+        if st.mode == MODE_UNTIL_CLOSE || (body && st.remaining >= n as u64) {
+            if body {
+                st.remaining -= n as u64;
+            }
+            st.next_seq = st.ahead_end;
+            st.flags &= !SF_WAIT;
+            let ended = st.mode == MODE_BODY && st.remaining == 0;
+            let chunk_ended = st.mode == MODE_CHUNK_DATA && st.remaining == 0;
+            if chunk_ended {
+                st.mode = MODE_CHUNK_SIZE;
+                st.sub = CS_DATA_CR;
+            }
+            self.account_gap(seg.rx, n);
+            if ended {
+                self.message_end(seg, req, sink);
+            }
+        } else if st.mode == MODE_BODY {
+            // The body ends inside them: the message is complete; the rest waits.
+            let rest = st.remaining as u32;
+            st.next_seq = st.next_seq.wrapping_add(rest);
+            st.ahead_seq = st.next_seq;
+            self.account_gap(seg.rx, rest);
+            self.message_end(seg, req, sink);
         }
     }
 
@@ -911,7 +1279,9 @@ impl Conn {
         match found {
             Start::Request(m) => {
                 self.req_acc += have as u64;
-                self.request_start(m, start_ns, sink);
+                if m != Method::Other {
+                    self.request_start(seg, m, start_ns, sink);
+                }
             }
             Start::Response(status) => self.response_start(status, have as u64, start_ns, sink),
         }
@@ -920,15 +1290,62 @@ impl Conn {
         st.sub = HS_SKIP;
         st.idx = 0;
         st.remaining = 0;
-        st.flags &= SF_SEQ;
-        if let Start::Response(status) = found {
-            st.status = status;
+        st.flags &= SF_KEEP;
+        match found {
+            Start::Response(status) => st.status = status,
+            Start::Request(Method::Other) => {
+                // Counted once its request line ends in `HTTP/1.x`.
+                st.start_ns = start_ns;
+                st.flags |= SF_VERIFY;
+                st.sub = HS_REQLINE;
+                st.remaining = u64::from_be_bytes([
+                    head[4], head[5], head[6], head[7], head[8], head[9], head[10], head[11],
+                ]);
+            }
+            Start::Request(_) => {}
         }
         true
     }
 
-    fn request_start<S: Sink>(&mut self, method: Method, ts: u64, sink: &mut S) {
+    fn request_start<S: Sink>(&mut self, seg: &Segment, method: Method, ts: u64, sink: &mut S) {
+        self.flags |= CF_HTTP;
+        // Where this request's response starts, if nothing else is outstanding: the
+        // acknowledgment number of the request's segment (the end of what the client has
+        // received of the other direction).
+        let outstanding = self.waiting() > 0 || self.flags & CF_OPEN != 0;
+        let open = self.flags & CF_OPEN != 0;
+        let _ = open;
+        let pipelined_before = self.flags & CF_PIPELINED != 0;
+        let resp = self.stream(!seg.rx);
+        let unknown = resp.mode == MODE_LOST || resp.flags & SF_WAIT != 0;
+        let pipelined = if unknown {
+            pipelined_before
+        } else {
+            outstanding
+        };
+        if resp.flags & SF_SEQ == 0 {
+            resp.flags |= SF_SEQ;
+            resp.next_seq = seg.ack;
+        }
+        if !pipelined {
+            resp.flags |= SF_CAND;
+            resp.cand_seq = seg.ack;
+        }
+        if pipelined {
+            self.flags |= CF_PIPELINED;
+        } else {
+            self.flags &= !CF_PIPELINED;
+        }
         if self.q_skip > 0 || self.q_len as usize >= QUEUE_DEPTH {
+            if self.skip_known as u16 == self.q_skip && self.skip_known < SKIP_KNOWN {
+                if method == Method::Head {
+                    self.skip_head |= 1 << self.skip_known;
+                }
+                // A CONNECT's framing is not kept: it and the requests after it are unknown.
+                if method != Method::Connect {
+                    self.skip_known += 1;
+                }
+            }
             self.q_skip = self.q_skip.saturating_add(1);
             sink.stat(Stat::PipelineOverflow);
             return;
@@ -959,9 +1376,19 @@ impl Conn {
             self.flags |= CF_OPEN;
             self.q_head = ((i + 1) & (QUEUE_DEPTH - 1)) as u8;
             self.q_len -= 1;
+            self.resp_kind = if self.open_method == Method::Head as u8 {
+                RK_HEAD
+            } else if self.open_method == Method::Connect as u8 {
+                RK_CONNECT
+            } else {
+                RK_NORMAL
+            };
         } else if self.q_skip > 0 {
-            self.q_skip -= 1;
+            self.resp_kind = self.pop_skipped();
         } else {
+            // Its request was never seen: framed as most responses are (a HEAD's would not
+            // be, and then the stream waits for the next proven boundary).
+            self.resp_kind = RK_NORMAL;
             sink.stat(Stat::OrphanResponses);
         }
     }
@@ -995,6 +1422,14 @@ impl Conn {
         self.stream(seg.rx).reset_message();
         if !req {
             self.complete(sink);
+            if self.waiting() == 0 && self.flags & CF_PIPELINED == 0 {
+                // Nothing outstanding: the next request starts where the responder's
+                // acknowledgment points.
+                let ack = seg.ack;
+                let rq = self.stream(!seg.rx);
+                rq.flags |= SF_CAND;
+                rq.cand_seq = ack;
+            }
         } else {
             if self.q_len > 0 && self.q_skip == 0 {
                 let i = (self.q_head as usize + self.q_len as usize - 1) & (QUEUE_DEPTH - 1);
@@ -1089,9 +1524,21 @@ impl Conn {
         }
         match ev {
             Ev::More => {}
+            Ev::RequestLine => {
+                st.flags &= !SF_VERIFY;
+                st.sub = HS_LINE_START;
+                let ts = st.start_ns;
+                self.request_start(seg, Method::Other, ts, sink);
+            }
             Ev::Bad => {
-                sink.stat(Stat::SyncLost);
                 st.lose();
+                if req && self.flags & CF_HTTP == 0 {
+                    // The connection's first message is not HTTP/1.x: stop looking at it.
+                    self.flags |= CF_IGNORE;
+                    sink.stat(Stat::NotHttp);
+                } else {
+                    sink.stat(Stat::SyncLost);
+                }
             }
             Ev::ChunkLine => {
                 if st.remaining == 0 {
@@ -1114,8 +1561,7 @@ impl Conn {
     /// The header block of the current message ended at `seg.pos`: choose how its body is
     /// delimited (RFC 9112 §6.3).
     fn headers_end<S: Sink>(&mut self, seg: &mut Segment, req: bool, sink: &mut S) {
-        let open = self.flags & CF_OPEN != 0;
-        let open_method = self.open_method;
+        let kind = self.resp_kind;
         let st = self.stream(seg.rx);
         if st.flags & SF_BAD != 0 {
             sink.stat(Stat::SyncLost);
@@ -1130,16 +1576,23 @@ impl Conn {
                 st.reset_message();
                 return;
             }
-            let tunnel = status == 101
-                || (open && open_method == Method::Connect as u8 && (200..300).contains(&status));
+            let tunnel = status == 101 || (kind == RK_CONNECT && (200..300).contains(&status));
             if tunnel {
                 self.message_end(seg, req, sink);
                 self.flags |= CF_IGNORE;
                 sink.stat(Stat::Upgrades);
                 return;
             }
-            if (open && open_method == Method::Head as u8) || status == 204 || status == 304 {
+            if kind == RK_HEAD || status == 204 || status == 304 {
                 self.message_end(seg, req, sink);
+                return;
+            }
+            if kind == RK_UNKNOWN {
+                // Its request may have been a HEAD (or a CONNECT): whether a body follows
+                // cannot be known. Wait for the next proven boundary.
+                sink.stat(Stat::UnframedResponses);
+                self.complete(sink);
+                self.stream(seg.rx).lose();
                 return;
             }
         }

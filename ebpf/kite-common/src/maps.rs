@@ -200,10 +200,33 @@ pub enum Stat {
     LoadErrors,
     /// Connections that switched protocol (101, CONNECT tunnel) and are no longer parsed.
     Upgrades,
+    /// A message boundary fell in bytes Kite never parsed (lost and not resent while Kite
+    /// watched, or seen ahead of a gap that filled later): the stream waits for the next
+    /// boundary it can prove, and requests that started in those bytes are not counted.
+    UnseenBoundary,
+    /// Segments that arrived ahead of a gap (reordered or after a loss); their bytes are
+    /// parsed when they can be placed, never as a message start of their own.
+    OutOfOrder,
+    /// Responses whose framing could not be known (their request was beyond the queue and
+    /// may have been a HEAD): their stream waits for the next boundary it can prove.
+    UnframedResponses,
+    /// Connections given up as not HTTP/1.x (their first message was not one).
+    NotHttp,
+    /// Data segments that arrived on a listening socket (deferred accept, or a lost final
+    /// handshake ACK); their state waits, keyed by address, for the connection's socket.
+    ListenerData,
+    /// State parked for a connection whose socket did not exist yet was taken over by it.
+    PendingClaimed,
+    /// State could not be parked for a connection whose socket did not exist yet (the
+    /// pending map was full); its first request is not counted.
+    PendingFull,
+    /// Tracked connections whose state was freed when their socket closed without a
+    /// `sock_release` (children never accepted, sockets orphaned by the kernel).
+    ConnsReaped,
 }
 
 /// Number of [`Stat`] counters (size of [`STATS_MAP`]).
-pub const STAT_COUNT: u32 = Stat::Upgrades as u32 + 1;
+pub const STAT_COUNT: u32 = Stat::ConnsReaped as u32 + 1;
 
 impl Stat {
     /// Every counter, in index order.
@@ -224,6 +247,14 @@ impl Stat {
         Stat::StepBudget,
         Stat::LoadErrors,
         Stat::Upgrades,
+        Stat::UnseenBoundary,
+        Stat::OutOfOrder,
+        Stat::UnframedResponses,
+        Stat::NotHttp,
+        Stat::ListenerData,
+        Stat::PendingClaimed,
+        Stat::PendingFull,
+        Stat::ConnsReaped,
     ];
 
     /// snake_case name, used for metric labels.
@@ -245,6 +276,14 @@ impl Stat {
             Stat::StepBudget => "step_budget",
             Stat::LoadErrors => "load_errors",
             Stat::Upgrades => "upgrades",
+            Stat::UnseenBoundary => "unseen_boundary",
+            Stat::OutOfOrder => "out_of_order",
+            Stat::UnframedResponses => "unframed_responses",
+            Stat::NotHttp => "not_http",
+            Stat::ListenerData => "listener_data",
+            Stat::PendingClaimed => "pending_claimed",
+            Stat::PendingFull => "pending_full",
+            Stat::ConnsReaped => "conns_reaped",
         }
     }
 }

@@ -47,6 +47,7 @@ fn zero_conn() -> Conn {
     Conn {
         cgroup_id: 0,
         last_ns: 0,
+        skip_head: 0,
         open_latency_ns: 0,
         open_req_bytes: 0,
         open_resp_bytes: 0,
@@ -65,7 +66,9 @@ fn zero_conn() -> Conn {
         q_head: 0,
         q_len: 0,
         open_method: 0,
-        _pad: [0; 5],
+        skip_known: 0,
+        resp_kind: 0,
+        _pad: [0; 3],
     }
 }
 
@@ -77,6 +80,9 @@ struct Side {
     sink: Recorder,
     scratch: Scratch,
     steps_max: u32,
+    /// The first sequence number of the request stream, when known: a connection is only
+    /// tracked from a segment in order there (the kernel checks the socket's `rcv_nxt`).
+    first_seq: Option<u32>,
 }
 
 impl Side {
@@ -87,17 +93,26 @@ impl Side {
             sink: Recorder::default(),
             scratch: Scratch::ZERO,
             steps_max: 0,
+            first_seq: None,
         }
     }
 
     /// A segment of `data` at sequence `seq`; `rx` as seen by this side.
     fn segment(&mut self, rx: bool, seq: u32, data: &[u8], now_ns: u64, fin: bool) {
+        self.segment_ack(rx, seq, 0, data, now_ns, fin);
+    }
+
+    /// A segment with its acknowledgment number.
+    fn segment_ack(&mut self, rx: bool, seq: u32, ack: u32, data: &[u8], now_ns: u64, fin: bool) {
         if self.conn.is_none() {
             let requests_flow_in = self.role == ROLE_SERVER;
             let mut head = [0u8; START_LEN];
             let n = data.len().min(START_LEN);
             head[..n].copy_from_slice(&data[..n]);
-            if rx != requests_flow_in || !opens_connection(&head, n) {
+            if rx != requests_flow_in
+                || !opens_connection(&head, n)
+                || self.first_seq.is_some_and(|s| s != seq)
+            {
                 return;
             }
             let mut c = zero_conn();
@@ -106,7 +121,7 @@ impl Side {
         }
         let conn = self.conn.as_mut().unwrap();
         let mut seg = Segment::new(rx, data.len() as u32, now_ns);
-        if conn.begin(&mut seg, seq, false, &mut self.sink) {
+        if conn.begin(&mut seg, seq, ack, &mut self.sink) {
             let mut steps = 0;
             while steps < MAX_STEPS
                 && conn.step(
@@ -147,8 +162,10 @@ struct Server {
 
 impl Server {
     fn new() -> Self {
+        let mut side = Side::new(ROLE_SERVER);
+        side.first_seq = Some(1000);
         Self {
-            side: Side::new(ROLE_SERVER),
+            side,
             rx_seq: 1000,
             tx_seq: 5000,
             now: 1_000_000,
@@ -158,15 +175,18 @@ impl Server {
         self.now += ns;
     }
     fn recv(&mut self, data: &[u8]) {
-        self.side.segment(true, self.rx_seq, data, self.now, false);
+        self.side
+            .segment_ack(true, self.rx_seq, self.tx_seq, data, self.now, false);
         self.rx_seq = self.rx_seq.wrapping_add(data.len() as u32);
     }
     fn send(&mut self, data: &[u8]) {
-        self.side.segment(false, self.tx_seq, data, self.now, false);
+        self.side
+            .segment_ack(false, self.tx_seq, self.rx_seq, data, self.now, false);
         self.tx_seq = self.tx_seq.wrapping_add(data.len() as u32);
     }
     fn send_fin(&mut self, data: &[u8]) {
-        self.side.segment(false, self.tx_seq, data, self.now, true);
+        self.side
+            .segment_ack(false, self.tx_seq, self.rx_seq, data, self.now, true);
         self.tx_seq = self.tx_seq.wrapping_add(data.len() as u32 + 1);
     }
     fn done(&self) -> &[Completion] {
@@ -397,16 +417,175 @@ fn garbage_loses_sync_then_resyncs_on_a_segment_start() {
 }
 
 #[test]
-fn sequence_gap_resynchronises() {
+fn a_gap_that_never_fills_waits_for_the_next_proven_boundary() {
     let mut s = Server::new();
     s.recv(GET);
     s.send(OK);
     s.rx_seq += 100; // 100 bytes never seen
     s.recv(b"Host: continuation of a lost request\r\n\r\n");
+    s.recv(GET); // beyond the gap: not taken for a request start
+    s.send(OK); // its response: no request is known for it
+    assert_eq!(s.side.sink.stat(Stat::OutOfOrder), 2);
+    assert_eq!(s.side.sink.stat(Stat::OrphanResponses), 1);
+    assert_eq!(s.done().len(), 1);
+    // The response's end (nothing else outstanding) proves where the next request starts.
+    s.tick(4);
     s.recv(GET);
+    s.tick(6);
     s.send(OK);
-    assert_eq!(s.side.sink.stat(Stat::SeqGaps), 1);
     assert_eq!(s.done().len(), 2);
+    assert_eq!(s.done()[1].latency_ns, 6);
+}
+
+#[test]
+fn a_response_overtaken_by_its_body_is_measured_from_its_own_arrival() {
+    // Client side: the status line's segment arrives after the body segment.
+    let mut c = Side::new(ROLE_CLIENT);
+    let body = vec![b'x'; 3000];
+    let head = std::format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+    let (mut q, mut r) = (1u32, 70_000u32);
+    for i in 0..50u64 {
+        let t = i * 1_000_000;
+        c.segment_ack(false, q, r, GET, t, false);
+        q += GET.len() as u32;
+        let first = [head.as_bytes(), &body[..1000]].concat();
+        // The body's second part arrives first, then the first segment (10 µs later).
+        c.segment_ack(
+            true,
+            r + first.len() as u32,
+            q,
+            &body[1000..],
+            t + 20_000,
+            false,
+        );
+        c.segment_ack(true, r, q, &first, t + 30_000, false);
+        r += (head.len() + body.len()) as u32;
+    }
+    assert_eq!(c.sink.done.len(), 50, "{:?}", c.sink.stats);
+    assert!(
+        c.sink
+            .done
+            .iter()
+            .all(|d| d.latency_ns == 30_000 && d.status == 200)
+    );
+    assert!(
+        c.sink
+            .done
+            .iter()
+            .all(|d| d.resp_bytes == (head.len() + body.len()) as u64)
+    );
+}
+
+#[test]
+fn a_post_whose_header_segment_comes_last_is_counted_and_its_body_never_parsed() {
+    // Server side: the body is made of request lines and arrives before the headers.
+    let mut s = Server::new();
+    let body = b"GET / HTTP/1.1\r\n".repeat(512);
+    let head = std::format!("POST /p HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len());
+    for _ in 0..20 {
+        let start = s.rx_seq;
+        let h = head.len() as u32;
+        // Body segments (1448 bytes each) first, out of order, then the header segment.
+        let mut off = 0;
+        while off < body.len() {
+            let end = (off + 1448).min(body.len());
+            s.side.segment_ack(
+                true,
+                start + h + off as u32,
+                s.tx_seq,
+                &body[off..end],
+                s.now,
+                false,
+            );
+            off = end;
+        }
+        s.tick(100);
+        s.side
+            .segment_ack(true, start, s.tx_seq, head.as_bytes(), s.now, false);
+        s.rx_seq = start + h + body.len() as u32;
+        s.tick(500);
+        s.send(OK);
+    }
+    let done = s.done();
+    assert_eq!(done.len(), 20, "{:?}", s.side.sink.stats);
+    assert!(
+        done.iter()
+            .all(|d| d.method == Method::Post as u8 && d.latency_ns == 500)
+    );
+    assert_eq!(s.side.sink.stat(Stat::OrphanResponses), 0);
+}
+
+#[test]
+fn other_methods_are_counted_once_their_request_line_ends_in_http() {
+    let mut s = Server::new();
+    for req in [
+        &b"PURGE /cache/x HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+        b"QUERY /q HTTP/1.1\r\nContent-Length: 2\r\n\r\nab",
+        b"PROPFIND /dav/ HTTP/1.1\r\nDepth: 1\r\n\r\n",
+        b"get / HTTP/1.0\r\n\r\n",
+    ] {
+        // Split inside the request line too.
+        s.recv(&req[..9]);
+        s.tick(3);
+        s.recv(&req[9..]);
+        s.tick(5);
+        s.send(OK);
+    }
+    let done = s.done();
+    assert_eq!(done.len(), 4, "{:?}", s.side.sink.stats);
+    assert!(
+        done.iter()
+            .all(|d| d.method == Method::Other as u8 && d.latency_ns == 8)
+    );
+    assert_eq!(done[1].req_bytes, 42);
+}
+
+#[test]
+fn a_connection_whose_first_message_is_not_http_is_given_up() {
+    let mut s = Side::new(ROLE_SERVER);
+    // memcached's text protocol looks like a method and a target.
+    s.segment_ack(true, 1, 1, b"get some_key\r\n", 0, false);
+    s.segment_ack(
+        false,
+        1,
+        15,
+        b"VALUE some_key 0 3\r\nabc\r\nEND\r\n",
+        5,
+        false,
+    );
+    s.segment_ack(true, 15, 32, b"get / HTTP/1.1\r\n\r\n", 9, false);
+    assert!(s.conn.unwrap().ignored());
+    assert_eq!(s.sink.stat(Stat::NotHttp), 1);
+    assert!(s.sink.done.is_empty());
+}
+
+#[test]
+fn head_responses_beyond_the_queue_have_no_body() {
+    let mut s = Server::new();
+    let head_req = b"HEAD / HTTP/1.1\r\n\r\n";
+    let mut burst = Vec::new();
+    for i in 0..32 {
+        burst.extend_from_slice(if i % 2 == 0 { head_req } else { GET });
+    }
+    s.recv(&burst);
+    for i in 0..32 {
+        s.send(if i % 2 == 0 {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+        } else {
+            OK
+        });
+    }
+    assert_eq!(s.done().len(), QUEUE_DEPTH);
+    assert_eq!(s.side.sink.stat(Stat::PipelineOverflow), 16);
+    assert_eq!(s.side.conn.unwrap().waiting(), 0);
+    for i in 0..20 {
+        s.recv(GET);
+        s.tick(10 + i);
+        s.send(OK);
+    }
+    assert_eq!(s.done().len(), QUEUE_DEPTH + 20, "{:?}", s.side.sink.stats);
+    assert_eq!(s.side.sink.stat(Stat::SyncLost), 0);
+    assert_eq!(s.side.sink.stat(Stat::UnframedResponses), 0);
 }
 
 #[test]
@@ -447,10 +626,12 @@ fn bad_framing_is_not_followed() {
 #[test]
 fn client_side_measures_request_out_to_response_in() {
     let mut c = Side::new(ROLE_CLIENT);
-    c.segment(false, 1, b"DELETE /item/1 HTTP/1.1\r\n\r\n", 100, false);
-    c.segment(
+    let req = b"DELETE /item/1 HTTP/1.1\r\n\r\n";
+    c.segment_ack(false, 1, 9, req, 100, false);
+    c.segment_ack(
         true,
         9,
+        1 + req.len() as u32,
         b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n",
         350,
         false,
@@ -481,7 +662,18 @@ fn short_first_segments_open_a_connection_only_if_they_begin_a_method() {
         let (a, n) = h(ok);
         assert!(opens_connection(&a, n), "{ok:?}");
     }
-    for no in [&b""[..], b"X", b"GT", b"GET/", b"HTTP/1.1 2", b"\x16\x03"] {
+    for ok in [&b"X"[..], b"GT", b"PURGE /", b"get", b"PROPFIND /a"] {
+        let (a, n) = h(ok);
+        assert!(opens_connection(&a, n), "{ok:?}");
+    }
+    for no in [
+        &b""[..],
+        b"GET/",
+        b"HTTP/1.1 2",
+        b"\x16\x03",
+        b"PURGE  ",
+        b"ABCDEFGHIJK",
+    ] {
         let (a, n) = h(no);
         assert!(!opens_connection(&a, n), "{no:?}");
     }
@@ -514,8 +706,29 @@ fn classify_start_lines() {
     assert_eq!(classify(&h("HTTP/2.0 200")), None);
     assert_eq!(classify(&h("HTTP/1.1 099")), None);
     assert_eq!(classify(&h("GET  /")), None);
-    assert_eq!(classify(&h("get / HTTP/1")), None);
-    assert_eq!(classify(&h("GETS / HTTP/")), None);
+    // Methods outside the list are `_OTHER` (their request line is checked later).
+    for other in [
+        "get / HTTP/1",
+        "GETS / HTTP/",
+        "PURGE /x HTT",
+        "PROPFIND / H",
+        "MKCALENDAR /",
+    ] {
+        assert_eq!(
+            classify(&h(other)),
+            Some(Start::Request(Method::Other)),
+            "{other}"
+        );
+    }
+    for no in [
+        "GET/ HTTP/1.",
+        "ABCDEFGHIJK ",
+        " GET / HTTP/",
+        "PURGE  /",
+        "\u{1}GET / HTTP",
+    ] {
+        assert_eq!(classify(&h(no)), None, "{no}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -778,8 +991,23 @@ fn play(p: &Plan, server: &mut Side, client: &mut Side) -> Vec<Truth> {
         }
         *sent = to;
         let data = &stream[from..to];
-        server.segment(is_req, 1000u32.wrapping_add(from as u32), data, now, false);
-        client.segment(!is_req, 1000u32.wrapping_add(from as u32), data, now, false);
+        let ack = 1000u32.wrapping_add(if is_req { sent_resp } else { sent_req } as u32);
+        server.segment_ack(
+            is_req,
+            1000u32.wrapping_add(from as u32),
+            ack,
+            data,
+            now,
+            false,
+        );
+        client.segment_ack(
+            !is_req,
+            1000u32.wrapping_add(from as u32),
+            ack,
+            data,
+            now,
+            false,
+        );
         history.push((is_req, from, to));
         // Sometimes a retransmission of something already sent, possibly overlapping.
         let r = *rt.next().unwrap_or(&0);
@@ -789,8 +1017,23 @@ fn play(p: &Plan, server: &mut Side, client: &mut Side) -> Vec<Truth> {
             let extra = (r as usize / 5) % 3;
             let h_to = (h_to + extra).min(if h_req { sent_req } else { sent_resp });
             let seg = &s[h_from..h_to];
-            server.segment(h_req, 1000u32.wrapping_add(h_from as u32), seg, now, false);
-            client.segment(!h_req, 1000u32.wrapping_add(h_from as u32), seg, now, false);
+            let ack = 1000u32.wrapping_add(if h_req { sent_resp } else { sent_req } as u32);
+            server.segment_ack(
+                h_req,
+                1000u32.wrapping_add(h_from as u32),
+                ack,
+                seg,
+                now,
+                false,
+            );
+            client.segment_ack(
+                !h_req,
+                1000u32.wrapping_add(h_from as u32),
+                ack,
+                seg,
+                now,
+                false,
+            );
         }
     }
     (0..n)
