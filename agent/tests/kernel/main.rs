@@ -5,4 +5,5 @@
 mod accuracy;
 mod agent;
 mod loader;
+mod network;
 mod robustness;
