@@ -454,6 +454,48 @@ fn overtaken_status_line_outbound() {
     overtaken_status_line(false);
 }
 
+/// Inbound, every POST's header segment is held back 3 ms, so the segments of its 8 KB body
+/// (made of `GET / HTTP/1.1` lines) arrive first: each POST counted once, timed from when its
+/// header arrived, and no GET made up from the body.
+#[test]
+fn overtaken_post_header_inbound() {
+    if !ebpf_available("overtaken_post_header_inbound") {
+        return;
+    }
+    let _serial = serial();
+    let net = Net::new("post-hold", true, "httpd.py");
+    let mut w = net.watch();
+    net.link.set(
+        Dir::AtoB,
+        Impair::default().rule(Rule::hold_prefix(b"POST ", Duration::from_millis(3))),
+    );
+    let conns = (0..10)
+        .map(|_| {
+            (0..20)
+                .map(|_| {
+                    vec![Req {
+                        body: 8192,
+                        lines: true,
+                        ..req("POST", format!("/status/201/{DELAY_MS}"))
+                    }]
+                })
+                .collect()
+        })
+        .collect();
+    let plan = Plan {
+        parallel: 10,
+        conns,
+    };
+    let place = net.client_place();
+    let r = w.during(|| run_client(place, &plan));
+    let (ab, _) = print_link(&net.link);
+    print_counters(&w);
+    assert_eq!(r.results.len(), 200);
+    assert!(ab.held >= 200 && ab.overtaken >= 200, "{ab:?}");
+    assert_counts_exact(&w, net.direction(), &r);
+    assert_close("p50", kite_q(&w, 0.5), r.quantile(0.5), LATENCY_TOL);
+}
+
 /// HEAD and GET alternating, 32 in one write (twice the queue), then 20 sequential requests
 /// on the same connection.
 #[test]
