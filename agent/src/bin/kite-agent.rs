@@ -1,5 +1,5 @@
 //! `kite-agent`: see [`kite_agent::daemon`].
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use clap::Parser as _;
 use kite_agent::daemon::{Config, run};
@@ -12,8 +12,10 @@ use tracing_subscriber::EnvFilter;
 /// `daemon::kube::follow`), so those repeats are hidden unless asked for.
 const DEFAULT_LOG: &str = "info,kube_client=off,kube_runtime=warn";
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// How long the runtime may take to stop its tasks once the agent is done.
+const RUNTIME_STOP: Duration = Duration::from_secs(1);
+
+fn main() -> ExitCode {
     let config = Config::parse();
     // Allocations of 1 MiB and more (a /metrics answer for thousands of endpoints) get their
     // own mappings and go back to the system when freed, instead of fragmenting the heap; a
@@ -27,28 +29,50 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let shutdown = CancellationToken::new();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
     {
-        let shutdown = shutdown.clone();
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kite-agent: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let result = rt.block_on(async {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return Err(anyhow::anyhow!("cannot install signal handlers"));
+        };
+        let signals = shutdown.clone();
         tokio::spawn(async move {
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                tracing::error!("cannot install signal handlers");
-                return;
-            };
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
-            shutdown.cancel();
+            signals.cancel();
+            // The first signal drains within --shutdown-timeout; a second one exits now (the
+            // kernel drops the eBPF links with the process).
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!("second signal: exiting at once");
+            std::process::exit(1);
         });
-    }
-    match run(config, shutdown).await {
+        run(config, shutdown.clone())
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    // Tasks still holding clients (past the drain deadline) are dropped, not waited for.
+    rt.shutdown_timeout(RUNTIME_STOP);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kite-agent: {:#}", anyhow::Error::from(e));
+            eprintln!("kite-agent: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -2,8 +2,12 @@
 
 use std::{
     collections::HashMap,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+use futures_util::Stream;
 
 use kite_common::{
     hist::{OVERFLOW_BUCKET, bucket_lower_ns, bucket_upper_ns},
@@ -13,23 +17,53 @@ use kite_proto::v1::{
     self, AgentInfo, Detail, Filter, InfoRequest, ListRequest, Snapshot, WatchRequest,
     kite_server::Kite,
 };
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::state::{Shared, State, Workload};
+use super::state::{Guards, Shared, State, Workload};
 use crate::stats::{EndpointId, EndpointStats, Interval};
 
 /// The service.
 pub struct KiteService {
     shared: Shared,
     notify: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+    limits: WatchLimits,
+    watch_slots: Arc<Semaphore>,
+    list_slots: Semaphore,
 }
 
+/// Bounds of the Watch streams.
+#[derive(Clone, Copy, Debug)]
+pub struct WatchLimits {
+    /// Most streams open at once; more are refused with `RESOURCE_EXHAUSTED`.
+    pub max_streams: usize,
+    /// Longest interval between snapshots: a connection the agent writes nothing to for the
+    /// idle deadline is closed, so a stream writes at least twice within it.
+    pub max_interval: Duration,
+}
+
+/// `List` snapshots built at once.
+const LIST_CONCURRENCY: usize = 4;
+
 impl KiteService {
-    /// A service over the shared state; `notify` changes after every poll.
-    pub fn new(shared: Shared, notify: watch::Receiver<u64>) -> Self {
-        Self { shared, notify }
+    /// A service over the shared state; `notify` changes after every poll. Watch streams
+    /// are bounded by `limits` and end at `shutdown`.
+    pub fn new(
+        shared: Shared,
+        notify: watch::Receiver<u64>,
+        limits: WatchLimits,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            shared,
+            notify,
+            shutdown,
+            limits,
+            watch_slots: Arc::new(Semaphore::new(limits.max_streams)),
+            list_slots: Semaphore::new(LIST_CONCURRENCY),
+        }
     }
 }
 
@@ -307,65 +341,136 @@ pub fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
+/// One Watch stream's state. The stream is pulled: a snapshot is built only when the HTTP/2
+/// layer has room for it, so a client that stops reading holds at most the one snapshot being
+/// sent, and the next one it gets is the latest (the polls in between are counted as skipped).
+struct WatchState {
+    shared: Shared,
+    notify: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+    filter: Filter,
+    detail: Detail,
+    every: u64,
+    first: bool,
+    last_gen: u64,
+    acc: HashMap<EndpointId, Interval>,
+    acc_secs: f64,
+    polls: u64,
+    guards: Arc<Guards>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl WatchState {
+    async fn next(mut self) -> Option<(Result<Snapshot, Status>, Self)> {
+        if self.first {
+            self.first = false;
+            let snap = {
+                let st = self.shared.read();
+                self.last_gen = st.generation;
+                snapshot(&st, &self.filter, &self.detail, None)
+            };
+            self.notify.mark_unchanged();
+            return Some((Ok(snap), self));
+        }
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return None,
+                changed = self.notify.changed() => if changed.is_err() { return None },
+            }
+            let generation = *self.notify.borrow_and_update();
+            // Polls that happened while the client was not reading.
+            let missed = generation.saturating_sub(self.last_gen + 1);
+            self.last_gen = generation;
+            let snap = {
+                let st = self.shared.read();
+                if self.every == 1 {
+                    self.guards
+                        .watch_skipped
+                        .fetch_add(missed, Ordering::Relaxed);
+                    Some(snapshot(&st, &self.filter, &self.detail, None))
+                } else {
+                    if missed > 0 {
+                        self.guards
+                            .watch_skipped
+                            .fetch_add(missed.div_ceil(self.every), Ordering::Relaxed);
+                    }
+                    // The missed polls' windows are lost: the window covers what was seen
+                    // (window_seconds says how long).
+                    self.polls += 1 + missed;
+                    for ep in st.collector.endpoints() {
+                        self.acc.entry(ep.id).or_default().append(&ep.last);
+                    }
+                    self.acc_secs += st.window.as_secs_f64();
+                    (self.polls >= self.every).then(|| {
+                        snapshot(
+                            &st,
+                            &self.filter,
+                            &self.detail,
+                            Some((&self.acc, self.acc_secs)),
+                        )
+                    })
+                }
+            };
+            if let Some(s) = snap {
+                self.acc.clear();
+                self.acc_secs = 0.0;
+                self.polls = 0;
+                return Some((Ok(s), self));
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Kite for KiteService {
-    type WatchStream = ReceiverStream<Result<Snapshot, Status>>;
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send + 'static>>;
 
     async fn watch(
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let guards = self.shared.read().guards.clone();
+        let slot = self.watch_slots.clone().try_acquire_owned().map_err(|_| {
+            Guards::inc(&guards.watch_refused);
+            Status::resource_exhausted(format!(
+                "{} Watch streams are open, the agent's limit (--max-watch-streams); \
+                 retry later, or use List",
+                self.limits.max_streams
+            ))
+        })?;
+        Guards::inc(&guards.watch_started);
         let req = request.into_inner();
-        let filter = req.filter.unwrap_or_default();
-        let detail = req.detail.unwrap_or_default();
         let base = self.shared.read().interval;
-        // Every how many polls a snapshot goes out.
-        let every =
-            ((req.interval_ms as f64 / base.as_millis().max(1) as f64).round() as u64).max(1);
-        let shared = self.shared.clone();
-        let mut notify = self.notify.clone();
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            let first = snapshot(&shared.read(), &filter, &detail, None);
-            if tx.send(Ok(first)).await.is_err() {
-                return;
-            }
-            notify.mark_unchanged();
-            let mut acc: HashMap<EndpointId, Interval> = HashMap::new();
-            let (mut acc_secs, mut polls) = (0f64, 0u64);
-            loop {
-                tokio::select! {
-                    _ = tx.closed() => return,
-                    changed = notify.changed() => if changed.is_err() { return },
-                }
-                polls += 1;
-                let snap = {
-                    let st = shared.read();
-                    if every == 1 {
-                        Some(snapshot(&st, &filter, &detail, None))
-                    } else {
-                        for ep in st.collector.endpoints() {
-                            acc.entry(ep.id).or_default().append(&ep.last);
-                        }
-                        acc_secs += st.window.as_secs_f64();
-                        (polls % every == 0)
-                            .then(|| snapshot(&st, &filter, &detail, Some((&acc, acc_secs))))
-                    }
-                };
-                if let Some(s) = snap {
-                    acc.clear();
-                    acc_secs = 0.0;
-                    // A slow client only slows its own stream.
-                    if tx.send(Ok(s)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        // Every how many polls a snapshot goes out (at least one snapshot per max_interval).
+        let most = (self.limits.max_interval.as_millis() / base.as_millis().max(1)).max(1) as u64;
+        let every = ((req.interval_ms as f64 / base.as_millis().max(1) as f64).round() as u64)
+            .clamp(1, most);
+        let state = WatchState {
+            shared: self.shared.clone(),
+            notify: self.notify.clone(),
+            shutdown: self.shutdown.clone(),
+            filter: req.filter.unwrap_or_default(),
+            detail: req.detail.unwrap_or_default(),
+            every,
+            first: true,
+            last_gen: 0,
+            acc: HashMap::new(),
+            acc_secs: 0.0,
+            polls: 0,
+            guards,
+            _slot: slot,
+        };
+        let stream = futures_util::stream::unfold(state, WatchState::next);
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<Snapshot>, Status> {
+        // A few snapshots are built at once; more requests wait their turn.
+        let _slot = self
+            .list_slots
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("shutting down"))?;
         let req = request.into_inner();
         let snap = snapshot(
             &self.shared.read(),

@@ -6,7 +6,14 @@
 //! OpenTelemetry HTTP boundaries (extended below 5 ms for fast services): every `le` is an
 //! exact kernel edge, so bucket counts are exact, not interpolated.
 
-use std::{collections::BTreeMap, fmt, sync::OnceLock};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    sync::{Arc, OnceLock, Weak},
+    time::Duration,
+};
+
+use bytes::Bytes;
 
 use kite_common::{
     hist::{OVERFLOW_BUCKET, bucket_index, bucket_lower_ns},
@@ -19,7 +26,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use super::state::{Shared, State};
+use super::state::{Guards, Shared, State};
 use crate::stats::{Histogram, Series};
 
 /// Target boundaries, seconds; each is replaced by the nearest kernel edge.
@@ -282,12 +289,70 @@ fn self_metrics(st: &State, enc: &mut DescriptorEncoder) -> Result<(), fmt::Erro
                 .encode(m.encode_family(&vec![("event".to_string(), name.to_string())])?)?;
         }
     }
+    guard_metrics(st, enc)?;
     gauge(
         enc,
         "kite_kubernetes_metadata",
         "1 when pod metadata is followed through the Kubernetes API",
         st.kubernetes as i64,
     )
+}
+
+fn guard_metrics(st: &State, enc: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let g = &st.guards;
+    {
+        let mut m = enc.encode_descriptor(
+            "kite_listener_events",
+            "Connections of the agent's listeners (grpc, metrics, enroll): accepted, refused beyond the connection cap, closed idle (nothing written within the idle deadline), closed for a slow request header",
+            None,
+            MetricType::Counter,
+        )?;
+        for (listener, c) in [
+            ("grpc", &g.grpc),
+            ("metrics", &g.metrics),
+            ("enroll", &g.enroll),
+        ] {
+            for (event, v) in c.values() {
+                ConstCounter::new(v).encode(m.encode_family(&vec![
+                    ("listener".to_string(), listener.to_string()),
+                    ("event".to_string(), event.to_string()),
+                ])?)?;
+            }
+        }
+    }
+    {
+        let mut m = enc.encode_descriptor(
+            "kite_watch_events",
+            "Watch streams: started, refused (RESOURCE_EXHAUSTED beyond --max-watch-streams), snapshots skipped because a client did not read in time (latest wins)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (event, v) in [
+            ("started", &g.watch_started),
+            ("refused", &g.watch_refused),
+            ("skipped_snapshots", &g.watch_skipped),
+        ] {
+            ConstCounter::new(v.load(Relaxed))
+                .encode(m.encode_family(&vec![("event".to_string(), event.to_string())])?)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "kite_scrape_events",
+        "/metrics answers: expositions encoded (once per poll and format), scrapes served bytes encoded for another, served the previous poll's exposition (--max-scrapes expositions still being read), cut at the send deadline",
+        None,
+        MetricType::Counter,
+    )?;
+    for (event, v) in [
+        ("encoded", &g.scrape_encoded),
+        ("shared", &g.scrape_shared),
+        ("stale", &g.scrape_stale),
+        ("send_timeout", &g.scrape_send_timeout),
+    ] {
+        ConstCounter::new(v.load(Relaxed))
+            .encode(m.encode_family(&vec![("event".to_string(), event.to_string())])?)?;
+    }
+    Ok(())
 }
 
 /// Exposition formats.
@@ -320,7 +385,17 @@ impl Format {
 
 /// The text exposition.
 pub fn render(registry: &Registry, format: Format) -> Result<String, fmt::Error> {
-    let mut out = String::new();
+    render_sized(registry, format, 0)
+}
+
+/// The text exposition into a buffer of `capacity` bytes to start with (the previous size: the
+/// buffer then never doubles past what it needs).
+pub fn render_sized(
+    registry: &Registry,
+    format: Format,
+    capacity: usize,
+) -> Result<String, fmt::Error> {
+    let mut out = String::with_capacity(capacity);
     match format {
         Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, registry)?,
         Format::Prometheus => {
@@ -328,6 +403,175 @@ pub fn render(registry: &Registry, format: Format) -> Result<String, fmt::Error>
         }
     }
     Ok(out)
+}
+
+/// `/metrics` answers, bounded whatever scrapers do.
+///
+/// The exposition is encoded at most once per poll (and format) and the same bytes go to every
+/// scraper of that poll. At most `max_alive` expositions exist at once: one still being read
+/// by a slow scraper counts until it is done, and each answer must be read within a send
+/// deadline. When a new poll's exposition would exceed that, scrapers get the newest one
+/// already encoded (a poll older, counted as `stale`) instead of a new copy.
+pub struct Exposition {
+    registry: Registry,
+    shared: Shared,
+    max_alive: usize,
+    send_deadline: Duration,
+    cache: tokio::sync::Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    newest: Option<Cached>,
+    /// Every exposition handed out and maybe still being sent.
+    alive: Vec<Weak<Body>>,
+}
+
+struct Cached {
+    generation: u64,
+    format: Format,
+    body: Arc<Body>,
+}
+
+/// An encoded exposition, shared by its readers.
+struct Body(String);
+
+impl AsRef<[u8]> for Body {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+/// Keeps its exposition alive while its bytes are being sent.
+struct Share(Arc<Body>);
+
+impl AsRef<[u8]> for Share {
+    fn as_ref(&self) -> &[u8] {
+        self.0.0.as_bytes()
+    }
+}
+
+/// A chunk of the answer handed to the HTTP layer at a time.
+const CHUNK: usize = 64 * 1024;
+
+impl Exposition {
+    /// Over the shared state.
+    pub fn new(shared: Shared, max_alive: usize, send_deadline: Duration) -> Self {
+        Self {
+            registry: KiteCollector::registry(shared.clone()),
+            shared,
+            max_alive: max_alive.max(1),
+            send_deadline,
+            cache: tokio::sync::Mutex::new(Cache::default()),
+        }
+    }
+
+    async fn body(&self, format: Format) -> Result<(Format, Arc<Body>), fmt::Error> {
+        let (generation, guards) = {
+            let st = self.shared.read();
+            (st.generation, st.guards.clone())
+        };
+        let mut cache = self.cache.lock().await;
+        if let Some(c) = cache.newest.as_ref()
+            && c.generation == generation
+            && c.format == format
+        {
+            Guards::inc(&guards.scrape_shared);
+            return Ok((c.format, c.body.clone()));
+        }
+        let hint = cache
+            .newest
+            .as_ref()
+            .map_or(0, |c| c.body.0.len() + c.body.0.len() / 16);
+        // The cache's own reference does not count: it is dropped before encoding.
+        cache.newest = cache
+            .newest
+            .take()
+            .filter(|c| Arc::strong_count(&c.body) > 1);
+        cache.alive.retain(|w| w.strong_count() > 0);
+        if cache.alive.len() >= self.max_alive
+            && let Some(c) = cache.newest.as_ref()
+        {
+            // Slow readers still hold the previous expositions: no new copy.
+            Guards::inc(&guards.scrape_stale);
+            return Ok((c.format, c.body.clone()));
+        }
+        cache.newest = None;
+        cache.alive.retain(|w| w.strong_count() > 0);
+        let text = render_sized(&self.registry, format, hint)?;
+        Guards::inc(&guards.scrape_encoded);
+        if text.len() > 1 << 20 {
+            // Thousands of endpoints render to tens of megabytes; give the pages back once
+            // the answer is on its way rather than keep them as the process's high-water mark.
+            tokio::spawn(async {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                // SAFETY: plain glibc call.
+                unsafe { libc::malloc_trim(0) };
+            });
+        }
+        let body = Arc::new(Body(text));
+        cache.alive.push(Arc::downgrade(&body));
+        cache.newest = Some(Cached {
+            generation,
+            format,
+            body: body.clone(),
+        });
+        Ok((format, body))
+    }
+
+    /// Answers one scrape.
+    pub async fn answer(&self, accept: Option<&str>) -> axum::response::Response {
+        use axum::{http::StatusCode, response::IntoResponse as _};
+        let format = Format::from_accept(accept);
+        let guards = self.shared.read().guards.clone();
+        let (format, body) = match self.body(format).await {
+            Ok(b) => b,
+            Err(_) => {
+                return (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response();
+            }
+        };
+        let body = Bytes::from_owner(Share(body));
+        let len = body.len();
+        let deadline = tokio::time::Instant::now() + self.send_deadline;
+        // The exposition stays alive until its last chunk is taken (or the connection drops).
+        let chunks = futures_util::stream::unfold((body, 0usize), move |(body, at)| {
+            let guards = guards.clone();
+            async move {
+                if at >= body.len() {
+                    return None;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    Guards::inc(&guards.scrape_send_timeout);
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the scraper did not read the answer within the send deadline",
+                    );
+                    return Some((Err(e), (Bytes::new(), 0)));
+                }
+                let end = (at + CHUNK).min(body.len());
+                let chunk = body.slice(at..end);
+                // The last chunk releases the whole exposition once sent.
+                let rest = if end >= body.len() {
+                    Bytes::new()
+                } else {
+                    body
+                };
+                Some((Ok(chunk), (rest, if end >= len { 0 } else { end })))
+            }
+        });
+        (
+            StatusCode::OK,
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    format.content_type().to_string(),
+                ),
+                (axum::http::header::CONTENT_LENGTH, len.to_string()),
+            ],
+            axum::body::Body::from_stream(chunks),
+        )
+            .into_response()
+    }
 }
 
 #[cfg(test)]

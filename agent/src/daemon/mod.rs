@@ -11,6 +11,7 @@ pub mod dataplane;
 pub mod enroll;
 pub mod grpc;
 pub mod kube;
+pub mod listen;
 pub mod metrics;
 pub mod state;
 
@@ -100,7 +101,31 @@ pub struct Config {
     /// Most (cgroup, endpoint, method, status) histograms.
     #[arg(long, default_value_t = Options::default().max_endpoints)]
     pub max_endpoints: u32,
+    /// Most Watch streams open at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 8)]
+    pub max_watch_streams: usize,
+    /// Most /metrics expositions alive at once (the newest and those slow scrapers are still
+    /// reading); beyond it scrapers get the newest one even if a poll old.
+    #[arg(long, default_value_t = 2)]
+    pub max_scrapes: usize,
+    /// Most connections open at once on each of the gRPC and Prometheus listeners.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// A gRPC or Prometheus connection the agent wrote nothing to for this long is closed
+    /// (idle clients, slowloris, clients that stopped reading).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// An HTTP request's headers (Prometheus listener) must arrive within this long.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// On SIGTERM, how long open requests may take to finish before the agent exits anyway
+    /// (a second signal exits at once).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
 }
+
+/// How long a scraper may take to read one answer.
+const SCRAPE_SEND_DEADLINE: Duration = Duration::from_secs(30);
 
 impl Config {
     fn node(&self) -> String {
@@ -157,34 +182,13 @@ async fn readyz(AxState(h): AxState<Health>) -> impl IntoResponse {
 }
 
 async fn metrics_handler(
-    AxState(reg): AxState<Arc<prometheus_client::registry::Registry>>,
+    AxState(x): AxState<Arc<metrics::Exposition>>,
     headers: axum::http::HeaderMap,
-) -> impl IntoResponse {
+) -> axum::response::Response {
     let accept = headers
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok());
-    let format = metrics::Format::from_accept(accept);
-    match metrics::render(&reg, format) {
-        Ok(body) => {
-            if body.len() > 1 << 20 {
-                // Thousands of endpoints render to tens of megabytes; give the pages back once
-                // the answer is on its way rather than keep them as the process's high-water
-                // mark.
-                tokio::spawn(async {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    // SAFETY: plain glibc call.
-                    unsafe { libc::malloc_trim(0) };
-                });
-            }
-            (
-                StatusCode::OK,
-                [(axum::http::header::CONTENT_TYPE, format.content_type())],
-                body,
-            )
-                .into_response()
-        }
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response(),
-    }
+    x.answer(accept).await
 }
 
 fn bind_error(what: &str, addr: &SocketAddr) -> impl FnOnce(std::io::Error) -> Error {
@@ -267,39 +271,68 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             what: "building gRPC reflection".into(),
             source: Box::new(e),
         })?;
-    let svc = grpc::KiteService::new(shared.clone(), notify_rx);
+    let svc = grpc::KiteService::new(
+        shared.clone(),
+        notify_rx,
+        grpc::WatchLimits {
+            max_streams: config.max_watch_streams,
+            max_interval: config.idle_timeout / 2,
+        },
+        shutdown.clone(),
+    );
     let grpc_shutdown = shutdown.clone();
     let grpc_addr = grpc_listener.local_addr().ok();
+    let guards = shared.read().guards.clone();
+    let limits = listen::Limits {
+        max_connections: config.max_connections,
+        idle: config.idle_timeout,
+        header_read: config.header_timeout,
+    };
+    let grpc_incoming = listen::Acceptor::new(
+        grpc_listener,
+        limits,
+        listen::Counters::new(guards.clone(), |g| &g.grpc),
+        "gRPC",
+    );
     let grpc = tokio::spawn(async move {
         tonic::transport::Server::builder()
+            // Per connection; the Watch cap is global.
+            .max_concurrent_streams(Some(32))
+            .http2_max_header_list_size(Some(16 * 1024))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
             .add_service(KiteServer::new(svc))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                grpc_incoming.into_stream(),
                 grpc_shutdown.cancelled_owned(),
             )
             .await
     });
 
     // Prometheus and probes.
-    let registry = Arc::new(metrics::KiteCollector::registry(shared.clone()));
+    let exposition = Arc::new(metrics::Exposition::new(
+        shared.clone(),
+        config.max_scrapes,
+        SCRAPE_SEND_DEADLINE,
+    ));
     let health = Health {
         shared: shared.clone(),
         interval: config.interval,
     };
     let app = Router::new()
-        .route("/metrics", get(metrics_handler).with_state(registry))
+        .route("/metrics", get(metrics_handler).with_state(exposition))
         .route("/healthz", get(healthz).with_state(health.clone()))
         .route("/readyz", get(readyz).with_state(health));
     let metrics_shutdown = shutdown.clone();
     let metrics_addr = metrics_listener.local_addr().ok();
-    let http = tokio::spawn(async move {
-        axum::serve(metrics_listener, app)
-            .with_graceful_shutdown(metrics_shutdown.cancelled_owned())
-            .await
-    });
+    let metrics_incoming = listen::Acceptor::new(
+        metrics_listener,
+        limits,
+        listen::Counters::new(guards.clone(), |g| &g.metrics),
+        "Prometheus",
+    );
+    let http = tokio::spawn(listen::serve_http(metrics_incoming, app, metrics_shutdown));
 
     // Enrollment socket.
     let enroll_task = {
@@ -327,21 +360,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         "kite-agent running"
     );
     shutdown.cancelled().await;
-    info!("shutting down");
-    type Boxed = Box<dyn std::error::Error + Send + Sync>;
-    let grpc: Result<Result<(), Boxed>, _> = grpc.await.map(|r| r.map_err(Boxed::from));
-    let http: Result<Result<(), Boxed>, _> = http.await.map(|r| r.map_err(Boxed::from));
-    for (what, r) in [("gRPC", grpc), ("HTTP", http)] {
-        match r {
+    let deadline = config.shutdown_timeout;
+    info!("shutting down: open requests get {deadline:?} to finish");
+    let drain = async {
+        match grpc.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!("{what} server: {e}"),
-            Err(e) => warn!("{what} server task: {e}"),
+            Ok(Err(e)) => warn!("gRPC server: {e}"),
+            Err(e) => warn!("gRPC server task: {e}"),
         }
+        if let Err(e) = http.await {
+            warn!("HTTP server task: {e}");
+        }
+        let _ = enroll_task.await;
+        if let Some(t) = kube_task {
+            let _ = t.await;
+        }
+    };
+    if tokio::time::timeout(deadline, drain).await.is_err() {
+        warn!("requests still open after {deadline:?}: closing them");
     }
-    let _ = enroll_task.await;
-    if let Some(t) = kube_task {
-        let _ = t.await;
-    }
+    // The data-plane thread sees the cancellation within 100 ms and detaches.
     let _ = tokio::task::spawn_blocking(move || dp_thread.join()).await;
     remove_socket(&config.socket);
     Ok(())

@@ -5,12 +5,16 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    sync::{
+        Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
 use kite_common::maps::STAT_COUNT;
 
+use super::listen::ListenerCounters;
 use crate::{
     cgroup::{Cgroup, is_within},
     ebpf::{Options, ProgramStats},
@@ -84,6 +88,41 @@ pub struct AgentCounters {
     pub expired_endpoints: u64,
 }
 
+/// Counters of the bounds the agent keeps whatever its clients do (atomics: the listeners
+/// update them without taking the state's lock). Exported as `kite_listener_events`,
+/// `kite_watch_events` and `kite_scrape_events`.
+#[derive(Debug, Default)]
+pub struct Guards {
+    /// The gRPC listener.
+    pub grpc: ListenerCounters,
+    /// The Prometheus listener.
+    pub metrics: ListenerCounters,
+    /// The enrollment socket.
+    pub enroll: ListenerCounters,
+    /// Watch streams opened.
+    pub watch_started: AtomicU64,
+    /// Watch streams refused with `RESOURCE_EXHAUSTED` (too many open).
+    pub watch_refused: AtomicU64,
+    /// Snapshots Watch streams skipped because their client did not read in time (latest wins).
+    pub watch_skipped: AtomicU64,
+    /// `/metrics` expositions encoded (at most one per interval and format).
+    pub scrape_encoded: AtomicU64,
+    /// Scrapes answered with bytes already encoded for another scraper.
+    pub scrape_shared: AtomicU64,
+    /// Scrapes answered with the previous poll's exposition because `--max-scrapes` were
+    /// still being read.
+    pub scrape_stale: AtomicU64,
+    /// Scrapes cut because the scraper did not read the answer within the send deadline.
+    pub scrape_send_timeout: AtomicU64,
+}
+
+impl Guards {
+    /// Adds one to a counter.
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// The agent's shared state.
 pub struct State {
     /// Node name.
@@ -123,6 +162,8 @@ pub struct State {
     pub bpf: ProgramStats,
     /// The agent's own counters.
     pub agent: AgentCounters,
+    /// Counters of the client-facing bounds.
+    pub guards: Arc<Guards>,
 }
 
 /// The shared state behind its lock.
@@ -176,6 +217,7 @@ impl State {
             options,
             bpf: ProgramStats::default(),
             agent: AgentCounters::default(),
+            guards: Arc::default(),
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod accuracy;
 mod agent;
+mod hostile;
 mod loader;
 mod network;
 mod robustness;
