@@ -40,6 +40,117 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Hellos handled at once; more wait.
 const CONCURRENCY: usize = 64;
 
+/// The claim of one agent on its socket path: an exclusive `flock` on `<socket>.lock` (holding
+/// the owner's pid), held for the agent's lifetime. A second agent with the same `--socket`
+/// refuses to start, naming the owner, instead of replacing the first one's socket.
+#[derive(Debug)]
+pub struct SocketClaim {
+    _lock: std::fs::File,
+    socket: PathBuf,
+}
+
+impl SocketClaim {
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+/// `pid (command line)` of a process, as far as /proc tells.
+fn describe_pid(pid: i32) -> String {
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    if cmd.is_empty() {
+        format!("pid {pid}")
+    } else {
+        format!("pid {pid}: {cmd}")
+    }
+}
+
+/// Claims `socket` for this agent (see [`SocketClaim`]). Fails when another agent holds the
+/// lock, or when something answers on the socket (an agent without the lock), saying which
+/// process it is.
+pub fn claim_socket(socket: &Path) -> Result<SocketClaim, Error> {
+    use std::{io::Write as _, os::fd::AsRawFd as _};
+    let io = |what: String| move |source| Error::Io { what, source };
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    }
+    let mut lock_path = socket.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let mut lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(io(format!("opening {}", lock_path.display())))?;
+    let taken = |owner: String| Error::Serve {
+        what: format!(
+            "another kite-agent ({owner}) serves {}; stop it first, or give this one another --socket",
+            socket.display()
+        ),
+        source: Box::new(std::io::Error::from(std::io::ErrorKind::AddrInUse)),
+    };
+    // SAFETY: plain syscall on an fd we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let pid = std::fs::read_to_string(&lock_path)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            return Err(taken(pid.map_or_else(
+                || format!("holding {}", lock_path.display()),
+                describe_pid,
+            )));
+        }
+        return Err(Error::Io {
+            what: format!("locking {}", lock_path.display()),
+            source: e,
+        });
+    }
+    // An agent that holds no lock (an older version) but answers on the socket.
+    if let Ok(s) = std::os::unix::net::UnixStream::connect(socket) {
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+        let r = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&raw mut cred).cast(),
+                &mut len,
+            )
+        };
+        let owner = if r == 0 && cred.pid > 0 {
+            describe_pid(cred.pid)
+        } else {
+            "unknown pid".to_string()
+        };
+        return Err(taken(owner));
+    }
+    lock.set_len(0)
+        .and_then(|_| writeln!(lock, "{}", std::process::id()))
+        .map_err(io(format!("writing {}", lock_path.display())))?;
+    Ok(SocketClaim {
+        _lock: lock,
+        socket: socket.to_path_buf(),
+    })
+}
+
 /// A pod remembered across restarts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Record {
@@ -106,13 +217,16 @@ impl Enroller {
         }
     }
 
-    /// Listens on `socket` until `shutdown`.
-    pub async fn serve(&self, socket: &Path, shutdown: CancellationToken) -> Result<(), Error> {
+    /// Listens on the claimed socket until `shutdown`.
+    pub async fn serve(
+        &self,
+        claim: &SocketClaim,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
         let io = |what: String| move |source| Error::Io { what, source };
-        if let Some(dir) = socket.parent() {
-            std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        }
-        // A socket file left by a previous run (SIGKILL) would make bind fail.
+        let socket = claim.socket();
+        // A socket file left by a previous run (SIGKILL) would make bind fail; the claim says
+        // no other agent uses it.
         if std::fs::symlink_metadata(socket).is_ok() {
             std::fs::remove_file(socket)
                 .map_err(io(format!("removing stale {}", socket.display())))?;

@@ -201,6 +201,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     if config.host_cgroupns {
         enter_host_cgroupns()?;
     }
+    // Before anything else: a second agent on the same socket refuses to start.
+    let claim = enroll::claim_socket(&config.socket)?;
     let hierarchy = Hierarchy::discover()?;
     let options = Options {
         max_sockets: config.max_sockets,
@@ -335,11 +337,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let http = tokio::spawn(listen::serve_http(metrics_incoming, app, metrics_shutdown));
 
     // Enrollment socket.
+    let claim = Arc::new(claim);
     let enroll_task = {
-        let socket = config.socket.clone();
+        let claim = claim.clone();
         let shutdown = shutdown.clone();
         let enroller = enroller.clone();
-        tokio::spawn(async move { enroller.serve(&socket, shutdown).await })
+        tokio::spawn(async move {
+            let r = enroller.serve(&claim, shutdown).await;
+            if let Err(e) = &r {
+                tracing::error!("enrollment socket: {e}");
+            }
+            r
+        })
     };
 
     // Kubernetes metadata.
@@ -381,7 +390,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     }
     // The data-plane thread sees the cancellation within 100 ms and detaches.
     let _ = tokio::task::spawn_blocking(move || dp_thread.join()).await;
-    remove_socket(&config.socket);
+    // Still under the claim: the socket file is this agent's.
+    remove_socket(claim.socket());
+    drop(claim);
     Ok(())
 }
 

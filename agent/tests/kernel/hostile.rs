@@ -442,3 +442,60 @@ fn sigterm_with_slowloris_and_stuck_clients_exits_within_the_deadline() {
     eprintln!("  second signal: exited {took:?} after it");
     assert!(took < Duration::from_secs(1), "{took:?}");
 }
+
+#[test]
+fn a_second_agent_on_the_same_socket_is_refused_and_names_the_first() {
+    if !ebpf_available("a_second_agent_on_the_same_socket_is_refused_and_names_the_first") {
+        return;
+    }
+    let _serial = serial();
+    let first = Agent::start(&[]);
+    let inode = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(p).map(|m| m.ino()).ok()
+    };
+    let before = inode(&first.socket).expect("the first agent's socket");
+    let second_state = std::env::temp_dir().join(format!("kite-second-{}", free_port()));
+    std::fs::create_dir_all(&second_state).unwrap();
+    let t0 = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kite-agent"))
+        .args(["--kube", "off", "--node-name", "test-node"])
+        .arg(format!("--grpc-addr=127.0.0.1:{}", free_port()))
+        .arg(format!("--metrics-addr=127.0.0.1:{}", free_port()))
+        .arg(format!("--socket={}", first.socket.display()))
+        .arg(format!("--state-dir={}", second_state.display()))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&second_state);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "  second agent: {:?} after {:?}: {}",
+        out.status,
+        t0.elapsed(),
+        stderr.trim()
+    );
+    assert!(!out.status.success(), "{stderr}");
+    let pid = first.proc.child.id();
+    assert!(
+        stderr.contains(&format!("another kite-agent (pid {pid}: ")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("kite-agent --grpc-addr"), "{stderr}");
+    // The first agent keeps its socket and still answers on it.
+    assert_eq!(inode(&first.socket), Some(before));
+    let mut s = std::os::unix::net::UnixStream::connect(&first.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"not json\n").unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.contains("\"ok\":false"), "{answer}");
+    // Once the first one is gone, an agent starts on that socket again.
+    let args = first.args.clone();
+    let mut first = first;
+    // SAFETY: plain syscall on our child.
+    unsafe { libc::kill(first.proc.child.id() as i32, libc::SIGTERM) };
+    first.proc.child.wait().unwrap();
+    let again = first.restart();
+    assert_eq!(again.args, args);
+    assert!(again.socket.exists());
+}
