@@ -296,12 +296,18 @@ pub fn info(st: &State) -> AgentInfo {
         ("vanished_cgroups", a.vanished),
         ("poll_errors", a.poll_errors),
         ("expired_endpoints", a.expired_endpoints),
+        ("static_cgroup_removed", a.static_removed),
+        ("static_cgroup_attached_later", a.static_attached_later),
     ] {
         counters.push(v1::Counter {
             name: name.into(),
             value,
         });
     }
+    counters.push(v1::Counter {
+        name: "waiting_cgroups".into(),
+        value: st.waiting_cgroups.len() as u64,
+    });
     AgentInfo {
         version: env!("CARGO_PKG_VERSION").into(),
         node: st.node.clone(),

@@ -272,7 +272,7 @@ fn self_metrics(st: &State, enc: &mut DescriptorEncoder) -> Result<(), fmt::Erro
     {
         let mut m = enc.encode_descriptor(
             "kite_agent_events",
-            "Agent events: enrollments (enrolled, refused, bad), vanished cgroups, poll errors, expired endpoints",
+            "Agent events: enrollments (enrolled, refused, bad), vanished cgroups, poll errors, expired endpoints, --cgroups removed and attached later (re-created or appeared)",
             None,
             MetricType::Counter,
         )?;
@@ -284,12 +284,20 @@ fn self_metrics(st: &State, enc: &mut DescriptorEncoder) -> Result<(), fmt::Erro
             ("vanished_cgroups", a.vanished),
             ("poll_errors", a.poll_errors),
             ("expired_endpoints", a.expired_endpoints),
+            ("static_cgroup_removed", a.static_removed),
+            ("static_cgroup_attached_later", a.static_attached_later),
         ] {
             ConstCounter::new(v)
                 .encode(m.encode_family(&vec![("event".to_string(), name.to_string())])?)?;
         }
     }
     guard_metrics(st, enc)?;
+    gauge(
+        enc,
+        "kite_waiting_cgroups",
+        "--cgroup paths that do not exist (yet, or any more): waited for, not attached",
+        st.waiting_cgroups.len() as i64,
+    )?;
     gauge(
         enc,
         "kite_kubernetes_metadata",

@@ -14,6 +14,7 @@ pub mod kube;
 pub mod listen;
 pub mod metrics;
 pub mod state;
+pub mod statics;
 
 use std::{
     net::SocketAddr,
@@ -33,7 +34,7 @@ use tracing::{info, warn};
 
 use self::{
     dataplane::{DataPlane, Settings},
-    state::{Shared, Source, State},
+    state::{Shared, State},
 };
 use crate::{
     Error,
@@ -50,6 +51,15 @@ pub enum KubeMode {
     On,
     /// Never.
     Off,
+}
+
+/// What to do with a `--cgroup` missing at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MissingCgroup {
+    /// Wait for it; it is attached when it appears.
+    Wait,
+    /// Refuse to start.
+    Fail,
 }
 
 /// Command line of `kite-agent`.
@@ -98,6 +108,10 @@ pub struct Config {
     /// Most connections tracked at once.
     #[arg(long, default_value_t = Options::default().max_sockets)]
     pub max_sockets: u32,
+    /// What to do with a `--cgroup` that does not exist at start: wait for it (attached when it
+    /// appears) or refuse to start.
+    #[arg(long, value_enum, default_value = "wait")]
+    pub missing_cgroup: MissingCgroup,
     /// Most (cgroup, endpoint, method, status) histograms.
     #[arg(long, default_value_t = Options::default().max_endpoints)]
     pub max_endpoints: u32,
@@ -208,12 +222,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         max_sockets: config.max_sockets,
         max_endpoints: config.max_endpoints,
     };
-    // Resolve every static cgroup before loading anything: a typo is reported at once.
-    let statics = config
-        .cgroups
-        .iter()
-        .map(|p| hierarchy.cgroup(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    // With --missing-cgroup fail, a typo is reported before loading anything.
+    if config.missing_cgroup == MissingCgroup::Fail {
+        for p in &config.cgroups {
+            hierarchy.cgroup(p)?;
+        }
+    }
     let kite = Kite::load(options)?;
     let grpc_listener = TcpListener::bind(config.grpc_addr)
         .await
@@ -240,10 +254,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         },
         shutdown.clone(),
     );
-    for cg in statics {
-        let r = dataplane.attach(cg.clone(), Source::Static, None).await?;
-        info!(cgroup = %cg.path, id = cg.id, "attached: {r:?}");
-    }
+    let statics_task = statics::start(
+        &config.cgroups,
+        config.missing_cgroup == MissingCgroup::Fail,
+        hierarchy.clone(),
+        dataplane.clone(),
+        shared.clone(),
+        config.interval.min(Duration::from_secs(1)),
+        shutdown.clone(),
+    )
+    .await?;
     let enroller = enroll::Enroller::new(
         hierarchy.clone(),
         dataplane.clone(),
@@ -381,6 +401,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             warn!("HTTP server task: {e}");
         }
         let _ = enroll_task.await;
+        let _ = statics_task.await;
         if let Some(t) = kube_task {
             let _ = t.await;
         }

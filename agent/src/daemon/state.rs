@@ -86,6 +86,10 @@ pub struct AgentCounters {
     pub poll_errors: u64,
     /// Series dropped after their cgroup's grace period.
     pub expired_endpoints: u64,
+    /// `--cgroup`s found removed (detached, waited for).
+    pub static_removed: u64,
+    /// `--cgroup`s attached after the start: re-created with a new id, or appeared.
+    pub static_attached_later: u64,
 }
 
 /// Counters of the bounds the agent keeps whatever its clients do (atomics: the listeners
@@ -164,6 +168,8 @@ pub struct State {
     pub agent: AgentCounters,
     /// Counters of the client-facing bounds.
     pub guards: Arc<Guards>,
+    /// `--cgroup`s that do not exist (yet, or any more): waited for, not attached.
+    pub waiting_cgroups: Vec<String>,
 }
 
 /// The shared state behind its lock.
@@ -218,6 +224,7 @@ impl State {
             bpf: ProgramStats::default(),
             agent: AgentCounters::default(),
             guards: Arc::default(),
+            waiting_cgroups: Vec::new(),
         }
     }
 

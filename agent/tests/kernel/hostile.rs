@@ -499,3 +499,165 @@ fn a_second_agent_on_the_same_socket_is_refused_and_names_the_first() {
     assert_eq!(again.args, args);
     assert!(again.socket.exists());
 }
+
+/// Requests counted on `port` for cgroup id `id`, per `List`.
+fn requests_on(agent: &Agent, port: u16, id: u64) -> u64 {
+    agent
+        .list()
+        .endpoints
+        .iter()
+        .filter(|e| {
+            e.id.as_ref()
+                .is_some_and(|i| i.port == port as u32 && i.cgroup_id == id)
+        })
+        .map(|e| e.totals.as_ref().map_or(0, |t| t.requests))
+        .sum()
+}
+
+fn wait_attached(agent: &Agent, path: &str, id: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent
+        .info()
+        .attachments
+        .iter()
+        .any(|a| a.cgroup_path == path && a.cgroup_id == id)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{path} (id {id}) not attached: {:?}",
+            agent.info().attachments
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn load(port: u16, n: usize) {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let r = client(&Load {
+        addr,
+        conns: 1,
+        per_conn: n,
+        ..Load::default()
+    });
+    assert_eq!(r.requests(), n as u64);
+}
+
+fn wait_requests(agent: &Agent, port: u16, id: u64, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = requests_on(agent, port, id);
+        if got == n {
+            return;
+        }
+        assert!(
+            got < n && Instant::now() < deadline,
+            "{got} of {n} requests counted"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_cgroup_recreated_or_missing_at_start_is_attached_and_measured() {
+    if !ebpf_available("a_cgroup_recreated_or_missing_at_start_is_attached_and_measured") {
+        return;
+    }
+    let _serial = serial();
+    let root = TestCgroup::new("hostile-cg");
+    let svc = root.child("svc");
+    let late_path = format!("{}/late", root.cgroup.path);
+    // Refused by flag.
+    let sock = std::env::temp_dir().join(format!("kite-missing-{}.sock", free_port()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kite-agent"))
+        .args([
+            "--kube",
+            "off",
+            "--missing-cgroup",
+            "fail",
+            "--cgroup",
+            &late_path,
+        ])
+        .arg("--socket")
+        .arg(&sock)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(sock.with_extension("sock.lock"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("does not exist"), "{stderr}");
+
+    let agent = Agent::start(&["--cgroup", &svc.path, "--cgroup", &late_path]);
+    // The missing one is waited for, not listed as attached.
+    let info = agent.info();
+    assert!(info.attachments.iter().all(|a| a.cgroup_path != late_path));
+    assert_eq!(agent.counter("waiting_cgroups"), 1);
+    assert!(
+        agent.log().contains("waiting for it to appear"),
+        "{}",
+        agent.log()
+    );
+
+    let port = free_port();
+    let place = |dir: &std::path::Path| {
+        let dir = dir.to_path_buf();
+        move || {
+            python_httpd(
+                Place {
+                    cgroup_path: Some(&dir),
+                    ..Place::default()
+                },
+                "127.0.0.1",
+                port,
+                false,
+            )
+        }
+    };
+    let srv = place(&svc.dir)();
+    load(port, 30);
+    wait_requests(&agent, port, svc.id, 30);
+
+    // The service restarts: its cgroup is removed and created again (a new id).
+    drop(srv);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::remove_dir(&svc.dir).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "cannot remove {}",
+            svc.dir.display()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let svc2 = root.child("svc");
+    assert_ne!(svc2.id, svc.id);
+    wait_attached(&agent, &svc2.path, svc2.id);
+    let _srv = place(&svc2.dir)();
+    load(port, 20);
+    wait_requests(&agent, port, svc2.id, 20);
+    assert!(
+        agent.log().contains("cgroup re-created: attached"),
+        "{}",
+        agent.log()
+    );
+
+    // The missing one appears.
+    let late = root.child("late");
+    wait_attached(&agent, &late.path, late.id);
+    assert_eq!(agent.counter("waiting_cgroups"), 0);
+    let port2 = free_port();
+    let _srv2 = python_httpd(
+        Place {
+            cgroup_path: Some(&late.dir),
+            ..Place::default()
+        },
+        "127.0.0.1",
+        port2,
+        false,
+    );
+    load(port2, 10);
+    wait_requests(&agent, port2, late.id, 10);
+    assert_eq!(agent.counter("static_cgroup_attached_later"), 2);
+    eprintln!(
+        "  re-created cgroup (id {} → {}) re-attached and measured 20/20; late cgroup 10/10",
+        svc.id, svc2.id
+    );
+}
