@@ -308,6 +308,12 @@ pub struct Segment {
     pub acct: u32,
     /// The segment's acknowledgment number (the next byte of the other direction).
     pub ack: u32,
+    /// Requests that started in this segment.
+    pub req_starts: u32,
+    /// Non-zero if something was outstanding when one of them started.
+    pub busy: u32,
+    /// Responses that ended in this segment.
+    pub resp_ends: u32,
     /// `true` for received bytes (ingress), `false` for sent bytes (egress).
     pub rx: bool,
 }
@@ -323,6 +329,9 @@ impl Segment {
             win_len: 0,
             acct: 0,
             ack: 0,
+            req_starts: 0,
+            busy: 0,
+            resp_ends: 0,
             rx,
         }
     }
@@ -815,6 +824,7 @@ impl Conn {
     /// arithmetic), resynchronises the stream when it starts at (or spans) a proven boundary,
     /// and otherwise waits: the retransmission or the overtaken segment that fills the gap is
     /// new data, parsed when it comes. Nothing beyond a gap is ever read as a message start.
+    #[inline(never)]
     pub fn begin<S: Sink>(&mut self, seg: &mut Segment, seq: u32, ack: u32, sink: &mut S) -> bool {
         if self.flags & CF_IGNORE != 0 {
             return false;
@@ -982,10 +992,20 @@ impl Conn {
         };
         self.q_head = ((self.q_head as u32 + from_queue) as usize & (QUEUE_DEPTH - 1)) as u8;
         self.q_len -= from_queue as u8;
-        let mut k = 0;
-        while k < 64 && from_queue + k < n && self.q_skip > 0 {
-            self.pop_skipped();
-            k += 1;
+        // Then beyond the queue (no loop: the verifier would unroll it).
+        let k = n - from_queue;
+        let k = if k < self.q_skip as u32 {
+            k
+        } else {
+            self.q_skip as u32
+        };
+        self.q_skip -= k as u16;
+        if k >= self.skip_known as u32 {
+            self.skip_known = 0;
+            self.skip_head = 0;
+        } else {
+            self.skip_known -= k as u8;
+            self.skip_head >>= k & 63;
         }
         sink.add(Stat::UnseenBoundary, n as u64);
     }
@@ -1089,10 +1109,46 @@ impl Conn {
         }
         self.account(seg, req);
         self.place_ahead(seg, req, sink);
+        self.boundaries(seg);
         if fin && !req && self.flags & CF_OPEN != 0 {
             // The responder closed: a body delimited by the close is complete.
             self.complete(sink);
             self.stream(seg.rx).lose();
+        }
+    }
+
+    /// Proven message starts from this segment's acknowledgment number.
+    ///
+    /// A request that starts with nothing outstanding is answered by a response that starts
+    /// at the acknowledgment number of the request's segment (what the client has received
+    /// of the other direction); a response that ends with nothing outstanding is followed by
+    /// a request that starts at its segment's acknowledgment number (what the server has
+    /// received). Clients that pipeline give no such proof; whether a client pipelines is
+    /// only judged while the response stream is followed.
+    #[inline(always)]
+    fn boundaries(&mut self, seg: &Segment) {
+        if seg.req_starts > 0 {
+            let busy = seg.busy != 0 || seg.req_starts > 1;
+            let pipelined_before = self.flags & CF_PIPELINED != 0;
+            let resp = self.stream(!seg.rx);
+            let unknown = resp.mode == MODE_LOST || resp.flags & SF_WAIT != 0;
+            let pipelined = if unknown { pipelined_before } else { busy };
+            if resp.flags & SF_SEQ == 0 {
+                resp.flags |= SF_SEQ;
+                resp.next_seq = seg.ack;
+            }
+            if !pipelined {
+                resp.flags |= SF_CAND;
+                resp.cand_seq = seg.ack;
+                self.flags &= !CF_PIPELINED;
+            } else {
+                self.flags |= CF_PIPELINED;
+            }
+        }
+        if seg.resp_ends > 0 && self.waiting() == 0 && self.flags & CF_PIPELINED == 0 {
+            let rq = self.stream(!seg.rx);
+            rq.flags |= SF_CAND;
+            rq.cand_seq = seg.ack;
         }
     }
 
@@ -1224,12 +1280,13 @@ impl Conn {
                 return true;
             }
         }
-        let mut head = [0u8; START_LEN];
+        // Starts from the stash (map memory: values the verifier does not know), not from
+        // zeros: known-zero bytes would keep every (stash, window) split a distinct verifier
+        // state through `classify`. Bytes past `have + avail` are never looked at.
+        let mut head = st.stash;
         let mut i = 0;
         while i < START_LEN {
-            if i < have {
-                head[i] = st.stash[i];
-            } else if ((i - have) as u32) < avail {
+            if i >= have && ((i - have) as u32) < avail {
                 head[i] = scratch.byte(off + (i - have) as u32);
             }
             i += 1;
@@ -1307,35 +1364,12 @@ impl Conn {
         true
     }
 
-    fn request_start<S: Sink>(&mut self, seg: &Segment, method: Method, ts: u64, sink: &mut S) {
+    fn request_start<S: Sink>(&mut self, seg: &mut Segment, method: Method, ts: u64, sink: &mut S) {
         self.flags |= CF_HTTP;
-        // Where this request's response starts, if nothing else is outstanding: the
-        // acknowledgment number of the request's segment (the end of what the client has
-        // received of the other direction).
-        let outstanding = self.waiting() > 0 || self.flags & CF_OPEN != 0;
-        let open = self.flags & CF_OPEN != 0;
-        let _ = open;
-        let pipelined_before = self.flags & CF_PIPELINED != 0;
-        let resp = self.stream(!seg.rx);
-        let unknown = resp.mode == MODE_LOST || resp.flags & SF_WAIT != 0;
-        let pipelined = if unknown {
-            pipelined_before
-        } else {
-            outstanding
-        };
-        if resp.flags & SF_SEQ == 0 {
-            resp.flags |= SF_SEQ;
-            resp.next_seq = seg.ack;
-        }
-        if !pipelined {
-            resp.flags |= SF_CAND;
-            resp.cand_seq = seg.ack;
-        }
-        if pipelined {
-            self.flags |= CF_PIPELINED;
-        } else {
-            self.flags &= !CF_PIPELINED;
-        }
+        // Noted for `boundaries` (after the parser loop, which must stay small for the
+        // verifier).
+        seg.req_starts += 1;
+        seg.busy |= self.q_len as u32 | self.q_skip as u32 | (self.flags & CF_OPEN) as u32;
         if self.q_skip > 0 || self.q_len as usize >= QUEUE_DEPTH {
             if self.skip_known as u16 == self.q_skip && self.skip_known < SKIP_KNOWN {
                 if method == Method::Head {
@@ -1422,14 +1456,7 @@ impl Conn {
         self.stream(seg.rx).reset_message();
         if !req {
             self.complete(sink);
-            if self.waiting() == 0 && self.flags & CF_PIPELINED == 0 {
-                // Nothing outstanding: the next request starts where the responder's
-                // acknowledgment points.
-                let ack = seg.ack;
-                let rq = self.stream(!seg.rx);
-                rq.flags |= SF_CAND;
-                rq.cand_seq = ack;
-            }
+            seg.resp_ends += 1;
         } else {
             if self.q_len > 0 && self.q_skip == 0 {
                 let i = (self.q_head as usize + self.q_len as usize - 1) & (QUEUE_DEPTH - 1);
@@ -1590,8 +1617,8 @@ impl Conn {
             if kind == RK_UNKNOWN {
                 // Its request may have been a HEAD (or a CONNECT): whether a body follows
                 // cannot be known. Wait for the next proven boundary.
+                // (The open response is recorded when the stream resynchronises.)
                 sink.stat(Stat::UnframedResponses);
-                self.complete(sink);
                 self.stream(seg.rx).lose();
                 return;
             }
