@@ -1,13 +1,22 @@
 //! Loading Kite's eBPF programs, attaching them to cgroups, reading their maps.
 
-use std::{collections::BTreeMap, fs::File, io, os::fd::OwnedFd, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io,
+    os::fd::{AsRawFd, OwnedFd},
+    time::Duration,
+};
 
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    Btf, Ebpf, EbpfLoader,
+    maps::{
+        Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        ProgramArray, SkStorage,
+    },
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, cgroup_skb::CgroupSkbLinkId,
-        cgroup_sock::CgroupSockLinkId,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock,
+        cgroup_skb::CgroupSkbLinkId, cgroup_sock::CgroupSockLinkId,
     },
 };
 use kite_common::{
@@ -15,7 +24,8 @@ use kite_common::{
     http::Conn,
     maps::{
         DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_SOCKETS, ENDPOINTS_MAP, EndpointKey, EndpointStats,
-        SOCKETS_MAP, STAT_COUNT, STATS_MAP, Stat,
+        LIVE_MAP, LIVE_PENDING, LIVE_PENDING_SWEPT, LIVE_SOCKETS, MAX_SOCKETS_GLOBAL, PENDING_MAP,
+        PendingKey, SOCKETS_MAP, STAT_COUNT, STATS_MAP, Stat,
     },
 };
 use log::{debug, warn};
@@ -32,11 +42,18 @@ const INGRESS: &str = "kite_ingress";
 const EGRESS: &str = "kite_egress";
 const RELEASE: &str = "kite_sock_release";
 const EMPTY: &str = "kite_empty";
+const LISTENER: &str = "kite_listener";
+const SOCK_STATE: &str = "kite_sock_state";
+/// Program array through which `kite_ingress` reaches [`LISTENER`].
+const TAILS_MAP: &str = "TAILS";
+/// The kernel tracepoint [`SOCK_STATE`] runs on.
+const SOCK_STATE_TP: &str = "inet_sock_set_state";
 
 /// Map sizes, fixed at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
-    /// Bound of the connection-state map.
+    /// Bound of the connection states (socket-local storage, so a soft bound kept by the
+    /// programs' live count).
     pub max_sockets: u32,
     /// Bound of the endpoint-histogram map.
     pub max_endpoints: u32,
@@ -184,18 +201,50 @@ impl Kite {
             );
         }
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(SOCKETS_MAP, options.max_sockets)
+            .override_global(MAX_SOCKETS_GLOBAL, &options.max_sockets, true)
             .map_max_entries(ENDPOINTS_MAP, options.max_endpoints)
             .load(EBPF_OBJECT)
             .map_err(load_error)?;
-        for name in [INGRESS, EGRESS] {
+        for name in [INGRESS, EGRESS, LISTENER] {
             let prog: &mut CgroupSkb = program(&mut ebpf, name)?.try_into().map_err(load_error)?;
             prog.load().map_err(load_error)?;
+            // The verifier's budget is one million instructions per program: say how much of
+            // it each one takes.
+            if let Some(n) = prog
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count())
+            {
+                debug!("{name}: {n} instructions verified");
+            }
         }
+        let listener = skb(&mut ebpf, LISTENER)?
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(Into::into))
+            .map_err(load_error)?;
+        let mut tails: ProgramArray<&mut MapData> = ebpf
+            .map_mut(TAILS_MAP)
+            .ok_or_else(|| missing_map(TAILS_MAP))?
+            .try_into()
+            .map_err(map_error(TAILS_MAP))?;
+        tails.set(0, &listener, 0).map_err(map_error(TAILS_MAP))?;
         let prog: &mut CgroupSock = program(&mut ebpf, RELEASE)?
             .try_into()
             .map_err(load_error)?;
         prog.load().map_err(load_error)?;
+        // Frees the state of sockets that close without a release (never accepted, orphaned):
+        // one attachment for the whole system, living as long as `ebpf`.
+        let btf = Btf::from_sys_fs().map_err(load_error)?;
+        let prog: &mut BtfTracePoint = program(&mut ebpf, SOCK_STATE)?
+            .try_into()
+            .map_err(load_error)?;
+        prog.load(SOCK_STATE_TP, &btf).map_err(load_error)?;
+        prog.attach().map_err(|e| Error::Attach {
+            action: "attaching",
+            program: SOCK_STATE,
+            cgroup: format!("tp_btf/{SOCK_STATE_TP}"),
+            source: Box::new(e),
+        })?;
         Ok(Self {
             ebpf,
             attachments: BTreeMap::new(),
@@ -351,26 +400,73 @@ impl Kite {
         Ok(doomed.len())
     }
 
-    /// The tracked connections (socket cookie, state).
-    pub fn sockets(&self) -> Result<Vec<(u64, Conn)>, Error> {
-        let map: BpfHashMap<&MapData, u64, Conn> = self.map(SOCKETS_MAP)?;
+    /// The tracked connections. Their state lives in the sockets themselves (socket-local
+    /// storage, which cannot be listed), so this is their count, kept exact by the programs.
+    pub fn sockets(&self) -> Result<LiveSockets, Error> {
+        Ok(LiveSockets(self.socket_count()?))
+    }
+
+    /// Number of connection states alive now (sockets tracked).
+    pub fn socket_count(&self) -> Result<u64, Error> {
+        self.live(LIVE_SOCKETS)
+    }
+
+    /// The connection state of one socket (e.g. a listener's, which must have none), if any.
+    pub fn socket_state(&self, socket: &impl AsRawFd) -> Result<Option<Conn>, Error> {
+        let map: SkStorage<&MapData, Conn> = self.map(SOCKETS_MAP)?;
+        match map.get(socket, 0) {
+            Ok(c) => Ok(Some(c)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_error(SOCKETS_MAP)(e)),
+        }
+    }
+
+    /// Connections waiting for their socket (their data reached the listener first).
+    pub fn pending(&self) -> Result<Vec<(PendingKey, Conn)>, Error> {
+        let map: BpfHashMap<&MapData, PendingKey, Conn> = self.map(PENDING_MAP)?;
         Ok(map.iter().filter_map(Result::ok).collect())
     }
 
-    /// Forgets connection state for which `drop` says so (sockets whose cgroup was detached
-    /// before they closed, so their release program never ran). Returns how many.
-    pub fn remove_sockets(&mut self, drop: impl Fn(u64, &Conn) -> bool) -> Result<usize, Error> {
-        let doomed: Vec<u64> = self
-            .sockets()?
+    /// Removes waiting connections whose last data is older than `max_age` (their socket never
+    /// appeared: the handshake was abandoned). Returns how many.
+    pub fn sweep_pending(&mut self, max_age: Duration) -> Result<usize, Error> {
+        let now = monotonic_ns();
+        let doomed: Vec<PendingKey> = self
+            .pending()?
             .into_iter()
-            .filter(|(k, c)| drop(*k, c))
+            .filter(|(_, c)| now.saturating_sub(c.last_ns) > max_age.as_nanos() as u64)
             .map(|(k, _)| k)
             .collect();
-        let mut map: BpfHashMap<&mut MapData, u64, Conn> = self.map_mut(SOCKETS_MAP)?;
-        for k in &doomed {
-            let _ = map.remove(k);
+        if doomed.is_empty() {
+            return Ok(0);
         }
-        Ok(doomed.len())
+        let mut removed = 0u64;
+        {
+            let mut map: BpfHashMap<&mut MapData, PendingKey, Conn> = self.map_mut(PENDING_MAP)?;
+            for k in &doomed {
+                if map.remove(k).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        // The programs compare this with their own count to know whether anything waits.
+        let swept = self.live(LIVE_PENDING_SWEPT)? + removed;
+        let mut live: Array<&mut MapData, u64> = self.map_mut(LIVE_MAP)?;
+        live.set(LIVE_PENDING_SWEPT, swept, 0)
+            .map_err(map_error(LIVE_MAP))?;
+        Ok(removed as usize)
+    }
+
+    /// Number of connections waiting for their socket.
+    pub fn pending_count(&self) -> Result<u64, Error> {
+        Ok(self
+            .live(LIVE_PENDING)?
+            .wrapping_sub(self.live(LIVE_PENDING_SWEPT)?))
+    }
+
+    fn live(&self, slot: u32) -> Result<u64, Error> {
+        let map: Array<&MapData, u64> = self.map(LIVE_MAP)?;
+        map.get(&slot, 0).map_err(map_error(LIVE_MAP))
     }
 
     /// Self-metric counters, summed over CPUs, indexed by [`Stat`].
@@ -384,13 +480,14 @@ impl Kite {
         Ok(out)
     }
 
-    /// Kernel run-time statistics of the three programs, summed.
+    /// Kernel run-time statistics of the programs, summed.
     pub fn program_stats(&self) -> ProgramStats {
         let mut out = ProgramStats::default();
-        for name in [INGRESS, EGRESS, RELEASE] {
+        for name in [INGRESS, EGRESS, LISTENER, RELEASE, SOCK_STATE] {
             let info = match self.ebpf.program(name) {
                 Some(aya::programs::Program::CgroupSkb(p)) => p.info(),
                 Some(aya::programs::Program::CgroupSock(p)) => p.info(),
+                Some(aya::programs::Program::BtfTracePoint(p)) => p.info(),
                 _ => continue,
             };
             if let Ok(info) = info {
@@ -418,6 +515,33 @@ impl Kite {
         let map = self.ebpf.map_mut(name).ok_or_else(|| missing_map(name))?;
         T::try_from(map).map_err(map_error(name))
     }
+}
+
+/// Number of tracked connections (see [`Kite::sockets`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveSockets(pub u64);
+
+impl LiveSockets {
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0 as usize
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn map_error(map: &'static str) -> impl Fn(MapError) -> Error {

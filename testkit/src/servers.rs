@@ -54,6 +54,11 @@ pub fn nginx(place: Place<'_>, port: u16) -> Nginx {
 
 /// nginx listening on `port` of each of `hosts` (`0.0.0.0` accepts every 127.0.0.0/8 address).
 pub fn nginx_on(place: Place<'_>, port: u16, hosts: &[&str]) -> Nginx {
+    nginx_listen(place, port, hosts, "")
+}
+
+/// [`nginx_on`] with more `listen` parameters, e.g. `deferred` (`TCP_DEFER_ACCEPT`).
+pub fn nginx_listen(place: Place<'_>, port: u16, hosts: &[&str], params: &str) -> Nginx {
     let dir = std::env::temp_dir().join(unique("kite-nginx"));
     fs::create_dir_all(dir.join("logs")).unwrap();
     let echo = Path::new("/usr/lib/nginx/modules/ngx_http_echo_module.so");
@@ -77,7 +82,7 @@ pub fn nginx_on(place: Place<'_>, port: u16, hosts: &[&str]) -> Nginx {
     statuses += "        location = /status/302 { return 302 /moved; }\n";
     let listens: String = hosts
         .iter()
-        .map(|h| format!("        listen {h}:{port};\n"))
+        .map(|h| format!("        listen {h}:{port} {params};\n"))
         .collect();
     let conf = format!(
         "load_module {echo};\n\

@@ -40,8 +40,11 @@ pub struct DataPlane {
     tx: mpsc::Sender<Command>,
 }
 
-/// How often the per-socket map is counted and swept (iterating it costs a syscall per entry).
-const SOCKET_SWEEP: Duration = Duration::from_secs(10);
+/// How often freed memory is handed back to the system.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+/// A connection whose data reached its listener but whose socket has not appeared after this
+/// long never will (the handshake was abandoned): its parked state is removed.
+const PENDING_MAX_AGE: Duration = Duration::from_secs(30);
 /// Most cgroups indexed under one attachment.
 const INDEX_LIMIT: usize = 100_000;
 
@@ -228,16 +231,14 @@ impl Worker {
         let reading = self.kite.endpoints();
         let counters = self.kite.counters();
         let bpf = self.kite.program_stats();
-        let sockets = if self.last_sweep.elapsed() >= SOCKET_SWEEP {
+        if self.last_sweep.elapsed() >= TRIM_EVERY {
             self.last_sweep = Instant::now();
             // A scrape of thousands of endpoints renders tens of megabytes of text; hand the
             // freed pages back to the system instead of keeping the high-water mark.
             // SAFETY: plain glibc call.
             unsafe { libc::malloc_trim(0) };
-            Some(self.sweep_sockets())
-        } else {
-            None
-        };
+        }
+        let sockets = self.sweep_sockets();
         let vanished = self.vanished_cgroups();
         for path in &vanished {
             info!(cgroup = %path, "cgroup vanished, detaching");
@@ -342,27 +343,22 @@ impl Worker {
         ids
     }
 
-    /// Counts tracked connections and forgets those of cgroups no longer attached (their
-    /// release program cannot run any more).
-    fn sweep_sockets(&mut self) -> u64 {
-        let covered: HashSet<u64> = {
-            let st = self.shared.read();
-            st.paths
-                .iter()
-                .filter(|(_, p)| st.attachments.keys().any(|a| is_within(p, a)))
-                .map(|(id, _)| *id)
-                .collect()
-        };
-        let all_covered = self.kite.covers("/");
-        match self
-            .kite
-            .remove_sockets(|_, c| !all_covered && !covered.contains(&c.cgroup_id))
-        {
-            Ok(n) if n > 0 => debug!("forgot {n} connections of detached cgroups"),
+    /// Counts tracked connections (the programs keep the count: one lookup) and removes
+    /// connections parked for a socket that never appeared. Connection state lives in the
+    /// sockets and is freed with them, also for cgroups detached meanwhile.
+    fn sweep_sockets(&mut self) -> Option<u64> {
+        match self.kite.sweep_pending(PENDING_MAX_AGE) {
+            Ok(n) if n > 0 => debug!("removed {n} connections that never got a socket"),
             Ok(_) => {}
-            Err(e) => warn!("sweeping the socket map: {e}"),
+            Err(e) => warn!("sweeping the pending-connection map: {e}"),
         }
-        self.kite.sockets().map_or(0, |s| s.len() as u64)
+        match self.kite.socket_count() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                warn!("counting connection states: {e}");
+                None
+            }
+        }
     }
 
     /// Learns the paths of new cgroups under the attachments (new containers, or sockets of

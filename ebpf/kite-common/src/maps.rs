@@ -7,18 +7,57 @@ use crate::hist::HIST_SLOTS;
 
 /// Name of the per-CPU hash map of [`EndpointKey`] → [`EndpointStats`].
 pub const ENDPOINTS_MAP: &str = "ENDPOINTS";
-/// Name of the hash map of socket cookie → [`crate::http::Conn`].
+/// Name of the socket-local storage map (`BPF_MAP_TYPE_SK_STORAGE`) of
+/// [`crate::http::Conn`]: each tracked socket carries its connection state, freed with it.
 pub const SOCKETS_MAP: &str = "SOCKETS";
 /// Name of the per-CPU array of self-metric counters, indexed by [`Stat`].
 pub const STATS_MAP: &str = "STATS";
+/// Name of the hash map of [`PendingKey`] → [`crate::http::Conn`]: connections whose data
+/// arrived on their listener (deferred accept, lost final handshake ACK) before their own
+/// socket existed. The socket takes the state over with its first packet.
+pub const PENDING_MAP: &str = "PENDING";
+/// Name of the array of live-entry counts, indexed by the `LIVE_*` constants (updated with
+/// atomic adds by the kernel programs).
+pub const LIVE_MAP: &str = "LIVE";
+/// [`LIVE_MAP`] slot: connection states attached to sockets now.
+pub const LIVE_SOCKETS: u32 = 0;
+/// [`LIVE_MAP`] slot: entries the kernel put in [`PENDING_MAP`] minus those it removed.
+pub const LIVE_PENDING: u32 = 1;
+/// [`LIVE_MAP`] slot: entries of [`PENDING_MAP`] that user space removed (stale: their
+/// connection never got a socket); only user space writes it.
+pub const LIVE_PENDING_SWEPT: u32 = 2;
+/// Slots of [`LIVE_MAP`].
+pub const LIVE_SLOTS: u32 = 3;
+/// Name of the eBPF global holding the soft bound on [`LIVE_SOCKETS`] (set at load time).
+pub const MAX_SOCKETS_GLOBAL: &str = "MAX_SOCKETS";
 
 /// Default bound of [`ENDPOINTS_MAP`]: distinct (cgroup, direction, endpoint, method, status).
 /// Entries are allocated on first use (`BPF_F_NO_PREALLOC`), so memory follows real use:
 /// `size_of::<EndpointStats>()` (≈1.8 KiB) per entry per possible CPU.
 pub const DEFAULT_MAX_ENDPOINTS: u32 = 16_384;
-/// Default bound of [`SOCKETS_MAP`]: HTTP connections tracked at once (≈370 B each, allocated
-/// on first use).
+/// Default bound of [`SOCKETS_MAP`]: HTTP connections tracked at once (≈400 B each, allocated
+/// on first use). Socket storage has no `max_entries`: the programs keep the bound with their
+/// live count ([`LIVE_SOCKETS`]).
 pub const DEFAULT_MAX_SOCKETS: u32 = 65_536;
+
+/// Default bound of [`PENDING_MAP`]: connections waiting for their socket at once (their
+/// handshake completed, or their data reached a listener; a socket appears within a round trip).
+pub const DEFAULT_MAX_PENDING: u32 = 4_096;
+
+/// Key of [`PENDING_MAP`]: the connection's addresses as seen from the server (IPv6, or IPv4 as
+/// IPv4-mapped IPv6), ports in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PendingKey {
+    /// The server's (local) address.
+    pub local: [u8; 16],
+    /// The client's (remote) address.
+    pub remote: [u8; 16],
+    /// The server's port.
+    pub local_port: u16,
+    /// The client's port.
+    pub remote_port: u16,
+}
 
 /// Which side of the connection the monitored cgroup is on.
 #[repr(u8)]
@@ -171,11 +210,13 @@ pub enum Stat {
     Packets = 0,
     /// Packets with TCP payload on a tracked HTTP connection.
     PayloadPackets,
-    /// HTTP connections whose tracking started.
+    /// HTTP connections whose tracking started on their socket (also those whose state waited
+    /// for it, see [`Stat::PendingClaimed`]).
     ConnsOpened,
-    /// Tracked connections removed at socket release.
+    /// Tracked connections whose state ended at socket release.
     ConnsClosed,
-    /// A connection could not be tracked: [`SOCKETS_MAP`] was full.
+    /// A connection could not be tracked: [`DEFAULT_MAX_SOCKETS`] (or the configured bound)
+    /// connections were tracked already, or the kernel could not allocate the state.
     SocketsMapFull,
     /// A completed request could not be recorded: [`ENDPOINTS_MAP`] was full.
     EndpointsMapFull,
@@ -296,6 +337,8 @@ mod pod {
     unsafe impl aya::Pod for super::EndpointStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::http::Conn {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PendingKey {}
 }
 
 #[cfg(test)]
@@ -308,6 +351,7 @@ mod tests {
     #[test]
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<EndpointKey>(), 32);
+        assert_eq!(size_of::<PendingKey>(), 36);
         assert_eq!(size_of::<EndpointStats>(), 32 + 4 * HIST_SLOTS);
         assert_eq!(size_of::<EndpointStats>() % 8, 0);
         assert_eq!(align_of::<Conn>(), 8);

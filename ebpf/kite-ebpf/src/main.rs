@@ -4,25 +4,46 @@
 //!   cgroup's sockets. Packets of tracked HTTP connections go through the shared state machine
 //!   ([`kite_common::http::Conn`]); a completed request updates the per-CPU histogram of its
 //!   endpoint. Nothing per request is sent to user space.
+//!   Connection state lives in the socket (socket-local storage, `SOCKETS`), created for
+//!   established sockets only.
+//! * `kite_listener` (`cgroup_skb`, reached by tail call from `kite_ingress`): data that arrives
+//!   on a listening socket (deferred accept, a lost final handshake ACK) is parsed on a state
+//!   parked by address in `PENDING`; the connection's socket takes it over with its first
+//!   packet.
 //! * `kite_sock_release` (`cgroup/sock_release`): records what a closing socket still holds and
-//!   frees its state.
+//!   marks its state dead.
+//! * `kite_sock_state` (`tp_btf/inet_sock_set_state`): a socket reaching `TCP_CLOSE` loses its
+//!   state (recorded first if it was never released).
 //!
 //! Every program returns 1: packets are never dropped or changed.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the BPF target has no compare-and-swap, so `core`'s atomics offer no
+// `fetch_add`; the intrinsic compiles to the BPF atomic add.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
-use core::ffi::c_void;
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+};
 
 use aya_ebpf::{
-    EbpfContext,
-    bindings::{__sk_buff, BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{
+        __sk_buff, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE, BPF_TCP_CLOSE,
+        BPF_TCP_ESTABLISHED, BPF_TCP_LISTEN, bpf_sock,
+    },
+    btf_maps::SkStorage,
     helpers::{
         bpf_ktime_get_ns,
-        generated::{bpf_get_socket_cookie, bpf_loop, bpf_skb_cgroup_id, bpf_skb_load_bytes},
+        generated::{
+            bpf_loop, bpf_sk_fullsock, bpf_sk_storage_delete, bpf_sk_storage_get,
+            bpf_skb_cgroup_id, bpf_skb_load_bytes,
+        },
     },
-    macros::{cgroup_skb, cgroup_sock, map},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
-    programs::{SkBuffContext, SockContext},
+    macros::{btf_map, btf_tracepoint, cgroup_skb, cgroup_sock, map},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, ProgramArray},
+    programs::{BtfTracePointContext, SkBuffContext, SockContext},
 };
 use kite_common::{
     hist,
@@ -31,16 +52,51 @@ use kite_common::{
         Segment, Sink, WINDOW, opens_connection,
     },
     maps::{
-        DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_SOCKETS, Direction, EndpointKey, EndpointStats,
+        DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_PENDING, DEFAULT_MAX_SOCKETS, Direction, EndpointKey,
+        EndpointStats, LIVE_PENDING, LIVE_PENDING_SWEPT, LIVE_SLOTS, LIVE_SOCKETS, PendingKey,
         STAT_COUNT, Stat,
     },
 };
 
-/// Tracked HTTP connections, by socket cookie. Bounded; when full, new connections are not
-/// tracked ([`Stat::SocketsMapFull`]). Entries are removed at socket release.
-#[map(name = "SOCKETS")]
-static SOCKETS: HashMap<u64, Conn> =
-    HashMap::with_max_entries(DEFAULT_MAX_SOCKETS, BPF_F_NO_PREALLOC);
+/// [`Conn::role`] of a state whose socket was released: nothing more is measured on it.
+const ROLE_NONE: u8 = 0;
+
+/// Connection state of tracked HTTP connections, in the socket itself (socket-local storage):
+/// the kernel frees it with the socket. Bounded softly by [`MAX_SOCKETS`] (live states are
+/// counted in [`LIVE`]); beyond, new connections are not tracked ([`Stat::SocketsMapFull`]).
+#[btf_map(name = "SOCKETS")]
+static SOCKETS: SkStorage<Conn> = SkStorage::new();
+
+/// Soft bound on live connection states; set by the loader.
+#[unsafe(no_mangle)]
+static MAX_SOCKETS: u32 = DEFAULT_MAX_SOCKETS;
+
+#[inline(always)]
+fn max_sockets() -> u64 {
+    // SAFETY: reading a global; volatile so the loader's value is used, not the default.
+    unsafe { core::ptr::read_volatile(&MAX_SOCKETS) as u64 }
+}
+
+/// Live-entry counts (`LIVE_*` slots), updated with atomic adds: user space reads the number
+/// of connection states with one lookup (socket storage cannot be listed).
+#[map(name = "LIVE")]
+static LIVE: Array<u64> = Array::with_max_entries(LIVE_SLOTS, 0);
+
+/// Connections whose data reached their listener before their socket existed, by address.
+/// Bounded; when full, such a connection's first request is not counted
+/// ([`Stat::PendingFull`]). Entries move to the socket with its first packet.
+#[map(name = "PENDING")]
+static PENDING: HashMap<PendingKey, Conn> =
+    HashMap::with_max_entries(DEFAULT_MAX_PENDING, BPF_F_NO_PREALLOC);
+
+/// Slot 0: `kite_listener`. A tail call, so that the parser is verified once per program for
+/// each map its state comes from (socket storage here, `PENDING` there): inlined in one
+/// program, the two would double the verifier's work.
+#[map(name = "TAILS")]
+static TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// [`TAILS`] slot of `kite_listener`.
+const TAIL_LISTENER: u32 = 0;
 
 /// Per-endpoint histograms. Bounded; when full, requests of new keys are not recorded
 /// ([`Stat::EndpointsMapFull`]).
@@ -52,7 +108,9 @@ static ENDPOINTS: PerCpuHashMap<EndpointKey, EndpointStats> =
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
-/// Per-CPU working memory of the parser: the segment cursor and the payload window.
+/// Per-CPU working memory: the parser's segment cursor and payload window, and the copies of
+/// the packet's headers (kept here rather than on the 512-byte stack, which the parser's call
+/// chain needs).
 ///
 /// The cursor lives here rather than on the stack on purpose: the verifier does not track the
 /// values inside map memory, so the `bpf_loop` callback's states converge after one iteration
@@ -61,6 +119,17 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 struct Work {
     seg: Segment,
     scratch: Scratch,
+    /// Address key of the packet's connection, for [`PENDING`].
+    key: PendingKey,
+    /// The packet's first 40 bytes: an IPv4 header without options and the TCP header's first
+    /// 20 bytes, or the IPv6 header.
+    hdr: [u8; 40],
+    /// The TCP header's first 16 bytes.
+    tcp: [u8; 16],
+    /// Destination address (IPv6 or IPv4-mapped).
+    dst: [u8; 16],
+    /// First payload bytes, to decide whether tracking starts.
+    head: [u8; START_LEN],
 }
 
 #[map(name = "WORK")]
@@ -204,120 +273,339 @@ fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
     ]
 }
 
+/// What the programs need of a TCP packet's headers besides the copies in [`Work`].
+struct Tcp {
+    /// Offset of the payload.
+    base: u32,
+    /// Payload length.
+    len: u32,
+    fin: bool,
+}
+
+impl Tcp {
+    #[inline(always)]
+    fn sport(w: &Work) -> u16 {
+        u16::from_be_bytes([w.tcp[0], w.tcp[1]])
+    }
+
+    #[inline(always)]
+    fn dport(w: &Work) -> u16 {
+        u16::from_be_bytes([w.tcp[2], w.tcp[3]])
+    }
+}
+
+/// Copies `len` packet bytes at `off` to `dst` (map memory).
 #[inline(always)]
-fn on_packet(ctx: &SkBuffContext, rx: bool) -> Result<(), i64> {
-    bump(Stat::Packets, 1);
+fn load_bytes(ctx: &SkBuffContext, off: u32, dst: *mut u8, len: u32) -> Result<(), i64> {
+    // SAFETY: `dst` has room for `len` bytes; the helper checks the packet bounds.
+    let r = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const c_void, off, dst.cast(), len) };
+    if r == 0 { Ok(()) } else { Err(r) }
+}
+
+/// Reads the IP and TCP headers into `w`; `None` for anything but a first (or only) TCP
+/// fragment. With `src`, the source address goes to `w.key.remote`.
+#[inline(always)]
+fn headers(ctx: &SkBuffContext, w: &mut Work, src: bool) -> Result<Option<Tcp>, i64> {
     // One copy covers an IPv4 header without options and the TCP header's first 20 bytes
     // (every IPv4 TCP packet has them), or the whole IPv6 header: helper calls cost more than
     // the bytes.
-    let h: [u8; 40] = ctx.load(0)?;
-    let (tcp, dst): ([u8; 16], [u8; 16]) = match h[0] >> 4 {
+    load_bytes(ctx, 0, w.hdr.as_mut_ptr(), 40)?;
+    let v = w.hdr[0] >> 4;
+    let l4 = match v {
         4 => {
+            let h = &w.hdr;
             let frag = u16::from_be_bytes([h[6], h[7]]);
             if h[9] != IPPROTO_TCP || frag & 0x1fff != 0 {
-                return Ok(());
+                return Ok(None);
             }
-            let ihl = ((h[0] & 0x0f) as usize) * 4;
-            let tcp = if ihl == 20 {
-                let mut t = [0u8; 16];
-                t.copy_from_slice(&h[20..36]);
-                t
+            let ihl = ((h[0] & 0x0f) as u32) * 4;
+            if ihl == 20 {
+                w.tcp.copy_from_slice(&w.hdr[20..36]);
             } else {
-                ctx.load(ihl)?
-            };
-            (tcp, mapped_v4([h[16], h[17], h[18], h[19]]))
+                load_bytes(ctx, ihl, w.tcp.as_mut_ptr(), 16)?;
+            }
+            let h = &w.hdr;
+            if src {
+                w.key.remote = mapped_v4([h[12], h[13], h[14], h[15]]);
+            }
+            w.dst = mapped_v4([h[16], h[17], h[18], h[19]]);
+            ihl
         }
         6 => {
-            if h[6] != IPPROTO_TCP {
-                return Ok(());
+            if w.hdr[6] != IPPROTO_TCP {
+                return Ok(None);
             }
-            let mut dst = [0u8; 16];
-            dst.copy_from_slice(&h[24..40]);
-            (ctx.load(40)?, dst)
+            if src {
+                w.key.remote.copy_from_slice(&w.hdr[8..24]);
+            }
+            w.dst.copy_from_slice(&w.hdr[24..40]);
+            load_bytes(ctx, 40, w.tcp.as_mut_ptr(), 16)?;
+            40
         }
-        _ => return Ok(()),
+        _ => return Ok(None),
     };
-    let l4: u32 = if h[0] >> 4 == 4 {
-        ((h[0] & 0x0f) as u32) * 4
-    } else {
-        40
-    };
-    let doff = ((tcp[12] >> 4) as u32) * 4;
-    let fin = tcp[13] & TCP_FIN != 0;
+    let doff = ((w.tcp[12] >> 4) as u32) * 4;
+    let fin = w.tcp[13] & TCP_FIN != 0;
     let base = l4 + doff;
-    let skb_len = ctx.len();
-    let len = skb_len.saturating_sub(base);
-    if len == 0 && !fin {
+    let len = ctx.len().saturating_sub(base);
+    Ok(Some(Tcp { base, len, fin }))
+}
+
+/// Adds `d` (wrapping: `u64::MAX` subtracts one) to a [`LIVE`] slot, atomically.
+#[inline(always)]
+fn live_add(slot: u32, d: u64) {
+    if let Some(p) = LIVE.get_ptr_mut(slot) {
+        // SAFETY: a map value; the add is one atomic instruction (`lock xadd`).
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, d) };
+    }
+}
+
+#[inline(always)]
+fn live(slot: u32) -> u64 {
+    // SAFETY: a map value, read once.
+    LIVE.get_ptr(slot)
+        .map_or(0, |p| unsafe { core::ptr::read_volatile(p) })
+}
+
+/// Whether [`PENDING`] may hold entries: the common path skips its lookups when it is empty.
+#[inline(always)]
+fn pending_live() -> bool {
+    live(LIVE_PENDING) != live(LIVE_PENDING_SWEPT)
+}
+
+#[inline(always)]
+fn sockets_ptr() -> *mut c_void {
+    core::ptr::from_ref(&SOCKETS).cast_mut().cast()
+}
+
+/// The connection state of a socket, if it has one.
+#[inline(always)]
+fn storage(sk: *mut c_void) -> *mut Conn {
+    // SAFETY: `sk` is a socket pointer checked by the verifier.
+    unsafe { bpf_sk_storage_get(sockets_ptr(), sk, core::ptr::null_mut(), 0) }.cast()
+}
+
+/// Creates the state of a full socket, copied from `init` (zero if null). Another CPU may
+/// have created it meanwhile: then that one is returned, with `false`.
+#[inline(always)]
+fn create(sk: *mut bpf_sock, init: *mut Conn) -> Option<(*mut Conn, bool)> {
+    // SAFETY: as above; `init` is null or a map value of the same type.
+    let c: *mut Conn = unsafe {
+        bpf_sk_storage_get(
+            sockets_ptr(),
+            sk.cast(),
+            init.cast(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        )
+    }
+    .cast();
+    if !c.is_null() {
+        return Some((c, true));
+    }
+    let c = storage(sk.cast());
+    if c.is_null() { None } else { Some((c, false)) }
+}
+
+/// Whether the payload at `base` starts an HTTP message that opens tracking.
+#[inline(always)]
+fn starts_http(ctx: &SkBuffContext, w: &mut Work, base: u32, len: u32) -> Result<bool, i64> {
+    let n = if len < START_LEN as u32 {
+        len as usize
+    } else {
+        START_LEN
+    };
+    if n == START_LEN {
+        load_bytes(ctx, base, w.head.as_mut_ptr(), START_LEN as u32)?;
+    } else {
+        w.head = [0; START_LEN];
+        let mut i = 0;
+        while i < START_LEN {
+            if i < n {
+                load_bytes(ctx, base + i as u32, &mut w.head[i], 1)?;
+            }
+            i += 1;
+        }
+    }
+    Ok(opens_connection(&w.head, n))
+}
+
+/// The packet's full socket, if it has one.
+#[inline(always)]
+fn full_sock(ctx: &SkBuffContext) -> *mut bpf_sock {
+    // SAFETY: reading the context's socket pointer; the helper accepts it or null-checks.
+    unsafe {
+        let sk = (*ctx.skb.skb).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return sk;
+        }
+        bpf_sk_fullsock(sk)
+    }
+}
+
+#[inline(always)]
+fn on_packet(ctx: &SkBuffContext, rx: bool) -> Result<(), i64> {
+    bump(Stat::Packets, 1);
+    let work = WORK.get_ptr_mut(0).ok_or(0)?;
+    // SAFETY: this CPU's map value; programs do not migrate while running.
+    let w = unsafe { &mut *work };
+    // A connection waiting in PENDING is taken over by its socket's first packet, usually the
+    // ACK of the data that reached the listener: while something waits, bare ACKs look too.
+    let claiming = pending_live();
+    let Some(p) = headers(ctx, w, claiming)? else {
+        return Ok(());
+    };
+    if p.len == 0 && !p.fin && !claiming {
         return Ok(());
     }
-    // SAFETY: plain helper calls on this program's context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let conn = match SOCKETS.get_ptr_mut(&cookie) {
-        Some(c) => c,
-        None => {
-            // Track a connection from its first request on.
-            let requests_in = rx;
-            if len == 0 {
-                return Ok(());
+    let sk = full_sock(ctx);
+    if sk.is_null() {
+        return Ok(());
+    }
+    let mut conn = storage(sk.cast());
+    if conn.is_null() {
+        // SAFETY: a full socket: `state` is readable.
+        let state = unsafe { (*sk).state };
+        if state == BPF_TCP_LISTEN {
+            // Data on a listener: the connection's socket does not exist yet (deferred
+            // accept, or the final handshake ACK was lost). Parsed by `kite_listener`.
+            if rx && p.len > 0 {
+                // SAFETY: jumps to a program of the same type; on failure nothing happens.
+                unsafe { TAILS.tail_call(ctx, TAIL_LISTENER) };
             }
-            let mut head = [0u8; START_LEN];
-            let n = if len < START_LEN as u32 {
-                len as usize
+            return Ok(());
+        }
+        if claiming {
+            // `w.key.remote` holds the packet's source: the peer for a packet coming in.
+            if rx {
+                w.key.local = w.dst;
+                w.key.local_port = Tcp::dport(w);
+                w.key.remote_port = Tcp::sport(w);
             } else {
-                START_LEN
-            };
-            if n == START_LEN {
-                head = ctx.load(base as usize)?;
-            } else {
-                let mut i = 0;
-                while i < START_LEN {
-                    if i < n {
-                        head[i] = ctx.load(base as usize + i)?;
+                w.key.local = w.key.remote;
+                w.key.remote = w.dst;
+                w.key.local_port = Tcp::sport(w);
+                w.key.remote_port = Tcp::dport(w);
+            }
+            if let Some(pc) = PENDING.get_ptr_mut(&w.key) {
+                if let Some((c, new)) = create(sk, pc) {
+                    if new {
+                        live_add(LIVE_SOCKETS, 1);
+                        bump(Stat::ConnsOpened, 1);
                     }
-                    i += 1;
+                    if PENDING.remove(&w.key).is_ok() {
+                        live_add(LIVE_PENDING, u64::MAX);
+                        bump(Stat::PendingClaimed, 1);
+                    }
+                    conn = c;
                 }
             }
-            if !opens_connection(&head, n) {
+        }
+        if conn.is_null() {
+            // Track a connection from its first request on, and only while it is established:
+            // a request reaching a socket its server already closed starts nothing.
+            if p.len == 0 || state != BPF_TCP_ESTABLISHED || !starts_http(ctx, w, p.base, p.len)? {
                 return Ok(());
             }
-            let zero = ZERO_CONN.get(0).ok_or(0)?;
-            if SOCKETS.insert(&cookie, zero, BPF_NOEXIST as u64).is_err() {
+            if live(LIVE_SOCKETS) >= max_sockets() {
                 bump(Stat::SocketsMapFull, 1);
                 return Ok(());
             }
-            let c = SOCKETS.get_ptr_mut(&cookie).ok_or(0)?;
-            // The packet's destination is the endpoint either way: the server's own address for
-            // a request coming in, the server's address for a request going out.
-            let port = u16::from_be_bytes([tcp[2], tcp[3]]);
-            let role = if requests_in {
-                ROLE_SERVER
-            } else {
-                ROLE_CLIENT
+            let Some((c, new)) = create(sk, core::ptr::null_mut()) else {
+                bump(Stat::SocketsMapFull, 1);
+                return Ok(());
             };
-            // SAFETY: plain helper call; `c` points at the new map value.
-            unsafe {
-                let cg = bpf_skb_cgroup_id(ctx.skb.skb);
-                (*c).init(role, cg, dst, port, bpf_ktime_get_ns());
+            if new {
+                // The packet's destination is the endpoint either way: the server's own
+                // address for a request coming in, the server's address for a request going out.
+                let role = if rx { ROLE_SERVER } else { ROLE_CLIENT };
+                // SAFETY: plain helper call; `c` points at the new storage.
+                unsafe {
+                    let cg = bpf_skb_cgroup_id(ctx.skb.skb);
+                    (*c).init(role, cg, w.dst, Tcp::dport(w), bpf_ktime_get_ns());
+                }
+                live_add(LIVE_SOCKETS, 1);
+                bump(Stat::ConnsOpened, 1);
             }
-            bump(Stat::ConnsOpened, 1);
-            c
+            conn = c;
+        }
+    }
+    // SAFETY: socket storage of this socket.
+    if unsafe { (*conn).role } == ROLE_NONE || (p.len == 0 && !p.fin) {
+        // Released by its process (what still arrives is not measured), or a bare ACK.
+        return Ok(());
+    }
+    parse(ctx, conn, work, rx, &p);
+    Ok(())
+}
+
+/// Data that reached a listening socket: parsed on a connection state parked in [`PENDING`].
+#[inline(always)]
+fn on_listener(ctx: &SkBuffContext) -> Result<(), i64> {
+    let work = WORK.get_ptr_mut(0).ok_or(0)?;
+    // SAFETY: this CPU's map value.
+    let w = unsafe { &mut *work };
+    let Some(p) = headers(ctx, w, true)? else {
+        return Ok(());
+    };
+    if p.len == 0 {
+        return Ok(());
+    }
+    w.key.local = w.dst;
+    w.key.local_port = Tcp::dport(w);
+    w.key.remote_port = Tcp::sport(w);
+    bump(Stat::ListenerData, 1);
+    let conn = match PENDING.get_ptr_mut(&w.key) {
+        Some(c) => c,
+        None => {
+            if !starts_http(ctx, w, p.base, p.len)? {
+                return Ok(());
+            }
+            let zero = ZERO_CONN.get(0).ok_or(0)?;
+            match PENDING.insert(&w.key, zero, BPF_NOEXIST as u64) {
+                Ok(()) => {
+                    let c = PENDING.get_ptr_mut(&w.key).ok_or(0)?;
+                    // SAFETY: plain helper calls; `c` points at the new map value.
+                    unsafe {
+                        let cg = bpf_skb_cgroup_id(ctx.skb.skb);
+                        (*c).init(ROLE_SERVER, cg, w.dst, w.key.local_port, bpf_ktime_get_ns());
+                    }
+                    live_add(LIVE_PENDING, 1);
+                    c
+                }
+                // Inserted by another CPU meanwhile, or the map is full.
+                Err(_) => match PENDING.get_ptr_mut(&w.key) {
+                    Some(c) => c,
+                    None => {
+                        bump(Stat::PendingFull, 1);
+                        return Ok(());
+                    }
+                },
+            }
         }
     };
-    let work = WORK.get_ptr_mut(0).ok_or(0)?;
-    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    parse(ctx, conn, work, true, &p);
+    Ok(())
+}
+
+/// Runs the connection's state machine over the packet's payload.
+#[inline(always)]
+fn parse(ctx: &SkBuffContext, conn: *mut Conn, work: *mut Work, rx: bool, p: &Tcp) {
     // SAFETY: `conn` and `work` are map values; `walk` outlives the bpf_loop call.
     unsafe {
-        (*work).seg = Segment::new(rx, len, bpf_ktime_get_ns());
+        let t = &(*work).tcp;
+        let seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+        let ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
+        (*work).seg = Segment::new(rx, p.len, bpf_ktime_get_ns());
         let mut walk = Walk {
             conn,
             work,
             skb: Skb {
                 skb: ctx.skb.skb,
-                base,
+                base: p.base,
             },
         };
         let c = &mut *conn;
-        if c.begin(&mut (*work).seg, seq, false, &mut KernelSink) {
+        if c.begin(&mut (*work).seg, seq, ack, &mut KernelSink) {
             bpf_loop(
                 MAX_STEPS,
                 walk_step as *mut c_void,
@@ -325,9 +613,8 @@ fn on_packet(ctx: &SkBuffContext, rx: bool) -> Result<(), i64> {
                 0,
             );
         }
-        c.end(&mut (*work).seg, fin, &mut KernelSink);
+        c.end(&mut (*work).seg, p.fin, &mut KernelSink);
     }
-    Ok(())
 }
 
 /// Packets arriving at the cgroup's sockets.
@@ -344,6 +631,13 @@ pub fn kite_egress(ctx: SkBuffContext) -> i32 {
     1
 }
 
+/// Data segments that arrived on a listening socket (tail call from `kite_ingress`).
+#[cgroup_skb(ingress)]
+pub fn kite_listener(ctx: SkBuffContext) -> i32 {
+    let _ = on_listener(&ctx);
+    1
+}
+
 /// Does nothing: attached in place of Kite's programs, it measures what a `cgroup_skb`
 /// program costs by itself (the benchmarks report Kite's cost next to it).
 #[cgroup_skb]
@@ -351,18 +645,56 @@ pub fn kite_empty(_ctx: SkBuffContext) -> i32 {
     1
 }
 
-/// A socket of the cgroup is released: record what it still holds, forget it.
+/// A socket of the cgroup is released: record what it still holds and mark its state dead
+/// (this program type cannot delete socket storage; the kernel frees it with the socket, and
+/// [`kite_sock_state`] deletes it when the socket reaches `TCP_CLOSE`). A dead state also keeps
+/// a request that still arrives after the release from starting a new one.
 #[cgroup_sock(sock_release)]
 pub fn kite_sock_release(ctx: SockContext) -> i32 {
-    // SAFETY: plain helper call on this program's context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(c) = SOCKETS.get_ptr_mut(&cookie) {
-        // SAFETY: a map value; removed right after.
-        unsafe { (*c).release(&mut KernelSink) };
-        let _ = SOCKETS.remove(&cookie);
-        bump(Stat::ConnsClosed, 1);
+    let c = storage(ctx.sock.cast());
+    if !c.is_null() {
+        // SAFETY: socket storage of this socket.
+        unsafe {
+            if (*c).role != ROLE_NONE {
+                (*c).release(&mut KernelSink);
+                (*c).role = ROLE_NONE;
+                live_add(LIVE_SOCKETS, u64::MAX);
+                bump(Stat::ConnsClosed, 1);
+            }
+        }
     }
     1
+}
+
+/// Any TCP socket of the system changes state: one reaching `TCP_CLOSE` with connection state
+/// that was never released (a child never accepted whose listener died, a socket the kernel
+/// orphaned) is recorded and freed here, so no state outlives its connection.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn kite_sock_state(ctx: BtfTracePointContext) -> i32 {
+    let newstate: i32 = ctx.arg(2);
+    if newstate != BPF_TCP_CLOSE as i32 {
+        return 0;
+    }
+    if live(LIVE_SOCKETS) == 0 {
+        return 0;
+    }
+    let sk: *mut c_void = ctx.arg(0);
+    // `sk` is the tracepoint's `struct sock *`.
+    let c = storage(sk);
+    if c.is_null() {
+        return 0;
+    }
+    // SAFETY: socket storage of this socket.
+    unsafe {
+        if (*c).role != ROLE_NONE {
+            (*c).release(&mut KernelSink);
+            (*c).role = ROLE_NONE;
+            live_add(LIVE_SOCKETS, u64::MAX);
+            bump(Stat::ConnsReaped, 1);
+        }
+        bpf_sk_storage_delete(sockets_ptr(), sk);
+    }
+    0
 }
 
 #[cfg(not(test))]
