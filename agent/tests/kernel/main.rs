@@ -5,6 +5,7 @@
 mod accuracy;
 mod agent;
 mod hostile;
+mod lifecycle;
 mod loader;
 mod network;
 mod robustness;
