@@ -280,32 +280,69 @@ impl Net {
     }
 }
 
-/// Exact per (method, status) counts, and never more of a method than was sent.
-fn assert_counts_exact(w: &Watch, dir: Direction, r: &Outcome) {
-    let kite = kite_counts(w, dir);
-    let client = r.by_method_status();
-    eprintln!("  client: {client:?}\n  Kite:   {kite:?}");
-    let per_method = |m: &BTreeMap<(String, u16), u64>| {
-        let mut out: BTreeMap<String, u64> = BTreeMap::new();
-        for ((method, _), n) in m {
-            *out.entry(method.clone()).or_default() += n;
+/// Checks that all run before the test fails, so one run shows every figure that is off.
+#[derive(Default)]
+struct Checks(Vec<String>);
+
+impl Checks {
+    fn check(&mut self, ok: bool, msg: impl FnOnce() -> String) {
+        if !ok {
+            let m = msg();
+            eprintln!("  FAILED: {m}");
+            self.0.push(m);
         }
-        out
-    };
-    let (km, cm) = (per_method(&kite), per_method(&client));
-    for (method, n) in &km {
-        let sent = cm.get(method).copied().unwrap_or(0);
-        assert!(
-            *n <= sent,
-            "phantom requests: Kite counted {n} {method} but the client sent {sent}"
-        );
     }
-    assert_eq!(
-        kite.values().sum::<u64>(),
-        r.results.len() as u64,
-        "Kite's count vs the client's"
-    );
-    assert_eq!(kite, client, "per (method, status)");
+
+    /// `|kite - truth| / truth <= tol`
+    fn close(&mut self, what: &str, kite: f64, truth: f64, tol: f64) {
+        let err = (kite - truth) / truth;
+        eprintln!(
+            "  {what}: Kite {kite:.4} client {truth:.4} ({:+.2}%)",
+            err * 100.0
+        );
+        self.check(err.abs() <= tol, || {
+            format!(
+                "{what}: Kite {kite:.4} vs client {truth:.4}: {:.2}% off (allowed {:.0}%)",
+                err.abs() * 100.0,
+                tol * 100.0
+            )
+        });
+    }
+
+    /// Exact per (method, status) counts, and never more of a method than was sent.
+    fn counts_exact(&mut self, w: &Watch, dir: Direction, r: &Outcome) {
+        let kite = kite_counts(w, dir);
+        let client = r.by_method_status();
+        eprintln!("  client: {client:?}\n  Kite:   {kite:?}");
+        let per_method = |m: &BTreeMap<(String, u16), u64>| {
+            let mut out: BTreeMap<String, u64> = BTreeMap::new();
+            for ((method, _), n) in m {
+                *out.entry(method.clone()).or_default() += n;
+            }
+            out
+        };
+        let (km, cm) = (per_method(&kite), per_method(&client));
+        for (method, n) in &km {
+            let sent = cm.get(method).copied().unwrap_or(0);
+            self.check(*n <= sent, || {
+                format!("phantom requests: Kite counted {n} {method} but the client sent {sent}")
+            });
+        }
+        let total = kite.values().sum::<u64>();
+        self.check(total == r.results.len() as u64, || {
+            format!(
+                "Kite counted {total} requests, the client made {}",
+                r.results.len()
+            )
+        });
+        self.check(kite == client, || {
+            format!("per (method, status): Kite {kite:?} vs client {client:?}")
+        });
+    }
+
+    fn finish(self) {
+        assert!(self.0.is_empty(), "{}", self.0.join("\n"));
+    }
 }
 
 /// 5 % loss, 10 % of the packets held back 2 ms (so later ones overtake them), 1 ms delay,
@@ -372,10 +409,15 @@ fn lossy_link_counts_exactly(inbound: bool) {
     // The impairments happened both ways.
     assert!(ab.dropped > 0 && ba.dropped > 0);
     assert!(ab.overtaken > 0 && ba.overtaken > 0);
-    assert_counts_exact(&w, net.direction(), &r);
-    assert_close("p50", kite_q(&w, 0.5), r.quantile(0.5), LATENCY_TOL);
+    let mut c = Checks::default();
+    c.counts_exact(&w, net.direction(), &r);
+    c.close("p50", kite_q(&w, 0.5), r.quantile(0.5), LATENCY_TOL);
     let left = settle_socket_state(&w, baseline);
-    assert_eq!(left, baseline, "connection state left behind");
+    eprintln!("  connection state: {left} (baseline {baseline})");
+    c.check(left == baseline, || {
+        format!("connection state left behind: {left} entries, baseline {baseline}")
+    });
+    c.finish();
 }
 
 #[test]
@@ -432,8 +474,10 @@ fn overtaken_status_line(inbound: bool) {
     // Every response's first segment was held and overtaken (404s have a body segment too).
     assert!(ba.held >= 200, "{ba:?}");
     assert!(ba.overtaken >= 200, "{ba:?}");
-    assert_counts_exact(&w, net.direction(), &r);
-    assert_close("p50", kite_q(&w, 0.5), r.quantile(0.5), LATENCY_TOL);
+    let mut c = Checks::default();
+    c.counts_exact(&w, net.direction(), &r);
+    c.close("p50", kite_q(&w, 0.5), r.quantile(0.5), LATENCY_TOL);
+    c.finish();
 }
 
 #[test]
@@ -492,8 +536,10 @@ fn overtaken_post_header_inbound() {
     print_counters(&w);
     assert_eq!(r.results.len(), 200);
     assert!(ab.held >= 200 && ab.overtaken >= 200, "{ab:?}");
-    assert_counts_exact(&w, net.direction(), &r);
-    assert_close("p50", kite_q(&w, 0.5), r.quantile(0.5), LATENCY_TOL);
+    let mut c = Checks::default();
+    c.counts_exact(&w, net.direction(), &r);
+    c.close("p50", kite_q(&w, 0.5), r.quantile(0.5), LATENCY_TOL);
+    c.finish();
 }
 
 /// HEAD and GET alternating, 32 in one write (twice the queue), then 20 sequential requests
@@ -579,7 +625,9 @@ fn unknown_methods_are_other() {
         let r = w.during(|| run_client(place, &plan));
         print_counters(&w);
         assert_eq!(r.results.len(), 55);
-        assert_counts_exact(&w, net.direction(), &r);
+        let mut c = Checks::default();
+        c.counts_exact(&w, net.direction(), &r);
+        c.finish();
         let kite = kite_counts(&w, net.direction());
         assert_eq!(kite.get(&("_OTHER".to_string(), 200)), Some(&44));
         assert_eq!(kite.get(&("GET".to_string(), 200)), Some(&11));
