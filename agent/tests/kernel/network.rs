@@ -542,6 +542,76 @@ fn overtaken_post_header_inbound() {
     c.finish();
 }
 
+/// The first segment with payload of every connection is lost once, each way: the first
+/// request's header (a POST's body segments then arrive before it) and the first response's
+/// status line come only with their retransmission.
+fn lost_first_segments(inbound: bool) {
+    let net = Net::new("lost-first", inbound, "httpd.py");
+    let mut w = net.watch();
+    net.link.set(
+        Dir::AtoB,
+        Impair::default().rule(Rule::drop_first_payload()),
+    );
+    net.link.set(
+        Dir::BtoA,
+        Impair::default().rule(Rule::drop_first_payload()),
+    );
+    let conns = (0..10)
+        .map(|c| {
+            (0..10)
+                .map(|i| {
+                    let r = if (c + i) % 2 == 0 {
+                        Req {
+                            body: 8192,
+                            lines: true,
+                            ..req("POST", format!("/big/3000/{DELAY_MS}"))
+                        }
+                    } else {
+                        req("GET", format!("/big/3000/{DELAY_MS}"))
+                    };
+                    vec![r]
+                })
+                .collect()
+        })
+        .collect();
+    let plan = Plan {
+        parallel: 10,
+        conns,
+    };
+    let place = net.client_place();
+    let r = w.during(|| run_client(place, &plan));
+    let (ab, ba) = print_link(&net.link);
+    print_counters(&w);
+    assert_eq!(r.results.len(), 100);
+    assert_eq!(
+        (ab.rule_hits, ba.rule_hits),
+        (10, 10),
+        "one loss per connection each way"
+    );
+    let mut c = Checks::default();
+    c.counts_exact(&w, net.direction(), &r);
+    c.close("p50", kite_q(&w, 0.5), r.quantile(0.5), LATENCY_TOL);
+    c.finish();
+}
+
+#[test]
+fn lost_first_segments_inbound() {
+    if !ebpf_available("lost_first_segments_inbound") {
+        return;
+    }
+    let _serial = serial();
+    lost_first_segments(true);
+}
+
+#[test]
+fn lost_first_segments_outbound() {
+    if !ebpf_available("lost_first_segments_outbound") {
+        return;
+    }
+    let _serial = serial();
+    lost_first_segments(false);
+}
+
 /// HEAD and GET alternating, 32 in one write (twice the queue), then 20 sequential requests
 /// on the same connection.
 #[test]
