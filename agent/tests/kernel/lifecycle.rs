@@ -460,3 +460,95 @@ fn hundred_thousand_short_connections_return_to_baseline() {
     );
     assert_eq!(agent.counter("ebpf_sockets_map_full"), 0);
 }
+
+/// One request per connection with `Connection: close`; prints how many got a 200.
+const ONE_PER_CONNECTION: &str = r#"
+import socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+ok = 0
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", port), 5)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    data = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        data += d
+    s.close()
+    ok += data.startswith(b"HTTP/1.1 200 ")
+print(ok)
+"#;
+
+#[test]
+fn lost_final_handshake_ack_first_request_counted() {
+    if !ebpf_available("lost_final_handshake_ack_first_request_counted") {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new("lost-ack");
+    let cg = TestCgroup::new("lost-ack");
+    let port = 8080u16;
+    let _srv = python_httpd(
+        Place {
+            cgroup: Some(&cg),
+            netns: Some(&ns),
+            ..Place::default()
+        },
+        "127.0.0.1",
+        port,
+        false,
+    );
+    // Drop every connection's final handshake ACK (the client's second packet, a bare ACK):
+    // its first data segment then completes the handshake, reaching the server's listener.
+    ns.run(&[
+        "iptables",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "8080",
+        "--tcp-flags",
+        "SYN,ACK,FIN,RST,PSH",
+        "ACK",
+        "-m",
+        "connbytes",
+        "--connbytes",
+        "2:2",
+        "--connbytes-dir",
+        "original",
+        "--connbytes-mode",
+        "packets",
+        "-j",
+        "DROP",
+    ]);
+    let mut w = Watch::new(&cg);
+    w.target(Direction::Inbound, port);
+    let conns = 50u64;
+    let out = w.during(|| {
+        ns.run(&[
+            "python3",
+            "-c",
+            ONE_PER_CONNECTION,
+            &port.to_string(),
+            &conns.to_string(),
+        ])
+    });
+    let answered: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    eprintln!(
+        "  client {answered} answered; Kite {}; listener_data {} pending_claimed {}",
+        w.total().requests,
+        w.counter(Stat::ListenerData),
+        w.counter(Stat::PendingClaimed)
+    );
+    assert_eq!(answered, conns);
+    assert_eq!(w.total().requests, conns);
+    assert_eq!(w.counter(Stat::PendingClaimed), conns);
+    assert_eq!(w.kite.pending_count().unwrap(), 0);
+    assert!(w.kite.pending().unwrap().is_empty());
+    let back = wait_until(Duration::from_secs(5), || {
+        w.kite.socket_count().unwrap() == 0
+    });
+    assert!(back.is_some(), "connection state left behind");
+}
