@@ -51,13 +51,40 @@ pub enum EnrollError {
     /// The agent refused the pod.
     #[error("the agent refused: {0}")]
     Refused(String),
+    /// The agent was busy every time it was asked.
+    #[error("the agent was busy: {0}")]
+    Busy(String),
 }
 
-/// Sends the hello and returns the agent's positive answer.
+/// Says hello and waits for the answer, within `req.timeout` in all. An agent that closes the
+/// connection without answering, resets it, or says it is busy is asked again (with a growing
+/// pause, at most 1 s) while time is left; a refusal is final.
 pub fn enroll(req: &Request) -> Result<Ack, EnrollError> {
     let start = Instant::now();
     // Capped so that no timeout, however absurd, can overflow the clock and panic.
     let deadline = start + req.timeout.min(MAX_TIMEOUT);
+    let mut pause = RETRY;
+    loop {
+        let err = match attempt(req, start, deadline) {
+            Ok(ack) => return Ok(ack),
+            Err(e) => e,
+        };
+        let transient = match &err {
+            EnrollError::Busy(_) | EnrollError::Io(_) => true,
+            EnrollError::BadAnswer(m) => m.contains("without answering"),
+            _ => false,
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !transient || left <= pause {
+            return Err(err);
+        }
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// One hello and its answer.
+fn attempt(req: &Request, start: Instant, deadline: Instant) -> Result<Ack, EnrollError> {
     let left = || deadline.saturating_duration_since(Instant::now());
     let mut stream = connect(&req.socket, deadline).map_err(|source| EnrollError::NoAgent {
         socket: req.socket.clone(),
@@ -104,6 +131,10 @@ pub fn enroll(req: &Request) -> Result<Ack, EnrollError> {
     })?;
     if ack.ok {
         Ok(ack)
+    } else if ack.retry {
+        Err(EnrollError::Busy(
+            ack.error.unwrap_or_else(|| "busy".into()),
+        ))
     } else {
         Err(EnrollError::Refused(
             ack.error.unwrap_or_else(|| "no reason given".into()),
@@ -251,5 +282,57 @@ mod tests {
         });
         assert!(enroll(&request(d.socket(), 3000)).unwrap().ok);
         late.join().unwrap();
+    }
+
+    #[test]
+    fn a_connection_closed_without_answer_or_busy_is_retried_within_the_timeout() {
+        let dir = Dir::new("retry");
+        let listener = UnixListener::bind(dir.socket()).unwrap();
+        let agent = thread::spawn(move || {
+            // First: closed without a word; second: busy; third: attached.
+            drop(listener.accept().unwrap());
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(
+                Ack::busy("4 connections from this cgroup are open already")
+                    .to_line()
+                    .as_bytes(),
+            )
+            .unwrap();
+            s.write_all(b"\n").unwrap();
+            drop(s);
+            let (s, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let mut s = s;
+            s.write_all(
+                Ack::attached("/kubepods/pod1", "attached")
+                    .to_line()
+                    .as_bytes(),
+            )
+            .unwrap();
+            s.write_all(b"\n").unwrap();
+        });
+        let ack = enroll(&request(dir.socket(), 5000)).unwrap();
+        assert!(ack.ok);
+        agent.join().unwrap();
+        // A refusal is final.
+        let listener = {
+            std::fs::remove_file(dir.socket()).unwrap();
+            UnixListener::bind(dir.socket()).unwrap()
+        };
+        let agent = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(Ack::refused("no").to_line().as_bytes())
+                .unwrap();
+            s.write_all(b"\n").unwrap();
+        });
+        let t0 = Instant::now();
+        assert!(matches!(
+            enroll(&request(dir.socket(), 5000)),
+            Err(EnrollError::Refused(_))
+        ));
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        agent.join().unwrap();
     }
 }

@@ -58,6 +58,9 @@ pub struct Ack {
     /// Why not, when not `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The agent is busy (too many connections from this peer): asking again later may work.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry: bool,
 }
 
 impl Ack {
@@ -68,6 +71,7 @@ impl Ack {
             cgroup: Some(cgroup.into()),
             message: Some(message.into()),
             error: None,
+            retry: false,
         }
     }
 
@@ -77,6 +81,14 @@ impl Ack {
             ok: false,
             error: Some(error.into()),
             ..Self::default()
+        }
+    }
+
+    /// A refusal worth retrying (the agent is busy).
+    pub fn busy(error: &str) -> Self {
+        Self {
+            retry: true,
+            ..Self::refused(error)
         }
     }
 

@@ -21,6 +21,8 @@ use std::{
 
 use kite_init::{Ack, Hello, HelloError, read_hello};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
 use tokio::{
     io::{AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
@@ -31,14 +33,31 @@ use tracing::{debug, info, warn};
 
 use super::{
     dataplane::DataPlane,
-    state::{Shared, Source, Workload},
+    state::{Guards, Shared, Source, Workload},
 };
 use crate::{Error, cgroup::Hierarchy, ebpf::Attached, pods::pod_of_path};
 
-/// How long a peer may take to send its hello.
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Hellos handled at once; more wait.
-const CONCURRENCY: usize = 64;
+/// How long a peer may take to send its hello (kite-init sends it at once).
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections handled at once; more are closed at once (counted). No pool one client fills:
+/// each connection is a small task, and one peer cgroup gets at most [`PER_PEER`] of them.
+const MAX_CONNECTIONS: usize = 1024;
+/// Connections one peer cgroup may have open at once; more are refused at once.
+const PER_PEER: usize = 4;
+/// How long a hello waits for the Kubernetes API to know its pod (a pod just created may not
+/// have reached the agent's watch yet).
+const API_WAIT: Duration = Duration::from_secs(5);
+
+/// Who may enroll, and what a hello's names are worth.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    /// Peers (besides root) allowed to enroll without the Kubernetes API, by uid.
+    pub uids: Vec<u32>,
+    /// Peers allowed to enroll without the Kubernetes API, by primary or supplementary gid.
+    pub gids: Vec<u32>,
+    /// Group of the socket file: mode 0660 with this group instead of 0666.
+    pub socket_group: Option<u32>,
+}
 
 /// The claim of one agent on its socket path: an exclusive `flock` on `<socket>.lock` (holding
 /// the owner's pid), held for the agent's lifetime. A second agent with the same `--socket`
@@ -163,6 +182,7 @@ struct Record {
 /// Handles hellos.
 #[derive(Clone)]
 pub struct Enroller {
+    policy: Arc<Policy>,
     hierarchy: Hierarchy,
     dataplane: DataPlane,
     shared: Shared,
@@ -195,20 +215,137 @@ pub enum Refusal {
         /// From the cgroup path.
         actual: String,
     },
+    /// The pod cgroup is not the kubelet's: someone (a delegated subtree) owns it.
+    #[error(
+        "the pod cgroup {cgroup} (or a parent) belongs to uid {owner}, not root: not made by the kubelet"
+    )]
+    NotKubelet {
+        /// The pod cgroup.
+        cgroup: String,
+        /// Its owner.
+        owner: u32,
+    },
+    /// Without the Kubernetes API, the peer is not one the operator allows.
+    #[error(
+        "peer uid {uid} gid {gid} may not enroll without the Kubernetes API (allowed: root, --enroll-uid, --enroll-gid)"
+    )]
+    PeerNotAllowed {
+        /// Peer uid.
+        uid: u32,
+        /// Peer gid.
+        gid: u32,
+    },
+    /// The Kubernetes API knows no pod with that uid on this node.
+    #[error("the Kubernetes API knows no pod with uid {0} on this node")]
+    UnknownPod(String),
+    /// The pod is enrolled already under other names.
+    #[error("pod {uid} is enrolled as {namespace}/{pod}: a hello cannot rename it")]
+    Rename {
+        /// Pod uid.
+        uid: String,
+        /// Enrolled namespace.
+        namespace: String,
+        /// Enrolled name.
+        pod: String,
+    },
     /// Attaching failed.
     #[error("{0}")]
     Agent(#[from] Error),
 }
 
+/// Peer credentials, as the kernel gives them.
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    pid: i32,
+    uid: u32,
+    gid: u32,
+}
+
+/// Supplementary groups of a process (`Groups:` of /proc/<pid>/status).
+fn groups_of(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// The owner of the first directory from `dir` up to `mount` not owned by root, if any.
+fn non_root_owner(dir: &Path, mount: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut d = Some(dir);
+    while let Some(p) = d {
+        if !p.starts_with(mount) {
+            break;
+        }
+        match std::fs::metadata(p) {
+            Ok(m) if m.uid() != 0 => return Some(m.uid()),
+            Ok(_) => {}
+            Err(_) => return Some(u32::MAX),
+        }
+        if p == mount {
+            break;
+        }
+        d = p.parent();
+    }
+    None
+}
+
+/// Decides a hello's workload. With the API (`api` is the pods on this node), the pod must be
+/// known there and its names come from it; without, the peer must be allowed and the names
+/// from the hello are marked unverified.
+fn decide(
+    policy: &Policy,
+    peer: Peer,
+    peer_groups: &[u32],
+    hello: &Hello,
+    pod_uid: &str,
+    api: Option<Option<Workload>>,
+) -> Result<Workload, Refusal> {
+    match api {
+        Some(Some(w)) => Ok(Workload {
+            verified: true,
+            ..w
+        }),
+        Some(None) => Err(Refusal::UnknownPod(pod_uid.to_string())),
+        None => {
+            let allowed = peer.uid == 0
+                || policy.uids.contains(&peer.uid)
+                || policy.gids.contains(&peer.gid)
+                || peer_groups.iter().any(|g| policy.gids.contains(g));
+            if !allowed {
+                return Err(Refusal::PeerNotAllowed {
+                    uid: peer.uid,
+                    gid: peer.gid,
+                });
+            }
+            Ok(Workload {
+                namespace: hello.namespace.clone(),
+                pod: hello.pod.clone(),
+                uid: pod_uid.to_string(),
+                verified: false,
+                ..Workload::default()
+            })
+        }
+    }
+}
+
 impl Enroller {
     /// An enroller attaching through `dataplane`, remembering pods in `state_file`.
     pub fn new(
+        policy: Policy,
         hierarchy: Hierarchy,
         dataplane: DataPlane,
         shared: Shared,
         state_file: PathBuf,
     ) -> Self {
         Self {
+            policy: Arc::new(policy),
             hierarchy,
             dataplane,
             shared,
@@ -233,10 +370,20 @@ impl Enroller {
         }
         let listener =
             UnixListener::bind(socket).map_err(io(format!("listening on {}", socket.display())))?;
-        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+        let mode = match self.policy.socket_group {
+            Some(gid) => {
+                std::os::unix::fs::chown(socket, Some(0), Some(gid))
+                    .map_err(io(format!("chown {}", socket.display())))?;
+                0o660
+            }
+            None => 0o666,
+        };
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(mode))
             .map_err(io(format!("chmod {}", socket.display())))?;
-        info!(socket = %socket.display(), "enrollment socket ready");
-        let permits = Arc::new(Semaphore::new(CONCURRENCY));
+        info!(socket = %socket.display(), mode = format!("{mode:o}"), "enrollment socket ready");
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let per_peer: Arc<std::sync::Mutex<HashMap<String, usize>>> = Arc::default();
+        let guards = self.shared.read().guards.clone();
         loop {
             let conn = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -250,13 +397,45 @@ impl Enroller {
                     continue;
                 }
             };
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return Ok(());
+            Guards::inc(&guards.enroll.accepted);
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                Guards::inc(&guards.enroll.refused);
+                continue;
             };
+            // The peer's cgroup is its budget: one pod cannot take the others' turns.
+            let key = stream
+                .peer_cred()
+                .ok()
+                .and_then(|c| c.pid())
+                .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok())
+                .unwrap_or_default();
+            {
+                let mut m = per_peer.lock().unwrap_or_else(|e| e.into_inner());
+                let n = m.entry(key.clone()).or_default();
+                if *n >= PER_PEER {
+                    drop(m);
+                    Guards::inc(&guards.enroll.refused);
+                    let line = Ack::busy(&format!(
+                        "{PER_PEER} connections from this cgroup are open already"
+                    ))
+                    .to_line();
+                    let _ = stream.try_write(format!("{line}\n").as_bytes());
+                    continue;
+                }
+                *n += 1;
+            }
             let this = self.clone();
+            let per_peer = per_peer.clone();
             tokio::spawn(async move {
                 this.handle(stream).await;
-                drop(permit);
+                let mut m = per_peer.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(n) = m.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        m.remove(&key);
+                    }
+                }
+                drop(slot);
             });
         }
     }
@@ -266,10 +445,20 @@ impl Enroller {
         let (read, mut write) = stream.into_split();
         let hello = tokio::time::timeout(HELLO_TIMEOUT, read_hello(BufReader::new(read))).await;
         let result = match (peer, hello) {
-            (_, Err(_)) => Err(Refusal::Bad(HelloError::Timeout)),
+            (_, Err(_)) => {
+                Guards::inc(&self.shared.read().guards.enroll.idle_closed);
+                Err(Refusal::Bad(HelloError::Timeout))
+            }
             (_, Ok(Err(e))) => Err(Refusal::Bad(e)),
             (Err(e), _) => Err(Refusal::NoCredentials(e)),
-            (Ok(cred), Ok(Ok(hello))) => self.enroll(cred.pid().unwrap_or(0), hello).await,
+            (Ok(cred), Ok(Ok(hello))) => {
+                let peer = Peer {
+                    pid: cred.pid().unwrap_or(0),
+                    uid: cred.uid(),
+                    gid: cred.gid(),
+                };
+                self.enroll(peer, hello).await
+            }
         };
         let ack = match &result {
             Ok((cgroup, message)) => Ack::attached(cgroup, message),
@@ -296,12 +485,14 @@ impl Enroller {
         let _ = write.shutdown().await;
     }
 
-    /// Checks a hello against the peer's cgroup and attaches the pod.
-    async fn enroll(&self, pid: i32, hello: Hello) -> Result<(String, String), Refusal> {
-        let peer = self.hierarchy.cgroup_of_pid(pid as u32)?;
-        let pod = pod_of_path(&peer.path).ok_or_else(|| Refusal::NotAPod {
+    /// Checks a hello against the peer's cgroup (and the Kubernetes API, or the policy) and
+    /// attaches the pod.
+    async fn enroll(&self, peer: Peer, hello: Hello) -> Result<(String, String), Refusal> {
+        let pid = peer.pid;
+        let peer_cg = self.hierarchy.cgroup_of_pid(pid as u32)?;
+        let pod = pod_of_path(&peer_cg.path).ok_or_else(|| Refusal::NotAPod {
             pid,
-            cgroup: peer.path.clone(),
+            cgroup: peer_cg.path.clone(),
         })?;
         if !hello.uid.eq_ignore_ascii_case(&pod.uid) {
             return Err(Refusal::UidMismatch {
@@ -310,15 +501,45 @@ impl Enroller {
             });
         }
         let cgroup = self.hierarchy.cgroup(&pod.path)?;
-        let workload = Workload {
-            namespace: hello.namespace.clone(),
-            pod: hello.pod.clone(),
-            uid: pod.uid.clone(),
-            ..Workload::default()
+        // The kubelet (root) makes pod cgroups; a delegated subtree belongs to its user.
+        if let Some(owner) = non_root_owner(&cgroup.dir, self.hierarchy.mount()) {
+            return Err(Refusal::NotKubelet {
+                cgroup: cgroup.path,
+                owner,
+            });
+        }
+        let api = if self.shared.read().kubernetes {
+            let deadline = tokio::time::Instant::now() + API_WAIT;
+            loop {
+                let known = self.shared.read().pods.get(&pod.uid).cloned();
+                if known.is_some() || tokio::time::Instant::now() >= deadline {
+                    break Some(known);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        } else {
+            None
         };
+        let workload = decide(&self.policy, peer, &groups_of(pid), &hello, &pod.uid, api)?;
+        // Names are given once: a second hello cannot rename the pod.
+        if let Some(w) = self
+            .shared
+            .read()
+            .attachments
+            .get(&cgroup.path)
+            .and_then(|a| a.workload.as_ref())
+            && (w.namespace != workload.namespace || w.pod != workload.pod)
+            && !workload.verified
+        {
+            return Err(Refusal::Rename {
+                uid: pod.uid,
+                namespace: w.namespace.clone(),
+                pod: w.pod.clone(),
+            });
+        }
         let attached = self
             .dataplane
-            .attach(cgroup.clone(), Source::Enrolled, Some(workload))
+            .attach(cgroup.clone(), Source::Enrolled, Some(workload.clone()))
             .await?;
         let message = match attached {
             Attached::New { .. } => "attached".to_string(),
@@ -327,8 +548,8 @@ impl Enroller {
         };
         self.remember(Record {
             cgroup: cgroup.path.clone(),
-            namespace: hello.namespace,
-            pod: hello.pod,
+            namespace: workload.namespace,
+            pod: workload.pod,
             uid: pod.uid,
         })
         .await;
@@ -395,5 +616,56 @@ impl Enroller {
             }
         }
         self.save(&kept).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "0f0d6d7e-1c2b-4e3f-9a8b-7c6d5e4f3a2b";
+
+    fn peer(uid: u32, gid: u32) -> Peer {
+        Peer { pid: 1, uid, gid }
+    }
+
+    #[test]
+    fn with_the_api_names_come_from_it_and_unknown_pods_are_refused() {
+        let hello = Hello::new("evil", "fake", UID);
+        let api = Workload {
+            namespace: "shop".into(),
+            pod: "web-0".into(),
+            uid: UID.into(),
+            verified: true,
+            ..Workload::default()
+        };
+        let p = Policy::default();
+        let w = decide(&p, peer(65534, 65534), &[], &hello, UID, Some(Some(api))).unwrap();
+        assert_eq!((w.namespace.as_str(), w.pod.as_str()), ("shop", "web-0"));
+        assert!(w.verified);
+        let e = decide(&p, peer(0, 0), &[], &hello, UID, Some(None)).unwrap_err();
+        assert!(matches!(e, Refusal::UnknownPod(_)), "{e}");
+    }
+
+    #[test]
+    fn without_the_api_only_allowed_peers_enroll_unverified() {
+        let hello = Hello::new("shop", "web-0", UID);
+        let none = Policy::default();
+        let e = decide(&none, peer(65534, 65534), &[], &hello, UID, None).unwrap_err();
+        assert!(e.to_string().contains("peer uid 65534"), "{e}");
+        let w = decide(&none, peer(0, 0), &[], &hello, UID, None).unwrap();
+        assert!(!w.verified);
+        assert_eq!(w.pod, "web-0");
+        let by_uid = Policy {
+            uids: vec![65534],
+            ..Policy::default()
+        };
+        assert!(decide(&by_uid, peer(65534, 65534), &[], &hello, UID, None).is_ok());
+        let by_gid = Policy {
+            gids: vec![2000],
+            ..Policy::default()
+        };
+        assert!(decide(&by_gid, peer(1000, 1000), &[2000], &hello, UID, None).is_ok());
+        assert!(decide(&by_gid, peer(1000, 1000), &[3000], &hello, UID, None).is_err());
     }
 }

@@ -105,6 +105,9 @@ pub fn window(iv: &Interval) -> v1::Window {
     }
 }
 
+/// Label of a workload whose names come from its own hello, not the Kubernetes API.
+pub const UNVERIFIED_LABEL: &str = "kite.io/unverified";
+
 /// A workload as protobuf; `container` from the cgroup path when there is one.
 pub fn workload(w: &Workload, container: Option<String>) -> v1::Workload {
     v1::Workload {
@@ -114,7 +117,13 @@ pub fn workload(w: &Workload, container: Option<String>) -> v1::Workload {
         workload_kind: w.kind.clone(),
         workload_name: w.name.clone(),
         container: container.unwrap_or_default(),
-        labels: w.labels.clone().into_iter().collect(),
+        labels: {
+            let mut l: HashMap<String, String> = w.labels.clone().into_iter().collect();
+            if !w.verified {
+                l.insert(UNVERIFIED_LABEL.into(), "true".into());
+            }
+            l
+        },
     }
 }
 

@@ -63,6 +63,7 @@ pub fn workload_of(pod: &Pod) -> Option<Workload> {
         kind,
         name,
         labels,
+        verified: true,
     })
 }
 

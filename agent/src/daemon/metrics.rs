@@ -113,6 +113,10 @@ fn series_labels(
                 l.push(("k8s_workload_kind".into(), w.kind));
                 l.push(("k8s_workload_name".into(), w.name));
             }
+            if !w.verified {
+                // Names from the pod's own hello, not the Kubernetes API.
+                l.push(("kite_unverified".into(), "true".into()));
+            }
         }
         None => l.push((
             "cgroup".into(),

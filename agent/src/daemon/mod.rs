@@ -79,6 +79,17 @@ pub struct Config {
     /// Unix socket where pods' init containers say hello.
     #[arg(long, env = "KITE_SOCKET", default_value = "/var/run/kite/kite.sock")]
     pub socket: PathBuf,
+    /// Without the Kubernetes API, a peer with this uid may enroll (repeatable; root always
+    /// may). With the API, any peer may ask: the API says which pods run on this node.
+    #[arg(long = "enroll-uid", value_name = "UID")]
+    pub enroll_uids: Vec<u32>,
+    /// Without the Kubernetes API, a peer with this primary or supplementary gid may enroll
+    /// (repeatable).
+    #[arg(long = "enroll-gid", value_name = "GID")]
+    pub enroll_gids: Vec<u32>,
+    /// Make the socket mode 0660 with this group (default: 0666, every local process may ask).
+    #[arg(long, value_name = "GID")]
+    pub socket_group: Option<u32>,
     /// cgroup to measure from the start (repeatable): a path relative to the cgroup2 mount or
     /// an absolute path under it. For use without Kubernetes.
     #[arg(long = "cgroup", value_name = "PATH")]
@@ -265,6 +276,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     )
     .await?;
     let enroller = enroll::Enroller::new(
+        enroll::Policy {
+            uids: config.enroll_uids.clone(),
+            gids: config.enroll_gids.clone(),
+            socket_group: config.socket_group,
+        },
         hierarchy.clone(),
         dataplane.clone(),
         shared.clone(),

@@ -37,6 +37,9 @@ pub struct Workload {
     pub name: String,
     /// Pod labels, when known.
     pub labels: BTreeMap<String, String>,
+    /// Whether namespace and name come from the Kubernetes API (`false`: from the pod's own
+    /// hello, accepted from an allowed peer without the API; marked in the labels).
+    pub verified: bool,
 }
 
 /// Why a cgroup is attached.

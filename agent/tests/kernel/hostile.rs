@@ -661,3 +661,226 @@ fn a_cgroup_recreated_or_missing_at_start_is_attached_and_measured() {
         svc.id, svc2.id
     );
 }
+
+const POD_UID: &str = "5e0c2a8b-3d4f-4a1b-9c8d-7e6f5a4b3c2d";
+
+/// Says `line` on `socket` from inside `cgroup`, as `uid` (through setpriv); the answer.
+fn hello_as(uid: u32, cgroup: &std::path::Path, socket: &std::path::Path, line: &str) -> String {
+    let script = "import socket,sys\n\
+        s=socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1])\n\
+        s.sendall(sys.argv[2].encode()+b'\\n')\n\
+        print(s.makefile().readline())";
+    let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
+    let out = command(
+        Place {
+            cgroup_path: Some(cgroup),
+            ..Place::default()
+        },
+        &[
+            "setpriv",
+            &reuid,
+            &regid,
+            "--clear-groups",
+            // The system's (a pyenv shim under /root is not readable by other users).
+            "/usr/bin/python3",
+            "-c",
+            script,
+            socket.to_str().unwrap(),
+            line,
+        ],
+    )
+    .output()
+    .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn hello_line(ns: &str, pod: &str) -> String {
+    serde_json::json!({"version": 1, "pod": pod, "namespace": ns, "uid": POD_UID}).to_string()
+}
+
+/// `chown -R uid` of a directory tree.
+fn chown_tree(dir: &std::path::Path, uid: u32) {
+    std::os::unix::fs::chown(dir, Some(uid), Some(uid)).unwrap();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            chown_tree(&e.path(), uid);
+        } else {
+            let _ = std::os::unix::fs::chown(e.path(), Some(uid), Some(uid));
+        }
+    }
+}
+
+#[test]
+fn enrollment_refuses_fake_pods_and_renames() {
+    if !ebpf_available("enrollment_refuses_fake_pods_and_renames") {
+        return;
+    }
+    let _serial = serial();
+    let root = TestCgroup::new("hostile-enroll");
+    // Allowed without the API: root, and uid 65534 (as kite-init runs).
+    let agent = Agent::start(&["--enroll-uid", "65534"]);
+    // uid 65534 with a delegated cgroup subtree makes a kubepods-like path with a real pod's
+    // uid and says hello from it.
+    let deleg = root.child("deleg");
+    chown_tree(&deleg.dir, 65534);
+    let fake = deleg.dir.join(format!("kubepods/pod{POD_UID}/ctr"));
+    let mk = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "mkdir",
+            "-p",
+        ])
+        .arg(&fake)
+        .status()
+        .unwrap();
+    assert!(mk.success());
+    let answer = hello_as(
+        65534,
+        &fake,
+        &agent.socket,
+        &hello_line("kube-system", "coredns"),
+    );
+    eprintln!("  fake pod by uid 65534: {answer}");
+    assert!(answer.contains("\"ok\":false"), "{answer}");
+    assert!(answer.contains("not made by the kubelet"), "{answer}");
+    assert!(agent.info().attachments.is_empty());
+
+    // Without --enroll-uid, a uid-65534 peer in a real (root-made) pod cgroup is refused too.
+    let pod = root.child(&format!("kubepods/besteffort/pod{POD_UID}"));
+    let init = root.child(&format!("kubepods/besteffort/pod{POD_UID}/init"));
+    let strict = Agent::start(&[]);
+    let answer = hello_as(
+        65534,
+        &init.dir,
+        &strict.socket,
+        &hello_line("shop", "web-0"),
+    );
+    assert!(
+        answer.contains("may not enroll without the Kubernetes API"),
+        "{answer}"
+    );
+    drop(strict);
+
+    // The real pod enrolls (unverified names, marked); a second hello cannot rename it.
+    let answer = hello_as(
+        65534,
+        &init.dir,
+        &agent.socket,
+        &hello_line("shop", "web-0"),
+    );
+    assert!(answer.contains("\"ok\":true"), "{answer}");
+    let answer = hello_as(
+        65534,
+        &init.dir,
+        &agent.socket,
+        &hello_line("shop", "payments"),
+    );
+    eprintln!("  re-hello as shop/payments: {answer}");
+    assert!(answer.contains("cannot rename"), "{answer}");
+    let att = agent.info().attachments;
+    let a = att.iter().find(|a| a.cgroup_path == pod.path).unwrap();
+    let w = a.workload.as_ref().unwrap();
+    assert_eq!(w.pod, "web-0");
+    assert_eq!(
+        w.labels.get("kite.io/unverified").map(String::as_str),
+        Some("true")
+    );
+    assert!(agent.counter("enroll_refused") >= 2);
+}
+
+fn sibling_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .unwrap()
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace's binaries first (`cargo build --bins`)",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn five_hundred_silent_connections_do_not_keep_a_real_kite_init_out() {
+    if !ebpf_available("five_hundred_silent_connections_do_not_keep_a_real_kite_init_out") {
+        return;
+    }
+    let _serial = serial();
+    let root = TestCgroup::new("hostile-jam");
+    let agent = Agent::start(&["--enroll-uid", "65534"]);
+    // 500 connections that never write, from one process.
+    let silent: Vec<_> = (0..500)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(&agent.socket).ok())
+        .collect();
+    assert_eq!(silent.len(), 500);
+    let pod = root.child(&format!("kubepods/pod{POD_UID}"));
+    let init = root.child(&format!("kubepods/pod{POD_UID}/init"));
+    let t0 = Instant::now();
+    let out = command(
+        Place {
+            cgroup_path: Some(&init.dir),
+            ..Place::default()
+        },
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sibling_bin("kite-init").to_str().unwrap(),
+        ],
+    )
+    .env_clear()
+    .envs([
+        ("KITE_SOCKET", agent.socket.to_str().unwrap()),
+        ("POD_NAME", "web-0"),
+        ("POD_NAMESPACE", "shop"),
+        ("POD_UID", POD_UID),
+        ("KITE_INIT_TIMEOUT", "10s"),
+    ])
+    .output()
+    .unwrap();
+    let took = t0.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "  kite-init with 500 silent connections open: {took:?}: {}",
+        stderr.trim()
+    );
+    assert!(out.status.success());
+    assert!(stderr.contains("enrolled: attached"), "{stderr}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        agent
+            .info()
+            .attachments
+            .iter()
+            .any(|a| a.cgroup_path == pod.path)
+    );
+    // The silent ones: all but a handful closed at once (per-peer limit), the rest at the
+    // hello deadline.
+    let text = agent.metrics_text();
+    let refused = sample(
+        &text,
+        "kite_listener_events_total{listener=\"enroll\",event=\"refused\"}",
+    )
+    .unwrap();
+    assert!(refused >= 490.0, "{refused}");
+    thread::sleep(Duration::from_millis(2500));
+    let mut open = 0;
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = Vec::new();
+        if s.read_to_end(&mut buf).is_err() {
+            open += 1;
+        }
+    }
+    assert_eq!(
+        open, 0,
+        "silent connections still open after the hello deadline"
+    );
+}
