@@ -157,6 +157,10 @@ pub struct Stream {
     pub ahead_end: u32,
     /// Explicit padding.
     pub _pad2: u32,
+    /// When the gap before `ahead_seq` filled (0: not yet): from then on the application could
+    /// read those bytes, so a message Kite later finds in them (when they are sent again)
+    /// started then.
+    pub filled_ns: u64,
 }
 
 /// State of one tracked connection: the value of the `SOCKETS` map.
@@ -308,6 +312,8 @@ pub struct Segment {
     pub acct: u32,
     /// The segment's acknowledgment number (the next byte of the other direction).
     pub ack: u32,
+    /// The segment's sequence number.
+    pub seq: u32,
     /// Requests that started in this segment.
     pub req_starts: u32,
     /// Non-zero if something was outstanding when one of them started.
@@ -329,6 +335,7 @@ impl Segment {
             win_len: 0,
             acct: 0,
             ack: 0,
+            seq: 0,
             req_starts: 0,
             busy: 0,
             resp_ends: 0,
@@ -584,6 +591,7 @@ impl Stream {
         {
             self.ahead_seq = seq;
             self.ahead_end = end;
+            self.filled_ns = 0;
             self.flags |= SF_WAIT;
             return;
         }
@@ -831,6 +839,7 @@ impl Conn {
         }
         let len = seg.end;
         seg.ack = ack;
+        seg.seq = seq;
         if len == 0 {
             return false;
         }
@@ -838,9 +847,11 @@ impl Conn {
         let req = self.is_request_stream(seg.rx);
         let other_lost = self.stream(!seg.rx).mode == MODE_LOST;
         // The old heuristic (a lost stream resynchronises at a segment that starts with a
-        // message) is only used where no boundary can be proven: pipelining clients, and
-        // request streams whose response stream is lost too.
-        let guess_ok = self.flags & CF_PIPELINED != 0 || (req && other_lost);
+        // message) is only used where nothing else can help: a request stream whose response
+        // stream is lost too (and only at the frontier, never beyond a gap). A pipelining
+        // client's lost response stream is never resynchronised by guess: which request a
+        // response answers could not be known.
+        let guess_ok = req && other_lost;
         let st = self.stream(seg.rx);
         if st.flags & SF_SEQ == 0 {
             st.flags |= SF_SEQ;
@@ -965,8 +976,9 @@ impl Conn {
             // At a proven boundary only the newest request can be answered (nothing else was
             // outstanding when it was sent); the older ones were answered in bytes Kite did
             // not parse.
+            // (A pipelining client's boundary is its oldest request's: nothing to drop.)
             let extra = self.waiting().saturating_sub(1);
-            if proven && extra > 0 {
+            if proven && extra > 0 && self.flags & CF_PIPELINED == 0 {
                 self.drop_oldest(extra, sink);
             }
         }
@@ -1130,8 +1142,11 @@ impl Conn {
         if seg.req_starts > 0 {
             let busy = seg.busy != 0 || seg.req_starts > 1;
             let pipelined_before = self.flags & CF_PIPELINED != 0;
+            // Requests Kite did not see (bytes waiting beyond a gap) or responses it did not
+            // follow make "nothing outstanding" unknowable: keep the last judgement.
+            let hidden = self.stream(seg.rx).flags & SF_WAIT != 0;
             let resp = self.stream(!seg.rx);
-            let unknown = resp.mode == MODE_LOST || resp.flags & SF_WAIT != 0;
+            let unknown = hidden || resp.mode == MODE_LOST || resp.flags & SF_WAIT != 0;
             let pipelined = if unknown { pipelined_before } else { busy };
             if resp.flags & SF_SEQ == 0 {
                 resp.flags |= SF_SEQ;
@@ -1165,10 +1180,14 @@ impl Conn {
         if (st.ahead_end.wrapping_sub(st.next_seq) as i32) <= 0 {
             // Parsed or skipped past them meanwhile.
             st.flags &= !SF_WAIT;
+            st.filled_ns = 0;
             return;
         }
         if st.next_seq != st.ahead_seq {
             return;
+        }
+        if st.filled_ns == 0 {
+            st.filled_ns = seg.now_ns;
         }
         let n = st.ahead_end.wrapping_sub(st.ahead_seq);
         let body = st.mode == MODE_BODY || st.mode == MODE_CHUNK_DATA;
@@ -1305,7 +1324,14 @@ impl Conn {
             seg.acct = seg.pos;
             return false;
         }
-        let start_ns = if have > 0 { st.start_ns } else { seg.now_ns };
+        let mut start_ns = if have > 0 { st.start_ns } else { seg.now_ns };
+        if st.filled_ns != 0 && st.flags & SF_WAIT != 0 {
+            // Bytes seen beyond a gap and sent again: readable since the gap filled.
+            let at = seg.seq.wrapping_add(seg.pos);
+            if (at.wrapping_sub(st.ahead_end) as i32) < 0 && st.filled_ns < start_ns {
+                start_ns = st.filled_ns;
+            }
+        }
         let resync = st.flags & SF_RESYNC != 0;
         st.stash_len = 0;
         let found = match classify(&head) {

@@ -120,6 +120,22 @@ impl Side {
             self.conn = Some(c);
         }
         let conn = self.conn.as_mut().unwrap();
+        if std::env::var("KITE_TRACE").is_ok() && self.role == ROLE_SERVER {
+            std::eprintln!(
+                "{} seq {} ack {} len {} {:?} | done {} q {} rx mode {} next {} tx mode {} next {}",
+                if rx { "rx" } else { "tx" },
+                seq.wrapping_sub(0xffff_f000),
+                ack.wrapping_sub(0xffff_f000),
+                data.len(),
+                String::from_utf8_lossy(&data[..data.len().min(20)]),
+                self.sink.done.len(),
+                conn.q_len,
+                conn.rx.mode,
+                conn.rx.next_seq.wrapping_sub(0xffff_f000),
+                conn.tx.mode,
+                conn.tx.next_seq.wrapping_sub(0xffff_f000)
+            );
+        }
         let mut seg = Segment::new(rx, data.len() as u32, now_ns);
         if conn.begin(&mut seg, seq, ack, &mut self.sink) {
             let mut steps = 0;
@@ -1148,5 +1164,369 @@ fn words_at_every_offset() {
     for off in 0..WINDOW as u32 {
         let want = u64::from_le_bytes(core::array::from_fn(|k| (off as usize + k) as u8));
         assert_eq!(sc.word_at(off), want, "offset {off}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generated conversations over a network that loses, reorders and duplicates segments.
+//
+// Each direction is a TCP sender and receiver: segments are sent (seen by the sender's Kite at
+// departure, retransmissions too), may be lost, duplicated or delayed past later ones, and are
+// seen by the receiver's Kite at arrival, before TCP puts them in order. Lost bytes are sent
+// again from the receiver's cumulative acknowledgment (possibly cut differently, possibly with
+// bytes the receiver already holds out of order); acknowledged bytes are never resent. The
+// applications only act on bytes TCP delivered in order: the server answers a request once it
+// has all of it, the client sends at most `depth` requests ahead.
+//
+// The invariant: every recorded request is a real one, in order, with its method, status and a
+// latency Kite could have measured (first byte parsed no earlier than it first arrived and no
+// later than the application could read it); each other request is counted by a named counter.
+
+struct Wire {
+    /// Bytes the application has written.
+    data: Vec<u8>,
+    /// Bytes sent at least once.
+    snd_nxt: usize,
+    /// Bytes the receiver holds.
+    got: Vec<bool>,
+    /// Receiver's cumulative acknowledgment point.
+    rcv_nxt: usize,
+    /// When each byte was first sent / first arrived / became readable in order.
+    sent_at: Vec<u64>,
+    arrived_at: Vec<u64>,
+    readable_at: Vec<u64>,
+    /// Last time the sender (re)sent anything below `snd_nxt`.
+    last_tx: u64,
+}
+
+impl Wire {
+    fn new() -> Self {
+        Self {
+            data: Vec::new(),
+            snd_nxt: 0,
+            got: Vec::new(),
+            rcv_nxt: 0,
+            sent_at: Vec::new(),
+            arrived_at: Vec::new(),
+            readable_at: Vec::new(),
+            last_tx: 0,
+        }
+    }
+    fn write(&mut self, b: &[u8]) {
+        self.data.extend_from_slice(b);
+        let n = self.data.len();
+        self.got.resize(n, false);
+        self.sent_at.resize(n, u64::MAX);
+        self.arrived_at.resize(n, u64::MAX);
+        self.readable_at.resize(n, u64::MAX);
+    }
+    fn arrive(&mut self, from: usize, to: usize, now: u64) {
+        for i in from..to {
+            self.got[i] = true;
+            self.arrived_at[i] = self.arrived_at[i].min(now);
+        }
+        while self.rcv_nxt < self.data.len() && self.got[self.rcv_nxt] {
+            self.readable_at[self.rcv_nxt] = now;
+            self.rcv_nxt += 1;
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Packet {
+    at: u64,
+    req: bool,
+    from: usize,
+    to: usize,
+    ack: usize,
+}
+
+#[derive(Clone, Debug)]
+struct LossyPlan {
+    exchanges: Vec<Exchange>,
+    depth: usize,
+    seed: u64,
+    loss: u8,
+    reorder: u8,
+    dup: u8,
+}
+
+fn lossy_plan() -> impl Strategy<Value = LossyPlan> {
+    (
+        proptest::collection::vec(exchange(), 1..8),
+        prop_oneof![Just(1usize), 1usize..4],
+        any::<u64>(),
+        0u8..25,
+        0u8..30,
+        0u8..10,
+    )
+        .prop_map(|(exchanges, depth, seed, loss, reorder, dup)| LossyPlan {
+            exchanges,
+            depth,
+            seed,
+            loss,
+            reorder,
+            dup,
+        })
+}
+
+struct LossyTruth {
+    n: usize,
+    /// Whether every request must be recorded or counted as lost (clients that do not
+    /// pipeline).
+    accounted: bool,
+    method: Vec<u8>,
+    status: Vec<u16>,
+    /// Bounds of each side's latency.
+    server: Vec<(u64, u64)>,
+    client: Vec<(u64, u64)>,
+}
+
+fn play_lossy(p: &LossyPlan, server: &mut Side, client: &mut Side) -> LossyTruth {
+    const ISN: u32 = 0xffff_f000; // sequence numbers wrap during the conversation
+    let reqs: Vec<Vec<u8>> = p.exchanges.iter().map(Exchange::request).collect();
+    let resps: Vec<Vec<u8>> = p.exchanges.iter().map(Exchange::response).collect();
+    let n = reqs.len();
+    let starts = |v: &[Vec<u8>]| -> Vec<usize> {
+        let mut acc = 0;
+        v.iter()
+            .map(|m| {
+                let s = acc;
+                acc += m.len();
+                s
+            })
+            .collect()
+    };
+    let (req_start, resp_start) = (starts(&reqs), starts(&resps));
+    let req_end: Vec<usize> = (0..n).map(|i| req_start[i] + reqs[i].len()).collect();
+    let resp_end: Vec<usize> = (0..n).map(|i| resp_start[i] + resps[i].len()).collect();
+    let mut rq = Wire::new();
+    let mut rs = Wire::new();
+    let (mut written_req, mut written_resp) = (0usize, 0usize);
+    let mut rng = SplitMix(p.seed);
+    let mut flight: Vec<Packet> = Vec::new();
+    let mut now = 1_000u64;
+    server.first_seq = Some(ISN);
+    let mut guard = 0;
+    loop {
+        guard += 1;
+        assert!(guard < 200_000, "conversation does not finish");
+        now += 1 + rng.below(2_000);
+        // Applications.
+        let answered = (0..n).filter(|&i| rs.rcv_nxt >= resp_end[i]).count();
+        while written_req < n && written_req < answered + p.depth {
+            rq.write(&reqs[written_req]);
+            written_req += 1;
+        }
+        while written_resp < written_req && rq.rcv_nxt >= req_end[written_resp] {
+            rs.write(&resps[written_resp]);
+            written_resp += 1;
+        }
+        if rs.rcv_nxt == rs.data.len() && written_resp == n && rq.rcv_nxt == rq.data.len() {
+            break;
+        }
+        // One action: send new bytes, resend from the acknowledgment point, or deliver.
+        let action = rng.below(10);
+        let req = rng.below(2) == 0;
+        if action < 4 {
+            let (w, other) = if req { (&mut rq, &rs) } else { (&mut rs, &rq) };
+            if w.snd_nxt < w.data.len() {
+                let from = w.snd_nxt;
+                let to = (from + 1 + rng.below(1500) as usize).min(w.data.len());
+                for t in &mut w.sent_at[from..to] {
+                    *t = (*t).min(now);
+                }
+                w.snd_nxt = to;
+                w.last_tx = now;
+                let ack = other.rcv_nxt;
+                let pkt = Packet {
+                    at: now,
+                    req,
+                    from,
+                    to,
+                    ack,
+                };
+                transmit(pkt, p, &mut rng, &mut flight, w, server, client, req, ISN);
+            }
+        } else if action < 5 {
+            let (w, other) = if req { (&mut rq, &rs) } else { (&mut rs, &rq) };
+            // Retransmission timeout: resend what is not acknowledged.
+            let inflight = flight
+                .iter()
+                .any(|f| f.req == req && f.from <= w.rcv_nxt && f.to > w.rcv_nxt);
+            if w.rcv_nxt < w.snd_nxt && !inflight && now - w.last_tx > 3_000 {
+                let from = w.rcv_nxt;
+                let to = (from + 1 + rng.below(3000) as usize).min(w.snd_nxt);
+                w.last_tx = now;
+                let ack = other.rcv_nxt;
+                let pkt = Packet {
+                    at: now,
+                    req,
+                    from,
+                    to,
+                    ack,
+                };
+                transmit(pkt, p, &mut rng, &mut flight, w, server, client, req, ISN);
+            }
+        } else if !flight.is_empty() {
+            // Deliver the earliest packet due (ties in sending order).
+            let i = (0..flight.len()).min_by_key(|&i| flight[i].at).unwrap();
+            if flight[i].at <= now {
+                let pk = flight.remove(i);
+                let w = if pk.req { &mut rq } else { &mut rs };
+                w.arrive(pk.from, pk.to, now);
+                let data = &w.data[pk.from..pk.to];
+                let seq = ISN.wrapping_add(pk.from as u32);
+                let ack = ISN.wrapping_add(pk.ack as u32);
+                if pk.req {
+                    server.segment_ack(true, seq, ack, data, now, false);
+                } else {
+                    client.segment_ack(true, seq, ack, data, now, false);
+                }
+            }
+        }
+    }
+    server.release();
+    client.release();
+    let first = |v: &[u64], i: usize| v[i];
+    LossyTruth {
+        n,
+        accounted: p.depth == 1,
+        method: p.exchanges.iter().map(|e| e.method as u8).collect(),
+        status: p.exchanges.iter().map(|e| e.status).collect(),
+        server: (0..n)
+            .map(|i| {
+                let out = first(&rs.sent_at, resp_start[i]);
+                (
+                    out - first(&rq.readable_at, req_start[i]).min(out),
+                    out - first(&rq.arrived_at, req_start[i]).min(out),
+                )
+            })
+            .collect(),
+        client: (0..n)
+            .map(|i| {
+                let out = first(&rq.sent_at, req_start[i]);
+                (
+                    first(&rs.arrived_at, resp_start[i]) - out,
+                    first(&rs.readable_at, resp_start[i]) - out,
+                )
+            })
+            .collect(),
+    }
+}
+
+/// A packet leaves: the sender's Kite sees it; the network loses, duplicates or delays it.
+#[allow(clippy::too_many_arguments)]
+fn transmit(
+    mut pkt: Packet,
+    p: &LossyPlan,
+    rng: &mut SplitMix,
+    flight: &mut Vec<Packet>,
+    w: &Wire,
+    server: &mut Side,
+    client: &mut Side,
+    req: bool,
+    isn: u32,
+) {
+    let data = &w.data[pkt.from..pkt.to];
+    let seq = isn.wrapping_add(pkt.from as u32);
+    let ack = isn.wrapping_add(pkt.ack as u32);
+    if req {
+        client.segment_ack(false, seq, ack, data, pkt.at, false);
+    } else {
+        server.segment_ack(false, seq, ack, data, pkt.at, false);
+    }
+    // The connection's first request bytes arrive first: Kite starts tracking there, and
+    // bytes that overtook them would be invisible to it (see DESIGN.md).
+    let first = req && pkt.from == 0;
+    if rng.below(100) < p.loss as u64 && !first {
+        return;
+    }
+    pkt.at += 500;
+    if rng.below(100) < p.reorder as u64 && !first {
+        pkt.at += 1 + rng.below(5_000);
+    }
+    if rng.below(100) < p.dup as u64 {
+        flight.push(Packet {
+            at: pkt.at + rng.below(3_000),
+            ..pkt
+        });
+    }
+    flight.push(pkt);
+}
+
+/// A small deterministic generator for the network's choices.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+
+/// Every recorded request matches a real one, in order; the others are counted as lost.
+fn check_lossy(side: &Side, t: &LossyTruth, bounds: &[(u64, u64)]) -> Result<(), TestCaseError> {
+    let mut next = 0;
+    for (k, d) in side.sink.done.iter().enumerate() {
+        let found = (next..t.n).find(|&i| {
+            t.method[i] == d.method
+                && t.status[i] == d.status
+                && d.latency_ns >= bounds[i].0
+                && d.latency_ns <= bounds[i].1
+        });
+        let Some(i) = found else {
+            return Err(TestCaseError::fail(std::format!(
+                "recorded #{k} {d:?} matches no request from #{next} on; bounds {:?}; stats {:?}; methods {:?} statuses {:?}; done {:?}",
+                &bounds[next.min(t.n - 1)..],
+                side.sink.stats,
+                t.method,
+                t.status,
+                side.sink
+                    .done
+                    .iter()
+                    .map(|d| (d.method, d.status, d.latency_ns))
+                    .collect::<Vec<_>>()
+            )));
+        };
+        next = i + 1;
+    }
+    if !t.accounted {
+        // A pipelining client: after bytes Kite could not place, its requests may go
+        // uncounted (never wrongly counted).
+        return Ok(());
+    }
+    let lost = side.sink.stat(Stat::UnseenBoundary)
+        + side.sink.stat(Stat::OrphanResponses)
+        + side.sink.stat(Stat::Unanswered);
+    prop_assert!(
+        side.sink.done.len() as u64 + lost >= t.n as u64,
+        "{} recorded + {} counted lost < {} requests; stats {:?}",
+        side.sink.done.len(),
+        lost,
+        t.n,
+        side.sink.stats
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(600),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn conversations_over_a_lossy_reordering_link_are_never_invented(p in lossy_plan()) {
+        let mut server = Side::new(ROLE_SERVER);
+        let mut client = Side::new(ROLE_CLIENT);
+        let t = play_lossy(&p, &mut server, &mut client);
+        check_lossy(&server, &t, &t.server).map_err(|e| TestCaseError::fail(std::format!("server: {e}")))?;
+        check_lossy(&client, &t, &t.client).map_err(|e| TestCaseError::fail(std::format!("client: {e}")))?;
+        prop_assert!(server.steps_max < MAX_STEPS);
     }
 }
