@@ -287,6 +287,8 @@ pub struct Link {
     threads: Vec<JoinHandle<()>>,
     // Dropped after the threads are joined: closing a tun device's last fd removes it.
     _tuns: [Arc<OwnedFd>; 2],
+    /// Device names, in A and in B.
+    devs: [String; 2],
     a: Netns,
     b: Netns,
 }
@@ -358,6 +360,7 @@ impl Link {
         let tag: String = tag.chars().filter(|c| c.is_ascii_digit()).collect();
         let tag = &tag[tag.len().saturating_sub(10)..];
         let mut tuns = Vec::new();
+        let mut devs = Vec::new();
         // Create the devices here, then move them; the fds keep working in the namespace.
         for (ns, side, local, peer) in [
             (&a, 'a', Self::A_ADDR, Self::B_ADDR),
@@ -394,7 +397,9 @@ impl Link {
                 "up",
             ]);
             tuns.push(Arc::new(fd));
+            devs.push(dev);
         }
+        let devs: [String; 2] = [devs[0].clone(), devs[1].clone()];
         let tuns: [Arc<OwnedFd>; 2] = [tuns[0].clone(), tuns[1].clone()];
         let mut threads = Vec::new();
         for dir in [Dir::AtoB, Dir::BtoA] {
@@ -414,6 +419,7 @@ impl Link {
             shared,
             threads,
             _tuns: tuns,
+            devs,
             a,
             b,
         }
@@ -447,6 +453,25 @@ impl Link {
     /// What a direction did so far.
     pub fn counts(&self, dir: Dir) -> Counts {
         self.shared.dirs[dir.index()].counters.read()
+    }
+}
+
+impl Link {
+    /// Packets the kernel dropped at the two tun devices (a full queue while the forwarder
+    /// lagged): losses nobody asked for, which tests can check are 0.
+    pub fn kernel_drops(&self) -> u64 {
+        let mut n = 0;
+        for (ns, dev) in [(&self.a, &self.devs[0]), (&self.b, &self.devs[1])] {
+            let out = run_ok(
+                Command::new("ip").args(["-n", &ns.name, "-s", "-j", "link", "show", "dev", dev]),
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j JSON");
+            let stats = &v[0]["stats64"];
+            for dir in ["rx", "tx"] {
+                n += stats[dir]["dropped"].as_u64().expect("dropped counter");
+            }
+        }
+        n
     }
 }
 
@@ -841,6 +866,11 @@ mod tests {
         let ratio = ab.dropped as f64 / ab.packets as f64;
         assert!((0.02..0.09).contains(&ratio), "A→B loss ratio {ratio}");
         assert_eq!(ab.write_errors + ba.write_errors, 0);
+        assert_eq!(
+            link.kernel_drops(),
+            0,
+            "the devices lost packets themselves"
+        );
     }
 
     #[test]

@@ -220,6 +220,16 @@ fn print_counters(w: &Watch) {
 fn print_link(link: &Link) -> (Counts, Counts) {
     let (ab, ba) = (link.counts(Dir::AtoB), link.counts(Dir::BtoA));
     eprintln!("  link A→B (requests): {ab:?}\n  link B→A (responses): {ba:?}");
+    assert_eq!(
+        ab.write_errors + ba.write_errors,
+        0,
+        "the forwarder could not write"
+    );
+    assert_eq!(
+        link.kernel_drops(),
+        0,
+        "the tun devices lost packets nobody asked for"
+    );
     (ab, ba)
 }
 
