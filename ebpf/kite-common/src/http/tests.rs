@@ -1084,12 +1084,19 @@ fn check(side: &Side, truth: &[Truth]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        // PROPTEST_CASES=100000 for a deep run.
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(600),
+/// Generated cases per property (`PROPTEST_CASES=100000` for a deep run).
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(600),
         ..ProptestConfig::default()
-    })]
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
 
     #[test]
     fn generated_conversations_are_measured_exactly(p in plan()) {
@@ -1468,7 +1475,6 @@ impl SplitMix {
     }
 }
 
-
 /// Every recorded request matches a real one, in order; the others are counted as lost.
 fn check_lossy(side: &Side, t: &LossyTruth, bounds: &[(u64, u64)]) -> Result<(), TestCaseError> {
     let mut next = 0;
@@ -1515,10 +1521,7 @@ fn check_lossy(side: &Side, t: &LossyTruth, bounds: &[(u64, u64)]) -> Result<(),
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(600),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(config())]
 
     #[test]
     fn conversations_over_a_lossy_reordering_link_are_never_invented(p in lossy_plan()) {
