@@ -38,7 +38,7 @@ use aya_ebpf::{
         bpf_ktime_get_ns,
         generated::{
             bpf_loop, bpf_sk_fullsock, bpf_sk_storage_delete, bpf_sk_storage_get,
-            bpf_skb_cgroup_id, bpf_skb_load_bytes,
+            bpf_skb_cgroup_id, bpf_skb_load_bytes, bpf_tcp_sock,
         },
     },
     macros::{btf_map, btf_tracepoint, cgroup_skb, cgroup_sock, map},
@@ -429,6 +429,28 @@ fn starts_http(ctx: &SkBuffContext, w: &mut Work, base: u32, len: u32) -> Result
     Ok(opens_connection(&w.head, n))
 }
 
+/// `kite_common::http`'s stream flag saying `next_seq` holds the next expected byte.
+const STREAM_SEQ_KNOWN: u8 = 1;
+
+/// For data coming in on a socket that has received none of its stream yet, ahead of the
+/// stream's first byte: that byte's sequence number (`rcv_nxt`, the kernel's next expected).
+#[inline(always)]
+fn first_byte_ahead(sk: *mut bpf_sock, w: &Work) -> Option<u32> {
+    // SAFETY: plain helper call on a full socket; null-checked.
+    let tp = unsafe { bpf_tcp_sock(sk) };
+    if tp.is_null() {
+        return None;
+    }
+    // SAFETY: a TCP socket's fields, readable by this program type.
+    let (nxt, got) = unsafe { ((*tp).rcv_nxt, (*tp).bytes_received) };
+    let seq = u32::from_be_bytes([w.tcp[4], w.tcp[5], w.tcp[6], w.tcp[7]]);
+    if got == 0 && (seq.wrapping_sub(nxt) as i32) > 0 {
+        Some(nxt)
+    } else {
+        None
+    }
+}
+
 /// The packet's full socket, if it has one.
 #[inline(always)]
 fn full_sock(ctx: &SkBuffContext) -> *mut bpf_sock {
@@ -503,7 +525,14 @@ fn on_packet(ctx: &SkBuffContext, rx: bool) -> Result<(), i64> {
         if conn.is_null() {
             // Track a connection from its first request on, and only while it is established:
             // a request reaching a socket its server already closed starts nothing.
-            if p.len == 0 || state != BPF_TCP_ESTABLISHED || !starts_http(ctx, w, p.base, p.len)? {
+            if p.len == 0 || state != BPF_TCP_ESTABLISHED {
+                return Ok(());
+            }
+            // A segment coming in ahead of the stream's very first byte (that one was lost or
+            // overtaken): tracking starts at the first byte, whatever this segment looks like
+            // (a body made of request lines must not become a request).
+            let ahead_of = if rx { first_byte_ahead(sk, w) } else { None };
+            if ahead_of.is_none() && !starts_http(ctx, w, p.base, p.len)? {
                 return Ok(());
             }
             if live(LIVE_SOCKETS) >= max_sockets() {
@@ -522,6 +551,10 @@ fn on_packet(ctx: &SkBuffContext, rx: bool) -> Result<(), i64> {
                 unsafe {
                     let cg = bpf_skb_cgroup_id(ctx.skb.skb);
                     (*c).init(role, cg, w.dst, Tcp::dport(w), bpf_ktime_get_ns());
+                    if let Some(first) = ahead_of {
+                        (*c).rx.next_seq = first;
+                        (*c).rx.flags |= STREAM_SEQ_KNOWN;
+                    }
                 }
                 live_add(LIVE_SOCKETS, 1);
                 bump(Stat::ConnsOpened, 1);
