@@ -73,6 +73,16 @@ pub struct Serve {
     /// Other namespaces never injected (kube-system always is).
     #[arg(long = "exclude-namespace", value_name = "NAMESPACE")]
     pub exclude: Vec<String>,
+    /// Reviews read and decided at once (besides a budget of 3 MiB of review bodies at once,
+    /// which keeps the webhook under the Deployment's 64 MiB limit).
+    #[arg(long, default_value_t = crate::server::Limits::default().max_reviews)]
+    pub max_reviews: usize,
+    /// A connection with no request in progress for this long is closed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// A request's headers must arrive within this long (HTTP/1), its body within twice that.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
 }
 
 #[derive(Debug, clap::Args)]
