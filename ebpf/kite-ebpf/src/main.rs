@@ -15,7 +15,7 @@
 //! * `kite_sock_state` (`tp_btf/inet_sock_set_state`): a socket reaching `TCP_CLOSE` loses its
 //!   state (recorded first if it was never released).
 //!
-//! Every program returns 1: packets are never dropped or changed.
+//! The packet programs always return 1: packets are never dropped or changed.
 #![no_std]
 #![no_main]
 // `atomic_xadd`: the BPF target has no compare-and-swap, so `core`'s atomics offer no
@@ -89,9 +89,9 @@ static LIVE: Array<u64> = Array::with_max_entries(LIVE_SLOTS, 0);
 static PENDING: HashMap<PendingKey, Conn> =
     HashMap::with_max_entries(DEFAULT_MAX_PENDING, BPF_F_NO_PREALLOC);
 
-/// Slot 0: `kite_listener`. A tail call, so that the parser is verified once per program for
-/// each map its state comes from (socket storage here, `PENDING` there): inlined in one
-/// program, the two would double the verifier's work.
+/// Slot 0: `kite_listener`. The listener path is a tail call because a state pointer into
+/// `PENDING` and one into `SOCKETS` are different types to the verifier: inlined in one program,
+/// the parser would be verified twice (twice the instructions, a deeper stack).
 #[map(name = "TAILS")]
 static TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
