@@ -646,6 +646,59 @@ fn lost_first_segments_outbound() {
     lost_first_segments(false);
 }
 
+/// A fifth of the packets sent twice and a tenth overtaken, each way: every request once.
+#[test]
+fn duplicated_segments_counted_once() {
+    if !ebpf_available("duplicated_segments_counted_once") {
+        return;
+    }
+    let _serial = serial();
+    for inbound in [true, false] {
+        eprintln!("inbound: {inbound}");
+        let net = Net::new("dup", inbound, "httpd.py");
+        let mut w = net.watch();
+        net.link.set_both(
+            Impair::default()
+                .duplicate(0.2)
+                .reorder(0.1, Duration::from_millis(2))
+                .delay(Duration::from_millis(1)),
+        );
+        let conns = (0..10)
+            .map(|c| {
+                (0..20)
+                    .map(|i| {
+                        let r = if (c + i) % 3 == 0 {
+                            Req {
+                                body: 8192,
+                                lines: true,
+                                ..req("POST", format!("/big/20000/{DELAY_MS}"))
+                            }
+                        } else {
+                            req("GET", format!("/big/5000/{DELAY_MS}"))
+                        };
+                        vec![r]
+                    })
+                    .collect()
+            })
+            .collect();
+        let plan = Plan {
+            parallel: 10,
+            conns,
+        };
+        let place = net.client_place();
+        let r = w.during(|| run_client(place, &plan));
+        let (ab, ba) = print_link(&net.link);
+        print_counters(&w);
+        assert_eq!(r.results.len(), 200);
+        assert!(ab.duplicated > 0 && ba.duplicated > 0);
+        let mut c = Checks::default();
+        c.counts_exact(&w, net.direction(), &r);
+        c.close("p50", kite_q(&w, 0.5), r.quantile(0.5), LATENCY_TOL);
+        c.mean_if_outbound(&w, net.direction(), &r);
+        c.finish();
+    }
+}
+
 /// HEAD and GET alternating, 32 in one write (twice the queue), then 20 sequential requests
 /// on the same connection.
 #[test]
