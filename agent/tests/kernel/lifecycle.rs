@@ -84,6 +84,13 @@ fn python(place: Place<'_>, script: &str, port: u16) -> Proc {
     p
 }
 
+/// [`python`] inside a network namespace.
+fn python_in(place: Place<'_>, script: &str, port: u16, ns: &Netns) -> Proc {
+    let p = spawn(place, &["python3", "-c", script, &port.to_string()]);
+    wait_for_port(&format!("127.0.0.1:{port}"), Some(ns));
+    p
+}
+
 /// The listening sockets of process `pid` on `port`, duplicated into this process
 /// (`pidfd_getfd`), so that their socket-local storage can be looked up.
 fn listeners_of(pid: u32, port: u16) -> Vec<OwnedFd> {
@@ -551,4 +558,89 @@ fn lost_final_handshake_ack_first_request_counted() {
         w.kite.socket_count().unwrap() == 0
     });
     assert!(back.is_some(), "connection state left behind");
+}
+
+/// Opens `n` connections to 127.0.0.1:`port`, sends a request on each, waits, closes.
+const SEND_AND_WAIT: &str = r#"
+import socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+conns = [socket.create_connection(("127.0.0.1", port), 5) for _ in range(n)]
+for c in conns:
+    c.sendall(b"GET /parked HTTP/1.1\r\nHost: t\r\n\r\n")
+time.sleep(5)
+"#;
+
+#[test]
+fn parked_state_of_connections_that_never_get_a_socket_is_swept() {
+    if !ebpf_available("parked_state_of_connections_that_never_get_a_socket_is_swept") {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new("parked");
+    let cg = TestCgroup::new("parked");
+    let port = 8080u16;
+    let _srv = python_in(
+        Place {
+            cgroup: Some(&cg),
+            netns: Some(&ns),
+            ..Place::default()
+        },
+        DEFER_SERVER,
+        port,
+        &ns,
+    );
+    // The server's packets other than its SYN-ACKs are dropped before the cgroup's egress
+    // program sees them: the connections' sockets (made when their data reaches the listener)
+    // never send anything Kite sees, so their parked state is never taken over.
+    ns.run(&[
+        "iptables",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "--sport",
+        "8080",
+        "--tcp-flags",
+        "SYN",
+        "NONE",
+        "-j",
+        "DROP",
+    ]);
+    let w = Watch::new(&cg);
+    let n = 10u64;
+    let _clients = spawn(
+        Place {
+            netns: Some(&ns),
+            ..Place::default()
+        },
+        &[
+            "python3",
+            "-c",
+            SEND_AND_WAIT,
+            &port.to_string(),
+            &n.to_string(),
+        ],
+    );
+    let parked = wait_until(Duration::from_secs(5), || {
+        w.kite.pending_count().unwrap() == n
+    });
+    eprintln!(
+        "  {} connections parked (listed {}); listener_data {}",
+        w.kite.pending_count().unwrap(),
+        w.kite.pending().unwrap().len(),
+        w.counter(Stat::ListenerData)
+    );
+    assert!(
+        parked.is_some(),
+        "expected {n} connections waiting for their socket"
+    );
+    assert_eq!(w.kite.pending().unwrap().len() as u64, n);
+    assert_eq!(w.counter(Stat::PendingFull), 0);
+    assert_eq!(w.counter(Stat::PendingClaimed), 0);
+    // What the agent does for entries older than 30 s, here at once.
+    let mut kite = w.kite;
+    assert_eq!(kite.sweep_pending(Duration::ZERO).unwrap() as u64, n);
+    assert_eq!(kite.pending_count().unwrap(), 0);
+    assert!(kite.pending().unwrap().is_empty());
+    assert_eq!(kite.socket_count().unwrap(), 0);
 }
