@@ -436,6 +436,22 @@ impl WatchState {
     }
 }
 
+impl Drop for WatchState {
+    /// A client that stopped reading for good (its connection closed at the idle deadline)
+    /// never pulls again: the snapshots it missed are counted here.
+    fn drop(&mut self) {
+        if self.first {
+            return;
+        }
+        let missed = self.notify.borrow().saturating_sub(self.last_gen + 1);
+        if missed > 0 {
+            self.guards
+                .watch_skipped
+                .fetch_add(missed.div_ceil(self.every), Ordering::Relaxed);
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Kite for KiteService {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send + 'static>>;

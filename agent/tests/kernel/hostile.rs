@@ -118,6 +118,25 @@ fn never_reading_watch_clients_and_concurrent_scrapes_stay_bounded() {
     }
     assert!(n >= ENDPOINTS * 9 / 10, "only {n} endpoints");
     let (base, _) = rss(pid);
+    // What one full snapshot weighs on the wire (histograms and a 60-point history).
+    let snapshot_bytes = {
+        use prost::Message as _;
+        let url = agent.url();
+        rt().block_on(async move {
+            let mut c = KiteClient::connect(url).await.unwrap();
+            c.list(kite_proto::v1::ListRequest {
+                filter: None,
+                detail: Some(Detail {
+                    histogram: true,
+                    history: 60,
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .encoded_len()
+        })
+    };
 
     let rt = rt();
     let url = agent.url();
@@ -176,6 +195,12 @@ fn never_reading_watch_clients_and_concurrent_scrapes_stay_bounded() {
     )
     .unwrap();
     let biggest = *sizes.iter().max().unwrap();
+    eprintln!(
+        "  per endpoint: exposition {:.0} B, full snapshot {:.0} B, RSS before {:.0} B",
+        biggest as f64 / ENDPOINTS as f64,
+        snapshot_bytes as f64 / ENDPOINTS as f64,
+        base as f64 / ENDPOINTS as f64
+    );
     eprintln!(
         "  {ENDPOINTS} endpoints, /metrics {:.1} MB: RSS {:.1} MiB before, {:.1} MiB after 8 stuck \
          Watch streams + 72 scrapes (peak {:.1} MiB, slowest scrape {slowest:?}); {encoded} \
