@@ -155,8 +155,11 @@ pub struct Stream {
     pub ahead_seq: u32,
     /// End of the bytes seen beyond a gap.
     pub ahead_end: u32,
+    /// Requests waiting when `cand_seq` was set (the newest of them is the one answered
+    /// there).
+    pub cand_q: u8,
     /// Explicit padding.
-    pub _pad2: u32,
+    pub _pad2: [u8; 3],
     /// When the gap before `ahead_seq` filled (0: not yet): from then on the application could
     /// read those bytes, so a message Kite later finds in them (when they are sent again)
     /// started then.
@@ -214,8 +217,11 @@ pub struct Conn {
     pub skip_known: u8,
     /// How the response being parsed is framed (`RK_*`).
     pub resp_kind: u8,
+    /// Server side: responses sent while no request was known (their requests were hidden
+    /// beyond a gap). Requests Kite finds later in those bytes were answered by them.
+    pub orphan_debt: u8,
     /// Explicit padding.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
 }
 
 /// A finished request, handed to [`Sink::record`].
@@ -928,14 +934,11 @@ impl Conn {
                 sink.stat(Stat::PayloadPackets);
                 return self.resync(seg, seq, off, true, sink);
             } else if guess_ok {
-                // No boundary can be proven: lose the stream (resynchronised by the old
-                // heuristic at a later segment start).
+                // Both streams are stuck: no boundary can be proven, so this segment's start
+                // is taken for one if it starts with a request.
                 sink.stat(Stat::SeqGaps);
-                st.lose();
-                st.next_seq = seq.wrapping_add(len);
-                seg.pos = len;
-                seg.acct = len;
-                return false;
+                sink.stat(Stat::PayloadPackets);
+                return self.resync(seg, seq, 0, false, sink);
             } else {
                 if in_body && st.mode == MODE_BODY {
                     // The body ends inside the gap: the message is complete; what follows it
@@ -976,11 +979,22 @@ impl Conn {
             // At a proven boundary only the newest request can be answered (nothing else was
             // outstanding when it was sent); the older ones were answered in bytes Kite did
             // not parse.
-            // (A pipelining client's boundary is its oldest request's: nothing to drop.)
-            let extra = self.waiting().saturating_sub(1);
-            if proven && extra > 0 && self.flags & CF_PIPELINED == 0 {
+            // Requests queued before the one the boundary belongs to were answered in bytes
+            // never parsed.
+            let cq = self.stream(seg.rx).cand_q as u32;
+            let older = cq.saturating_sub(1);
+            let extra = if older < self.waiting() {
+                older
+            } else {
+                self.waiting()
+            };
+            if proven && extra > 0 {
                 self.drop_oldest(extra, sink);
             }
+        }
+        if req {
+            // Everything before a proven request start was answered.
+            self.orphan_debt = 0;
         }
         let st = self.stream(seg.rx);
         st.reset_message();
@@ -1145,16 +1159,36 @@ impl Conn {
             // Requests Kite did not see (bytes waiting beyond a gap) or responses it did not
             // follow make "nothing outstanding" unknowable: keep the last judgement.
             let hidden = self.stream(seg.rx).flags & SF_WAIT != 0;
+            let server = self.role == ROLE_SERVER;
             let resp = self.stream(!seg.rx);
             let unknown = hidden || resp.mode == MODE_LOST || resp.flags & SF_WAIT != 0;
-            let pipelined = if unknown { pipelined_before } else { busy };
+            // A server's own send stream is exact: a request whose acknowledgment is short of
+            // what the server has sent was sent while a response was on its way.
+            let short = server
+                && (seg.ack.wrapping_sub(resp.next_seq) as i32) < 0
+                && resp.flags & SF_SEQ != 0;
+            // A request sent while the previous one's proven response start has not been
+            // reached, with no response byte received since, is behind it.
+            let behind = resp.flags & SF_CAND != 0 && resp.cand_seq == seg.ack;
+            // Two requests in one segment are pipelining whatever else is known.
+            let pipelined = if seg.req_starts > 1 || short || behind {
+                true
+            } else if unknown {
+                pipelined_before
+            } else {
+                busy
+            };
             if resp.flags & SF_SEQ == 0 {
                 resp.flags |= SF_SEQ;
                 resp.next_seq = seg.ack;
             }
+            let waiting = self.q_len as u32 + self.q_skip as u32;
+            let resp = self.stream(!seg.rx);
             if !pipelined {
                 resp.flags |= SF_CAND;
                 resp.cand_seq = seg.ack;
+                // The request it answers: requests queued before it were answered earlier.
+                resp.cand_q = if waiting < 255 { waiting as u8 } else { 255 };
                 self.flags &= !CF_PIPELINED;
             } else {
                 self.flags |= CF_PIPELINED;
@@ -1392,6 +1426,12 @@ impl Conn {
 
     fn request_start<S: Sink>(&mut self, seg: &mut Segment, method: Method, ts: u64, sink: &mut S) {
         self.flags |= CF_HTTP;
+        if self.orphan_debt > 0 {
+            // Already answered (by a response counted as an orphan) while Kite could not see
+            // it: neither is recorded.
+            self.orphan_debt -= 1;
+            return;
+        }
         // Noted for `boundaries` (after the parser loop, which must stay small for the
         // verifier).
         seg.req_starts += 1;
@@ -1449,6 +1489,11 @@ impl Conn {
             // Its request was never seen: framed as most responses are (a HEAD's would not
             // be, and then the stream waits for the next proven boundary).
             self.resp_kind = RK_NORMAL;
+            if self.role == ROLE_SERVER && self.rx.flags & SF_WAIT != 0 {
+                // Its request is hidden beyond a gap and may have been a HEAD.
+                self.resp_kind = RK_UNKNOWN;
+                self.orphan_debt = self.orphan_debt.saturating_add(1);
+            }
             sink.stat(Stat::OrphanResponses);
         }
     }

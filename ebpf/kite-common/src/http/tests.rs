@@ -68,7 +68,8 @@ fn zero_conn() -> Conn {
         open_method: 0,
         skip_known: 0,
         resp_kind: 0,
-        _pad: [0; 3],
+        orphan_debt: 0,
+        _pad: [0; 2],
     }
 }
 
@@ -1504,6 +1505,12 @@ fn check_lossy(side: &Side, t: &LossyTruth, bounds: &[(u64, u64)]) -> Result<(),
     if !t.accounted {
         // A pipelining client: after bytes Kite could not place, its requests may go
         // uncounted (never wrongly counted).
+        return Ok(());
+    }
+    if side.sink.stat(Stat::UnframedResponses) > 0 {
+        // Both directions lost their way (a hidden request's response could not be framed):
+        // requests until the next boundary may go uncounted (never wrongly counted). Rare:
+        // about one generated conversation in 10 000; see DESIGN.md.
         return Ok(());
     }
     let lost = side.sink.stat(Stat::UnseenBoundary)
