@@ -251,5 +251,56 @@ pub fn run(o: &Opts) -> String {
             })
             .collect::<Vec<_>>(),
     );
+    md += &worst_case_section();
+    md
+}
+
+/// The agent's worst-case memory by the formula of `Config::worst_case_memory`, for the
+/// defaults and the DaemonSet's arguments (the figures behind it are measured by the
+/// `hostile` kernel tests and the rows above).
+pub fn worst_case_section() -> String {
+    use clap::Parser as _;
+    use kite_agent::daemon::{Config, sizes};
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "\n### Worst-case memory\n\n\
+         Whatever clients do, `kite-agent` holds at most `BASE + E × (STATE + EXPOSITION × (S + 1) \
+         + SNAPSHOT × 2W) + 2C × CONN + 1024 × ENROLL` bytes: E `--max-endpoints`, S \
+         `--max-scrapes` (expositions alive, plus one being encoded), W `--max-watch-streams` \
+         (a snapshot being built and one in the HTTP/2 buffer each), C `--max-connections` per \
+         TCP listener; BASE {} MiB, STATE {} KiB, EXPOSITION {} KiB (6.6 KB measured), SNAPSHOT \
+         {} KiB (0.2 KB encoded measured with sparse histograms), CONN {} KiB, ENROLL {} KiB \
+         (`kite_agent::daemon::sizes`). The DaemonSet's limit is checked against it \
+         (`webhook/tests/manifests.rs`).\n",
+        sizes::BASE >> 20,
+        sizes::STATE_PER_ENDPOINT >> 10,
+        sizes::EXPOSITION_PER_ENDPOINT >> 10,
+        sizes::SNAPSHOT_PER_ENDPOINT >> 10,
+        sizes::PER_CONNECTION >> 10,
+        sizes::PER_ENROLLMENT >> 10,
+    );
+    let rows: Vec<Vec<String>> = [
+        ("defaults", vec![]),
+        (
+            "DaemonSet (deploy/base/agent.yaml)",
+            vec!["--max-scrapes=1", "--max-watch-streams=4"],
+        ),
+        ("4096 endpoints, defaults", vec!["--max-endpoints=4096"]),
+    ]
+    .into_iter()
+    .map(|(name, args)| {
+        let c = Config::parse_from(std::iter::once("kite-agent").chain(args));
+        vec![
+            name.to_string(),
+            c.max_endpoints.to_string(),
+            c.max_scrapes.to_string(),
+            c.max_watch_streams.to_string(),
+            c.max_connections.to_string(),
+            format!("{} MiB", c.worst_case_memory() >> 20),
+        ]
+    })
+    .collect();
+    md += &report::table(&["configuration", "E", "S", "W", "C", "worst case"], &rows);
     md
 }

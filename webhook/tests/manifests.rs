@@ -187,6 +187,26 @@ fn the_agent_daemonset_has_what_the_agent_needs() {
     let c = container(&spec, "kite-agent");
     assert_eq!(c.image.as_deref(), Some("kite:0.1.0"));
     let config = agent_config(c);
+    // The memory limit follows from the agent's bounds: at least its worst case, without
+    // much to spare.
+    let limit = c
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("memory"))
+        .map(|q| q.0.clone())
+        .expect("a memory limit");
+    let limit: u64 = match limit.strip_suffix("Mi") {
+        Some(m) => m.parse::<u64>().unwrap() << 20,
+        None => limit.strip_suffix("Gi").unwrap().parse::<u64>().unwrap() << 30,
+    };
+    let worst = config.worst_case_memory();
+    assert!(
+        limit >= worst && limit < worst + worst / 4,
+        "memory limit {} MiB for a worst case of {} MiB",
+        limit >> 20,
+        worst >> 20
+    );
     assert!(config.host_cgroupns);
     assert_eq!(config.kube, kite_agent::daemon::KubeMode::On);
     let env = env(c);

@@ -1,11 +1,13 @@
 //! The enrollment socket: a pod's init container says hello, the agent attaches to the pod.
 //!
-//! Trust comes from the kernel, not from the message: the peer's pid (`SO_PEERCRED`) leads to
-//! its cgroup (`/proc/<pid>/cgroup`), which must lie inside a pod cgroup of the kubelet's layout
-//! (see [`crate::pods`]); the pod cgroup is what gets attached. The hello only names the pod
-//! (namespace, name) for the series' labels, and its uid must match the one in the cgroup path.
-//! The socket is world-writable on purpose: any local process may ask, only pods get measured,
-//! and only their own cgroup.
+//! Trust comes from the kernel and the Kubernetes API, never from the message: the peer's pid
+//! (`SO_PEERCRED`) leads to its cgroup (`/proc/<pid>/cgroup`), which must lie inside a pod
+//! cgroup of the kubelet's layout (see [`crate::pods`]) owned by root up to the mount (not a
+//! delegated subtree); the hello's uid must match the one in the cgroup path. With the API the
+//! pod must be one of this node's and its names come from the API; without it only allowed
+//! peers ([`Policy`]) enroll and their names are marked unverified. A second hello cannot
+//! rename a pod. Silent peers cannot jam the socket: no fixed pool, a per-peer-cgroup limit and
+//! a short hello deadline.
 //!
 //! Wire format (one JSON line each way, defined in [`kite_init`]): hello
 //! `{"version":1,"pod":"web-0","namespace":"shop","uid":"…","container":"kite-init"}`, answer
@@ -41,7 +43,7 @@ use crate::{Error, cgroup::Hierarchy, ebpf::Attached, pods::pod_of_path};
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections handled at once; more are closed at once (counted). No pool one client fills:
 /// each connection is a small task, and one peer cgroup gets at most [`PER_PEER`] of them.
-const MAX_CONNECTIONS: usize = 1024;
+const MAX_CONNECTIONS: usize = super::sizes::ENROLLMENTS as usize;
 /// Connections one peer cgroup may have open at once; more are refused at once.
 const PER_PEER: usize = 4;
 /// How long a hello waits for the Kubernetes API to know its pod (a pod just created may not

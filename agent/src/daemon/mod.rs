@@ -152,7 +152,50 @@ pub struct Config {
 /// How long a scraper may take to read one answer.
 const SCRAPE_SEND_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Per-item sizes of the worst-case memory formula ([`Config::worst_case_memory`]), bytes.
+/// Measured (docs/benchmarks.md, `hostile` kernel tests) and rounded up.
+pub mod sizes {
+    /// The process with nothing measured (runtime, loaded programs' user-space side).
+    pub const BASE: u64 = 16 << 20;
+    /// State of one kernel endpoint entry (totals, last interval, 60-point history, paths).
+    pub const STATE_PER_ENDPOINT: u64 = 3 * 1024;
+    /// `/metrics` text of one endpoint entry (a histogram of 24 buckets plus byte counters,
+    /// 6.6 KB measured).
+    pub const EXPOSITION_PER_ENDPOINT: u64 = 7 * 1024;
+    /// One endpoint in one Watch snapshot with histograms and history (0.2 KB encoded
+    /// measured with sparse histograms; the in-memory message is a few times that).
+    pub const SNAPSHOT_PER_ENDPOINT: u64 = 1024;
+    /// One gRPC or Prometheus connection at most (HTTP/2 windows and buffers).
+    pub const PER_CONNECTION: u64 = 64 * 1024;
+    /// One enrollment connection (a task and a 4 KiB hello buffer).
+    pub const PER_ENROLLMENT: u64 = 8 * 1024;
+    /// Enrollment connections at once.
+    pub const ENROLLMENTS: u64 = 1024;
+}
+
 impl Config {
+    /// The most memory this configuration can take whatever clients do, bytes:
+    ///
+    /// ```text
+    /// BASE + E × (STATE + EXPOSITION × (S + 1) + SNAPSHOT × 2W) + 2C × PER_CONNECTION
+    ///      + 1024 × PER_ENROLLMENT
+    /// ```
+    ///
+    /// E `--max-endpoints`, S `--max-scrapes` (expositions alive, plus the one being
+    /// encoded), W `--max-watch-streams` (each holds one snapshot being built and one in its
+    /// HTTP/2 buffer), C `--max-connections` (gRPC and Prometheus each). The DaemonSet's memory
+    /// limit is checked against it (webhook/tests/manifests.rs).
+    pub fn worst_case_memory(&self) -> u64 {
+        use sizes::*;
+        let e = self.max_endpoints as u64;
+        let per_endpoint = STATE_PER_ENDPOINT
+            + EXPOSITION_PER_ENDPOINT * (self.max_scrapes as u64 + 1)
+            + SNAPSHOT_PER_ENDPOINT * 2 * self.max_watch_streams as u64;
+        BASE + e * per_endpoint
+            + 2 * self.max_connections as u64 * PER_CONNECTION
+            + ENROLLMENTS * PER_ENROLLMENT
+    }
+
     fn node(&self) -> String {
         self.node_name.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
