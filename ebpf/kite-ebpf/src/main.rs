@@ -132,8 +132,39 @@ struct Work {
     head: [u8; START_LEN],
 }
 
+///
+/// Two slots: a program interrupted on its CPU by a softirq (an egress program in process
+/// context, a packet received meanwhile) must not find its cursor and window overwritten, so
+/// each nesting level has its own (see [`enter`]).
 #[map(name = "WORK")]
-static WORK: PerCpuArray<Work> = PerCpuArray::with_max_entries(1, 0);
+static WORK: PerCpuArray<Work> = PerCpuArray::with_max_entries(2, 0);
+
+/// Per-CPU nesting depth of the `cgroup_skb` programs (process context, then softirq).
+#[map(name = "NEST")]
+static NEST: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Enters a program run: the [`WORK`] slot of this nesting level.
+#[inline(always)]
+fn enter() -> u32 {
+    match NEST.get_ptr_mut(0) {
+        // SAFETY: this CPU's value; an interrupting run restores it before this one resumes.
+        Some(p) => unsafe {
+            let d = *p;
+            *p = d + 1;
+            d & 1
+        },
+        None => 0,
+    }
+}
+
+/// Leaves a program run (see [`enter`]).
+#[inline(always)]
+fn leave() {
+    if let Some(p) = NEST.get_ptr_mut(0) {
+        // SAFETY: as in `enter`.
+        unsafe { *p = (*p).saturating_sub(1) };
+    }
+}
 
 /// Never written: the zero value new map entries are copied from (too big for the stack).
 #[map(name = "ZERO_CONN")]
@@ -465,9 +496,9 @@ fn full_sock(ctx: &SkBuffContext) -> *mut bpf_sock {
 }
 
 #[inline(always)]
-fn on_packet(ctx: &SkBuffContext, rx: bool) -> Result<(), i64> {
+fn on_packet(ctx: &SkBuffContext, rx: bool, slot: u32) -> Result<(), i64> {
     bump(Stat::Packets, 1);
-    let work = WORK.get_ptr_mut(0).ok_or(0)?;
+    let work = WORK.get_ptr_mut(slot).ok_or(0)?;
     // SAFETY: this CPU's map value; programs do not migrate while running.
     let w = unsafe { &mut *work };
     // A connection waiting in PENDING is taken over by its socket's first packet, usually the
@@ -491,8 +522,11 @@ fn on_packet(ctx: &SkBuffContext, rx: bool) -> Result<(), i64> {
             // Data on a listener: the connection's socket does not exist yet (deferred
             // accept, or the final handshake ACK was lost). Parsed by `kite_listener`.
             if rx && p.len > 0 {
+                // `kite_listener` enters on its own: this run ends here if the jump works.
+                leave();
                 // SAFETY: jumps to a program of the same type; on failure nothing happens.
                 unsafe { TAILS.tail_call(ctx, TAIL_LISTENER) };
+                let _ = enter();
             }
             return Ok(());
         }
@@ -573,8 +607,8 @@ fn on_packet(ctx: &SkBuffContext, rx: bool) -> Result<(), i64> {
 
 /// Data that reached a listening socket: parsed on a connection state parked in [`PENDING`].
 #[inline(always)]
-fn on_listener(ctx: &SkBuffContext) -> Result<(), i64> {
-    let work = WORK.get_ptr_mut(0).ok_or(0)?;
+fn on_listener(ctx: &SkBuffContext, slot: u32) -> Result<(), i64> {
+    let work = WORK.get_ptr_mut(slot).ok_or(0)?;
     // SAFETY: this CPU's map value.
     let w = unsafe { &mut *work };
     let Some(p) = headers(ctx, w, true)? else {
@@ -653,21 +687,27 @@ fn parse(ctx: &SkBuffContext, conn: *mut Conn, work: *mut Work, rx: bool, p: &Tc
 /// Packets arriving at the cgroup's sockets.
 #[cgroup_skb(ingress)]
 pub fn kite_ingress(ctx: SkBuffContext) -> i32 {
-    let _ = on_packet(&ctx, true);
+    let slot = enter();
+    let _ = on_packet(&ctx, true, slot);
+    leave();
     1
 }
 
 /// Packets leaving the cgroup's sockets.
 #[cgroup_skb(egress)]
 pub fn kite_egress(ctx: SkBuffContext) -> i32 {
-    let _ = on_packet(&ctx, false);
+    let slot = enter();
+    let _ = on_packet(&ctx, false, slot);
+    leave();
     1
 }
 
 /// Data segments that arrived on a listening socket (tail call from `kite_ingress`).
 #[cgroup_skb(ingress)]
 pub fn kite_listener(ctx: SkBuffContext) -> i32 {
-    let _ = on_listener(&ctx);
+    let slot = enter();
+    let _ = on_listener(&ctx, slot);
+    leave();
     1
 }
 
