@@ -807,6 +807,13 @@ impl Conn {
         self.last_ns = now_ns;
     }
 
+    /// Tracking starts before the received stream's first byte arrived (it was lost or
+    /// overtaken): that byte is at `seq`, and what arrives beyond it waits for it.
+    pub fn start_rx_at(&mut self, seq: u32) {
+        self.rx.next_seq = seq;
+        self.rx.flags |= SF_SEQ;
+    }
+
     /// Whether this connection stopped being HTTP/1.x (protocol upgrade or tunnel).
     pub fn ignored(&self) -> bool {
         self.flags & CF_IGNORE != 0
@@ -1376,7 +1383,16 @@ impl Conn {
             _ => None,
         };
         let st = self.stream(seg.rx);
+        let http = self.flags & CF_HTTP != 0;
+        let st = self.stream(seg.rx);
         let Some(found) = found else {
+            if req && !http && have == 0 {
+                // The connection's first message is not an HTTP/1.x request.
+                st.lose();
+                self.flags |= CF_IGNORE;
+                sink.stat(Stat::NotHttp);
+                return false;
+            }
             if !resync {
                 sink.stat(Stat::SyncLost);
             }

@@ -460,9 +460,6 @@ fn starts_http(ctx: &SkBuffContext, w: &mut Work, base: u32, len: u32) -> Result
     Ok(opens_connection(&w.head, n))
 }
 
-/// `kite_common::http`'s stream flag saying `next_seq` holds the next expected byte.
-const STREAM_SEQ_KNOWN: u8 = 1;
-
 /// For data coming in on a socket that has received none of its stream yet, ahead of the
 /// stream's first byte: that byte's sequence number (`rcv_nxt`, the kernel's next expected).
 #[inline(always)]
@@ -586,8 +583,7 @@ fn on_packet(ctx: &SkBuffContext, rx: bool, slot: u32) -> Result<(), i64> {
                     let cg = bpf_skb_cgroup_id(ctx.skb.skb);
                     (*c).init(role, cg, w.dst, Tcp::dport(w), bpf_ktime_get_ns());
                     if let Some(first) = ahead_of {
-                        (*c).rx.next_seq = first;
-                        (*c).rx.flags |= STREAM_SEQ_KNOWN;
+                        (*c).start_rx_at(first);
                     }
                 }
                 live_add(LIVE_SOCKETS, 1);

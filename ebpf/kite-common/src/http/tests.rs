@@ -1540,3 +1540,34 @@ proptest! {
         prop_assert!(server.steps_max < MAX_STEPS);
     }
 }
+
+#[test]
+fn tracking_started_ahead_of_the_first_byte_waits_for_it_and_gives_up_on_non_http() {
+    // The kernel starts tracking at `rcv_nxt` when a socket's first data overtook its first
+    // byte: what arrived first waits, and is never taken for a request.
+    let mut s = Side::new(ROLE_SERVER);
+    let mut c = zero_conn();
+    c.init(ROLE_SERVER, 1, [0; 16], 80, 0);
+    c.start_rx_at(1000);
+    s.conn = Some(c);
+    let body = b"GET / HTTP/1.1\r\n\r\n".repeat(4);
+    let head = std::format!("POST /u HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len());
+    let h = head.len() as u32;
+    s.segment_ack(true, 1000 + h, 1, &body, 10, false);
+    s.segment_ack(true, 1000, 1, head.as_bytes(), 20, false);
+    s.segment_ack(false, 1, 1000 + h + body.len() as u32, OK, 50, false);
+    assert_eq!(s.sink.done.len(), 1);
+    assert_eq!(
+        (s.sink.done[0].method, s.sink.done[0].latency_ns),
+        (Method::Post as u8, 30)
+    );
+    // Another socket whose first bytes are not HTTP.
+    let mut t = Side::new(ROLE_SERVER);
+    let mut c = zero_conn();
+    c.init(ROLE_SERVER, 1, [0; 16], 22, 0);
+    c.start_rx_at(1);
+    t.conn = Some(c);
+    t.segment_ack(true, 1, 1, b"SSH-2.0-OpenSSH_9.2p1 Debian\r\n", 0, false);
+    assert!(t.conn.unwrap().ignored());
+    assert_eq!(t.sink.stat(Stat::NotHttp), 1);
+}
