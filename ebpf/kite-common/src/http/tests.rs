@@ -764,7 +764,12 @@ struct Exchange {
     req_body: Body,
     status: u16,
     resp_body: Body,
+    /// A `100 Continue` before the response.
+    interim: bool,
 }
+
+/// What a `100 Continue` adds before a response.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 const TRAPS: [&[u8]; 4] = [
     b"HTTP/1.1 200 OK\r\n\r\n",
@@ -815,8 +820,9 @@ fn exchange() -> impl Strategy<Value = Exchange> {
             Just(500)
         ],
         body(),
+        proptest::bool::weighted(0.15),
     )
-        .prop_map(|(method, req_body, status, resp_body)| {
+        .prop_map(|(method, req_body, status, resp_body, interim)| {
             let req_body = if method == Method::Get {
                 Body::None
             } else {
@@ -833,6 +839,7 @@ fn exchange() -> impl Strategy<Value = Exchange> {
                 req_body,
                 status,
                 resp_body,
+                interim,
             }
         })
 }
@@ -893,12 +900,24 @@ impl Exchange {
         } else {
             &self.resp_body
         };
-        encode(
+        let mut v = if self.interim {
+            CONTINUE.to_vec()
+        } else {
+            Vec::new()
+        };
+        v.extend(encode(
             std::format!("HTTP/1.1 {} Whatever", self.status),
             &["Server: test", "Content-Type: application/octet-stream"],
             body,
             !no_body,
-        )
+        ));
+        v
+    }
+
+    /// Where the final response starts in [`Exchange::response`] (latency ends there; an
+    /// interim response is not the answer).
+    fn final_at(&self) -> usize {
+        if self.interim { CONTINUE.len() } else { 0 }
     }
 }
 
@@ -1001,7 +1020,8 @@ fn play(p: &Plan, server: &mut Side, client: &mut Side) -> Vec<Truth> {
         let from = *sent;
         let to = (from + size as usize).min(limit);
         for i in 0..msg_ends.len() {
-            let start = if i == 0 { 0 } else { msg_ends[i - 1] };
+            let start = if i == 0 { 0 } else { msg_ends[i - 1] }
+                + if is_req { 0 } else { p.exchanges[i].final_at() };
             if start >= from && start < to {
                 firsts[i] = now;
             }
@@ -1059,7 +1079,7 @@ fn play(p: &Plan, server: &mut Side, client: &mut Side) -> Vec<Truth> {
             status: p.exchanges[i].status,
             latency_ns: resp_first[i] - req_first[i],
             req_bytes: reqs[i].len() as u64,
-            resp_bytes: resps[i].len() as u64,
+            resp_bytes: (resps[i].len() - p.exchanges[i].final_at()) as u64,
         })
         .collect()
 }
@@ -1404,7 +1424,7 @@ fn play_lossy(p: &LossyPlan, server: &mut Side, client: &mut Side) -> LossyTruth
         status: p.exchanges.iter().map(|e| e.status).collect(),
         server: (0..n)
             .map(|i| {
-                let out = first(&rs.sent_at, resp_start[i]);
+                let out = first(&rs.sent_at, resp_start[i] + p.exchanges[i].final_at());
                 (
                     out - first(&rq.readable_at, req_start[i]).min(out),
                     out - first(&rq.arrived_at, req_start[i]).min(out),
@@ -1415,8 +1435,8 @@ fn play_lossy(p: &LossyPlan, server: &mut Side, client: &mut Side) -> LossyTruth
             .map(|i| {
                 let out = first(&rq.sent_at, req_start[i]);
                 (
-                    first(&rs.arrived_at, resp_start[i]) - out,
-                    first(&rs.readable_at, resp_start[i]) - out,
+                    first(&rs.arrived_at, resp_start[i] + p.exchanges[i].final_at()) - out,
+                    first(&rs.readable_at, resp_start[i] + p.exchanges[i].final_at()) - out,
                 )
             })
             .collect(),
