@@ -1382,7 +1382,6 @@ impl Conn {
             }
             _ => None,
         };
-        let st = self.stream(seg.rx);
         let http = self.flags & CF_HTTP != 0;
         let st = self.stream(seg.rx);
         let Some(found) = found else {
