@@ -1269,6 +1269,18 @@ struct Packet {
     ack: usize,
 }
 
+impl Packet {
+    fn new(at: u64, req: bool, from: usize, to: usize, ack: usize) -> Self {
+        Self {
+            at,
+            req,
+            from,
+            to,
+            ack,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct LossyPlan {
     exchanges: Vec<Exchange>,
@@ -1366,14 +1378,7 @@ fn play_lossy(p: &LossyPlan, server: &mut Side, client: &mut Side) -> LossyTruth
                 }
                 w.snd_nxt = to;
                 w.last_tx = now;
-                let ack = other.rcv_nxt;
-                let pkt = Packet {
-                    at: now,
-                    req,
-                    from,
-                    to,
-                    ack,
-                };
+                let pkt = Packet::new(now, req, from, to, other.rcv_nxt);
                 transmit(pkt, p, &mut rng, &mut flight, w, server, client, req, ISN);
             }
         } else if action < 5 {
@@ -1386,14 +1391,7 @@ fn play_lossy(p: &LossyPlan, server: &mut Side, client: &mut Side) -> LossyTruth
                 let from = w.rcv_nxt;
                 let to = (from + 1 + rng.below(3000) as usize).min(w.snd_nxt);
                 w.last_tx = now;
-                let ack = other.rcv_nxt;
-                let pkt = Packet {
-                    at: now,
-                    req,
-                    from,
-                    to,
-                    ack,
-                };
+                let pkt = Packet::new(now, req, from, to, other.rcv_nxt);
                 transmit(pkt, p, &mut rng, &mut flight, w, server, client, req, ISN);
             }
         } else if !flight.is_empty() {
