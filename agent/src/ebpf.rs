@@ -23,8 +23,9 @@ use kite_common::{
     hist::NUM_BUCKETS,
     http::Conn,
     maps::{
-        DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_SOCKETS, ENDPOINTS_MAP, EndpointKey, EndpointStats,
-        LIVE_MAP, LIVE_PENDING, LIVE_PENDING_SWEPT, LIVE_SOCKETS, MAX_SOCKETS_GLOBAL, PENDING_MAP,
+        BUDGETS_MAP, BudgetKey, DEFAULT_BUDGET_DIVISOR, DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_SOCKETS,
+        ENDPOINT_BUDGET_GLOBAL, ENDPOINTS_MAP, EndpointKey, EndpointStats, LIVE_MAP, LIVE_PENDING,
+        LIVE_PENDING_SWEPT, LIVE_SOCKETS, MAX_SOCKETS_GLOBAL, OVERFLOW_MAP, PENDING_MAP,
         PendingKey, SOCKETS_MAP, STAT_COUNT, STATS_MAP, Stat,
     },
 };
@@ -49,6 +50,9 @@ const TAILS_MAP: &str = "TAILS";
 /// The kernel tracepoint [`SOCK_STATE`] runs on.
 const SOCK_STATE_TP: &str = "inet_sock_set_state";
 
+/// [`Options::budget`] when (cgroup, direction) pairs are not budgeted.
+pub const NO_BUDGET: u32 = u32::MAX;
+
 /// Map sizes, fixed at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
@@ -57,6 +61,9 @@ pub struct Options {
     pub max_sockets: u32,
     /// Bound of the endpoint-histogram map.
     pub max_endpoints: u32,
+    /// Distinct endpoint keys one (cgroup, direction) may hold in the endpoint map; requests
+    /// beyond go to its overflow endpoint. 0: [`Options::default_budget`].
+    pub endpoint_budget: u32,
 }
 
 impl Default for Options {
@@ -64,6 +71,26 @@ impl Default for Options {
         Self {
             max_sockets: DEFAULT_MAX_SOCKETS,
             max_endpoints: DEFAULT_MAX_ENDPOINTS,
+            endpoint_budget: 0,
+        }
+    }
+}
+
+impl Options {
+    /// The budget of `max_endpoints`: an eighth of the map; none ([`NO_BUDGET`]) for maps
+    /// under 2048 entries, where an eighth (under 256 keys) would send one ordinary service's
+    /// own endpoints to overflow.
+    pub fn default_budget(max_endpoints: u32) -> u32 {
+        let b = max_endpoints / DEFAULT_BUDGET_DIVISOR;
+        if b >= 256 { b } else { NO_BUDGET }
+    }
+
+    /// The endpoint budget in force.
+    pub fn budget(&self) -> u32 {
+        if self.endpoint_budget == 0 {
+            Self::default_budget(self.max_endpoints)
+        } else {
+            self.endpoint_budget
         }
     }
 }
@@ -202,6 +229,7 @@ impl Kite {
         }
         let mut ebpf = EbpfLoader::new()
             .override_global(MAX_SOCKETS_GLOBAL, &options.max_sockets, true)
+            .override_global(ENDPOINT_BUDGET_GLOBAL, &options.budget(), true)
             .map_max_entries(ENDPOINTS_MAP, options.max_endpoints)
             .load(EBPF_OBJECT)
             .map_err(load_error)?;
@@ -378,6 +406,15 @@ impl Kite {
                 Err(e) => return Err(map_error(ENDPOINTS_MAP)(e)),
             }
         }
+        // The overflow endpoints: one value for all CPUs.
+        let map: BpfHashMap<&MapData, EndpointKey, EndpointStats> = self.map(OVERFLOW_MAP)?;
+        for item in map.iter() {
+            match item {
+                Ok((k, v)) => out.push((k, RawStats::sum([&v]))),
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_error(OVERFLOW_MAP)(e)),
+            }
+        }
         Ok(out)
     }
 
@@ -394,10 +431,51 @@ impl Kite {
             .filter_map(Result::ok)
             .filter(|k| drop(k))
             .collect();
+        let mut freed: BTreeMap<BudgetKey, u64> = BTreeMap::new();
         for k in &doomed {
-            let _ = map.remove(k);
+            if map.remove(k).is_ok() && !k.is_overflow() {
+                *freed.entry(k.budget_key()).or_default() += 1;
+            }
         }
-        Ok(doomed.len())
+        let mut overflow: BpfHashMap<&mut MapData, EndpointKey, EndpointStats> =
+            self.map_mut(OVERFLOW_MAP)?;
+        let spilled: Vec<EndpointKey> = overflow
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| drop(k))
+            .collect();
+        for k in &spilled {
+            let _ = overflow.remove(k);
+        }
+        self.free_budget(&freed);
+        Ok(doomed.len() + spilled.len())
+    }
+
+    /// Gives (cgroup, direction) pairs back the budget of `freed` removed keys; a pair left
+    /// with none is forgotten. Read and written back, not atomic: a key the kernel inserts in
+    /// between may go uncounted, so a budget is exact to within the keys inserted meanwhile.
+    fn free_budget(&mut self, freed: &BTreeMap<BudgetKey, u64>) {
+        let Ok(mut budgets) = self.map_mut::<BpfHashMap<&mut MapData, BudgetKey, u64>>(BUDGETS_MAP)
+        else {
+            return;
+        };
+        for (k, n) in freed {
+            match budgets.get(k, 0) {
+                Ok(live) if live > *n => {
+                    let _ = budgets.insert(k, live - n, 0);
+                }
+                Ok(_) => {
+                    let _ = budgets.remove(k);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Live endpoint keys per (cgroup, direction), as the kernel counts them for budgets.
+    pub fn budgets(&self) -> Result<Vec<(BudgetKey, u64)>, Error> {
+        let map: BpfHashMap<&MapData, BudgetKey, u64> = self.map(BUDGETS_MAP)?;
+        Ok(map.iter().filter_map(Result::ok).collect())
     }
 
     /// The tracked connections. Their state lives in the sockets themselves (socket-local

@@ -58,6 +58,10 @@ pub struct Args {
     /// Most (cgroup, endpoint, method, status) histograms.
     #[arg(long, default_value_t = Options::default().max_endpoints)]
     pub max_endpoints: u32,
+    /// Most distinct endpoint histograms one cgroup may hold in one direction (requests beyond
+    /// are shown as one `_OTHER` endpoint); 0: an eighth of --max-endpoints, none below 2048.
+    #[arg(long, default_value_t = 0)]
+    pub endpoint_budget: u32,
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {
@@ -104,6 +108,7 @@ pub fn run(args: &Args, stop: Arc<AtomicBool>) -> Result<(), Error> {
     let mut kite = Kite::load(Options {
         max_sockets: args.max_sockets,
         max_endpoints: args.max_endpoints,
+        endpoint_budget: args.endpoint_budget,
     })?;
     kite.attach(&cgroup)?;
     let start = Instant::now();

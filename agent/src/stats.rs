@@ -208,6 +208,9 @@ impl<'a, K, V> IntoIterator for &'a SmallMap<K, V> {
     }
 }
 
+/// How the overflow endpoint's address is shown ([`EndpointId::is_overflow`]).
+pub const OVERFLOW_ADDRESS: &str = "_OTHER";
+
 /// One endpoint as the tables show it: a cgroup's view of one server address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointId {
@@ -233,8 +236,27 @@ impl EndpointId {
         }
     }
 
-    /// `addr:port`, with brackets for IPv6.
+    /// Whether this is its cgroup's overflow endpoint (address `::`, port 0): the requests
+    /// beyond its endpoint budget, whatever their server.
+    pub fn is_overflow(&self) -> bool {
+        self.port == 0 && self.addr.is_unspecified()
+    }
+
+    /// The address as shown (`_OTHER` for the overflow endpoint, as OpenTelemetry names an
+    /// aggregate of values it does not list).
+    pub fn host(&self) -> String {
+        if self.is_overflow() {
+            OVERFLOW_ADDRESS.to_string()
+        } else {
+            self.addr.to_string()
+        }
+    }
+
+    /// `addr:port`, with brackets for IPv6; `_OTHER` for the overflow endpoint.
     pub fn address(&self) -> String {
+        if self.is_overflow() {
+            return OVERFLOW_ADDRESS.to_string();
+        }
         match self.addr {
             IpAddr::V4(a) => format!("{a}:{}", self.port),
             IpAddr::V6(a) => format!("[{a}]:{}", self.port),
@@ -799,5 +821,33 @@ mod tests {
         assert_eq!(EndpointId::of(&k).address(), "127.0.0.1:443");
         k.addr = "::1".parse::<Ipv6Addr>().unwrap().octets();
         assert_eq!(EndpointId::of(&k).address(), "[::1]:443");
+    }
+
+    #[test]
+    fn overflow_endpoint_is_shown_as_other() {
+        let mut k = key(0, Method::Get, 200);
+        assert!(!k.is_overflow(), "127.0.0.1 port 0 is no overflow key");
+        k.addr = [0; 16];
+        assert!(k.is_overflow());
+        let id = EndpointId::of(&k);
+        assert!(id.is_overflow());
+        assert_eq!(id.address(), "_OTHER");
+        assert_eq!(id.host(), "_OTHER");
+        k.port = 80;
+        assert_eq!(EndpointId::of(&k).address(), "[::]:80");
+    }
+
+    #[test]
+    fn default_budget_is_an_eighth_of_a_large_map() {
+        use crate::ebpf::Options;
+        assert_eq!(Options::default().budget(), 2048);
+        assert_eq!(Options::default_budget(2), crate::ebpf::NO_BUDGET);
+        assert_eq!(Options::default_budget(1024), crate::ebpf::NO_BUDGET);
+        assert_eq!(Options::default_budget(2048), 256);
+        let o = Options {
+            endpoint_budget: 10,
+            ..Options::default()
+        };
+        assert_eq!(o.budget(), 10);
     }
 }

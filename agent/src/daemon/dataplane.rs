@@ -18,7 +18,9 @@ use crate::{
     Error,
     cgroup::{Cgroup, Hierarchy, is_within},
     ebpf::{Attached, Kite},
+    stats::EndpointId,
 };
+use kite_common::maps::BudgetKey;
 
 /// Requests to the data-plane thread.
 enum Command {
@@ -54,6 +56,10 @@ pub struct Settings {
     pub interval: Duration,
     /// How long series of a vanished cgroup stay visible.
     pub gone_grace: Duration,
+    /// Endpoints without a request for this long are evicted (kernel entry and series) when
+    /// their (cgroup, direction) is at its endpoint budget, giving the budget back; zero:
+    /// never.
+    pub endpoint_idle: Duration,
     /// The cgroup hierarchy.
     pub hierarchy: Hierarchy,
 }
@@ -249,7 +255,8 @@ impl Worker {
         let now = Instant::now();
         let wall = SystemTime::now();
         let mut unknown = false;
-        let expired = {
+        let full_pairs = self.pairs_at_budget();
+        let (expired, idle) = {
             let mut st = self.shared.write();
             match reading {
                 Ok(r) => {
@@ -278,8 +285,19 @@ impl Worker {
                 st.gone.insert(p, wall);
                 st.agent.vanished += 1;
             }
-            self.expire(&mut st, wall)
+            let expired = self.expire(&mut st, wall);
+            let idle = self.idle_endpoints(&mut st, now, &full_pairs);
+            (expired, idle)
         };
+        if !idle.is_empty() {
+            match self
+                .kite
+                .remove_endpoints(|k| idle.contains(&EndpointId::of(k)))
+            {
+                Ok(n) => debug!("evicted {n} idle endpoint histograms"),
+                Err(e) => warn!("evicting idle endpoints: {e}"),
+            }
+        }
         if !expired.is_empty() {
             match self
                 .kite
@@ -302,6 +320,59 @@ impl Worker {
         if took > self.settings.interval / 2 {
             warn!("a poll took {took:?}");
         }
+    }
+
+    /// (cgroup, direction) pairs holding their whole endpoint budget.
+    fn pairs_at_budget(&self) -> HashSet<BudgetKey> {
+        if self.settings.endpoint_idle.is_zero() {
+            return HashSet::new();
+        }
+        let budget = self.kite.options().budget() as u64;
+        match self.kite.budgets() {
+            Ok(b) => b
+                .into_iter()
+                .filter(|(_, n)| *n >= budget)
+                .map(|(k, _)| k)
+                .collect(),
+            Err(e) => {
+                debug!("reading endpoint budgets: {e}");
+                HashSet::new()
+            }
+        }
+    }
+
+    /// Drops the series of endpoints idle for `endpoint_idle` whose (cgroup, direction) is in
+    /// `full` (at its budget); returns them (to remove from the kernel map too, which gives
+    /// the budget back). The overflow endpoint stays.
+    fn idle_endpoints(
+        &self,
+        st: &mut super::state::State,
+        now: Instant,
+        full: &HashSet<BudgetKey>,
+    ) -> HashSet<EndpointId> {
+        let idle = self.settings.endpoint_idle;
+        if full.is_empty() {
+            return HashSet::new();
+        }
+        let ids: HashSet<EndpointId> = st
+            .collector
+            .endpoints()
+            .filter(|e| {
+                !e.id.is_overflow()
+                    && now.saturating_duration_since(e.last_active) >= idle
+                    && full.contains(&BudgetKey {
+                        cgroup_id: e.id.cgroup_id,
+                        direction: e.id.direction as u8,
+                        _pad: [0; 7],
+                    })
+            })
+            .map(|e| e.id)
+            .collect();
+        if !ids.is_empty() {
+            st.collector.retain(|e| !ids.contains(&e.id));
+            st.agent.idle_endpoints += ids.len() as u64;
+        }
+        ids
     }
 
     /// Enrolled cgroups whose directory is gone (the pod ended).

@@ -200,7 +200,7 @@ fn endpoint(st: &State, d: &Described<'_>, iv: &Interval, detail: &Detail) -> v1
             cgroup_id: ep.id.cgroup_id,
             cgroup_path: d.path.clone().unwrap_or_default(),
             direction: direction(ep.id.direction) as i32,
-            ip: ep.id.addr.to_string(),
+            ip: ep.id.host(),
             port: ep.id.port as u32,
         }),
         workload: d.workload.as_ref().map(|w| workload(w, container)),
@@ -305,6 +305,7 @@ pub fn info(st: &State) -> AgentInfo {
         ("vanished_cgroups", a.vanished),
         ("poll_errors", a.poll_errors),
         ("expired_endpoints", a.expired_endpoints),
+        ("idle_endpoints", a.idle_endpoints),
         ("static_cgroup_removed", a.static_removed),
         ("static_cgroup_attached_later", a.static_attached_later),
     ] {

@@ -102,7 +102,7 @@ fn series_labels(
     let mut l: Labels = vec![
         ("http_request_method".into(), method.as_str().into()),
         ("http_response_status_code".into(), status.to_string()),
-        ("server_address".into(), ep.id.addr.to_string()),
+        ("server_address".into(), ep.id.host()),
         ("server_port".into(), ep.id.port.to_string()),
     ];
     match workload {
@@ -133,7 +133,19 @@ impl Collector for KiteCollector {
         // Containers of one pod (or sockets of one cgroup seen under several ids) fold into one
         // series per label set.
         let mut by_dir: [BTreeMap<Labels, Agg>; 2] = [BTreeMap::new(), BTreeMap::new()];
+        // Requests in each cgroup's overflow endpoint, by its labels without the endpoint's.
+        let mut overflow: BTreeMap<Labels, u64> = BTreeMap::new();
         for ep in st.collector.endpoints() {
+            if ep.id.is_overflow() {
+                let mut l = series_labels(&st, ep, Method::Other, 0);
+                l.drain(..4);
+                let side = match ep.id.direction {
+                    Direction::Inbound => "server",
+                    Direction::Outbound => "client",
+                };
+                l.push(("kite_side".into(), side.into()));
+                *overflow.entry(l).or_default() += ep.totals.values().map(|s| s.count).sum::<u64>();
+            }
             for ((method, status), s) in &ep.totals {
                 let labels = series_labels(&st, ep, *method, *status);
                 let slot = match ep.id.direction {
@@ -202,6 +214,25 @@ impl Collector for KiteCollector {
                     };
                     ConstCounter::new(v).encode(m.encode_family(&l)?)?;
                 }
+            }
+        }
+        if st.options.budget() != crate::ebpf::NO_BUDGET {
+            gauge(
+                &mut enc,
+                "kite_endpoint_budget",
+                "Distinct endpoint histograms one cgroup may hold in one direction (--endpoint-budget); requests beyond go to its server_address=\"_OTHER\" endpoint",
+                st.options.budget() as i64,
+            )?;
+        }
+        if !overflow.is_empty() {
+            let mut m = enc.encode_descriptor(
+                "kite_endpoint_budget_overflow",
+                "Requests of a cgroup recorded in its overflow endpoint (server_address=\"_OTHER\"): beyond its endpoint budget, or whose own histogram could not be allocated",
+                None,
+                MetricType::Counter,
+            )?;
+            for (l, n) in &overflow {
+                ConstCounter::new(*n).encode(m.encode_family(l)?)?;
             }
         }
         self_metrics(&st, &mut enc)
@@ -276,7 +307,7 @@ fn self_metrics(st: &State, enc: &mut DescriptorEncoder) -> Result<(), fmt::Erro
     {
         let mut m = enc.encode_descriptor(
             "kite_agent_events",
-            "Agent events: enrollments (enrolled, refused, bad), vanished cgroups, poll errors, expired endpoints, --cgroups removed and attached later (re-created or appeared)",
+            "Agent events: enrollments (enrolled, refused, bad), vanished cgroups, poll errors, expired endpoints, idle endpoints evicted at a budget, --cgroups removed and attached later (re-created or appeared)",
             None,
             MetricType::Counter,
         )?;
@@ -288,6 +319,7 @@ fn self_metrics(st: &State, enc: &mut DescriptorEncoder) -> Result<(), fmt::Erro
             ("vanished_cgroups", a.vanished),
             ("poll_errors", a.poll_errors),
             ("expired_endpoints", a.expired_endpoints),
+            ("idle_endpoints", a.idle_endpoints),
             ("static_cgroup_removed", a.static_removed),
             ("static_cgroup_attached_later", a.static_attached_later),
         ] {

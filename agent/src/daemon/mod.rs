@@ -113,6 +113,10 @@ pub struct Config {
     /// How long the series of a pod that went away stay visible.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     pub gone_grace: Duration,
+    /// Endpoints without a request for this long are evicted when their cgroup holds its
+    /// whole --endpoint-budget in that direction (its budget comes back); 0: never.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub endpoint_idle: Duration,
     /// Where enrolled pods are remembered across restarts.
     #[arg(long, env = "KITE_STATE_DIR", default_value = "/var/run/kite")]
     pub state_dir: PathBuf,
@@ -126,6 +130,10 @@ pub struct Config {
     /// Most (cgroup, endpoint, method, status) histograms.
     #[arg(long, default_value_t = Options::default().max_endpoints)]
     pub max_endpoints: u32,
+    /// Most distinct endpoint histograms one cgroup may hold in one direction (requests beyond
+    /// are shown as one `_OTHER` endpoint); 0: an eighth of --max-endpoints, none below 2048.
+    #[arg(long, default_value_t = 0)]
+    pub endpoint_budget: u32,
     /// Most Watch streams open at once; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 8)]
     pub max_watch_streams: usize,
@@ -181,13 +189,13 @@ impl Config {
     ///      + 1024 × PER_ENROLLMENT
     /// ```
     ///
-    /// E `--max-endpoints`, S `--max-scrapes` (expositions alive, plus the one being
+    /// E `--max-endpoints` plus the overflow endpoints' map (`DEFAULT_MAX_OVERFLOW`), S `--max-scrapes` (expositions alive, plus the one being
     /// encoded), W `--max-watch-streams` (each holds one snapshot being built and one in its
     /// HTTP/2 buffer), C `--max-connections` (gRPC and Prometheus each). The DaemonSet's memory
     /// limit is checked against it (webhook/tests/manifests.rs).
     pub fn worst_case_memory(&self) -> u64 {
         use sizes::*;
-        let e = self.max_endpoints as u64;
+        let e = self.max_endpoints as u64 + kite_common::maps::DEFAULT_MAX_OVERFLOW as u64;
         let per_endpoint = STATE_PER_ENDPOINT
             + EXPOSITION_PER_ENDPOINT * (self.max_scrapes as u64 + 1)
             + SNAPSHOT_PER_ENDPOINT * 2 * self.max_watch_streams as u64;
@@ -275,6 +283,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let options = Options {
         max_sockets: config.max_sockets,
         max_endpoints: config.max_endpoints,
+        endpoint_budget: config.endpoint_budget,
     };
     // With --missing-cgroup fail, a typo is reported before loading anything.
     if config.missing_cgroup == MissingCgroup::Fail {
@@ -304,6 +313,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         Settings {
             interval: config.interval,
             gone_grace: config.gone_grace,
+            endpoint_idle: config.endpoint_idle,
             hierarchy: hierarchy.clone(),
         },
         shutdown.clone(),

@@ -89,6 +89,8 @@ pub struct AgentCounters {
     pub poll_errors: u64,
     /// Series dropped after their cgroup's grace period.
     pub expired_endpoints: u64,
+    /// Endpoints evicted for idleness while their (cgroup, direction) was at its budget.
+    pub idle_endpoints: u64,
     /// `--cgroup`s found removed (detached, waited for).
     pub static_removed: u64,
     /// `--cgroup`s attached after the start: re-created with a new id, or appeared.

@@ -4,6 +4,7 @@
 
 mod accuracy;
 mod agent;
+mod fairness;
 mod hostile;
 mod lifecycle;
 mod loader;

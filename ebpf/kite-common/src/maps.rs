@@ -10,6 +10,13 @@ pub const ENDPOINTS_MAP: &str = "ENDPOINTS";
 /// Name of the socket-local storage map (`BPF_MAP_TYPE_SK_STORAGE`) of
 /// [`crate::http::Conn`]: each tracked socket carries its connection state, freed with it.
 pub const SOCKETS_MAP: &str = "SOCKETS";
+/// Name of the hash map of overflow [`EndpointKey`]s ([`EndpointKey::is_overflow`]) →
+/// [`EndpointStats`]: one shared value per key (not per CPU), preallocated and updated with
+/// atomic adds, so recording there never needs an allocation.
+pub const OVERFLOW_MAP: &str = "OVERFLOW";
+/// Default bound of [`OVERFLOW_MAP`]: (cgroup, direction, method, status) overflow keys
+/// (≈1.8 KiB each, preallocated: ≈1.9 MiB of kernel memory).
+pub const DEFAULT_MAX_OVERFLOW: u32 = 1_024;
 /// Name of the per-CPU array of self-metric counters, indexed by [`Stat`].
 pub const STATS_MAP: &str = "STATS";
 /// Name of the hash map of [`PendingKey`] → [`crate::http::Conn`]: connections whose data
@@ -30,6 +37,18 @@ pub const LIVE_PENDING_SWEPT: u32 = 2;
 pub const LIVE_SLOTS: u32 = 3;
 /// Name of the eBPF global holding the soft bound on [`LIVE_SOCKETS`] (set at load time).
 pub const MAX_SOCKETS_GLOBAL: &str = "MAX_SOCKETS";
+/// Name of the hash map of [`BudgetKey`] → live endpoint keys (`u64`, added to atomically by
+/// the kernel, lowered by user space when it removes endpoint entries).
+pub const BUDGETS_MAP: &str = "BUDGETS";
+/// Name of the eBPF global holding the per-(cgroup, direction) endpoint budget (set at load
+/// time): distinct endpoint keys one cgroup may hold in [`ENDPOINTS_MAP`] in one direction.
+pub const ENDPOINT_BUDGET_GLOBAL: &str = "ENDPOINT_BUDGET";
+/// Default bound of [`BUDGETS_MAP`]: (cgroup, direction) pairs with endpoints at once. When
+/// full, new keys of further pairs are recorded without a budget ([`Stat::BudgetsMapFull`]).
+pub const DEFAULT_MAX_BUDGETS: u32 = 8_192;
+/// Default endpoint budget as a fraction of the endpoint map: `max_endpoints / 8`, so at least
+/// eight (cgroup, direction) pairs must be at their budget before the map can fill.
+pub const DEFAULT_BUDGET_DIVISOR: u32 = 8;
 
 /// Default bound of [`ENDPOINTS_MAP`]: distinct (cgroup, direction, endpoint, method, status).
 /// Entries are allocated on first use (`BPF_F_NO_PREALLOC`), so memory follows real use:
@@ -150,6 +169,18 @@ impl Method {
     }
 }
 
+/// Key of [`BUDGETS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BudgetKey {
+    /// cgroup v2 id, as in [`EndpointKey::cgroup_id`].
+    pub cgroup_id: u64,
+    /// [`Direction`] as `u8`.
+    pub direction: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 7],
+}
+
 /// Key of [`ENDPOINTS_MAP`]: one histogram per (cgroup, direction, endpoint, method, status).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -189,6 +220,24 @@ pub struct EndpointStats {
     pub resp_bytes: u64,
     /// Latency histogram, see [`crate::hist`].
     pub buckets: [u32; HIST_SLOTS],
+}
+
+impl EndpointKey {
+    /// Whether this is the overflow endpoint of its (cgroup, direction): requests beyond the
+    /// cgroup's endpoint budget, or whose own entry could not be allocated, recorded with
+    /// address `::` and port 0 (no real endpoint has them) and their real method and status.
+    pub const fn is_overflow(&self) -> bool {
+        self.port == 0 && u128::from_ne_bytes(self.addr) == 0
+    }
+
+    /// The [`BUDGETS_MAP`] key of this endpoint.
+    pub const fn budget_key(&self) -> BudgetKey {
+        BudgetKey {
+            cgroup_id: self.cgroup_id,
+            direction: self.direction,
+            _pad: [0; 7],
+        }
+    }
 }
 
 impl EndpointStats {
@@ -264,10 +313,22 @@ pub enum Stat {
     /// Tracked connections whose state was freed when their socket closed without a
     /// `sock_release` (children never accepted, sockets orphaned by the kernel).
     ConnsReaped,
+    /// Requests of a new endpoint key beyond its (cgroup, direction)'s budget, recorded in
+    /// that pair's overflow endpoint ([`EndpointKey::is_overflow`], in [`OVERFLOW_MAP`]).
+    EndpointBudgetOverflow,
+    /// Requests whose new endpoint key could not be allocated though the map was not full
+    /// (the kernel's per-CPU allocation cache ran dry in a burst, even after a retry);
+    /// recorded in the overflow endpoint unless [`Stat::OverflowMapFull`].
+    EndpointAllocFailed,
+    /// Overflow requests ([`Stat::EndpointBudgetOverflow`], [`Stat::EndpointAllocFailed`]) not
+    /// recorded: [`OVERFLOW_MAP`] was full.
+    OverflowMapFull,
+    /// New endpoint keys recorded without a budget: [`BUDGETS_MAP`] was full.
+    BudgetsMapFull,
 }
 
 /// Number of [`Stat`] counters (size of [`STATS_MAP`]).
-pub const STAT_COUNT: u32 = Stat::ConnsReaped as u32 + 1;
+pub const STAT_COUNT: u32 = Stat::BudgetsMapFull as u32 + 1;
 
 impl Stat {
     /// Every counter, in index order.
@@ -296,6 +357,10 @@ impl Stat {
         Stat::PendingClaimed,
         Stat::PendingFull,
         Stat::ConnsReaped,
+        Stat::EndpointBudgetOverflow,
+        Stat::EndpointAllocFailed,
+        Stat::OverflowMapFull,
+        Stat::BudgetsMapFull,
     ];
 
     /// snake_case name, used for metric labels.
@@ -325,6 +390,10 @@ impl Stat {
             Stat::PendingClaimed => "pending_claimed",
             Stat::PendingFull => "pending_full",
             Stat::ConnsReaped => "conns_reaped",
+            Stat::EndpointBudgetOverflow => "endpoint_budget_overflow",
+            Stat::EndpointAllocFailed => "endpoint_alloc_failed",
+            Stat::OverflowMapFull => "overflow_map_full",
+            Stat::BudgetsMapFull => "budgets_map_full",
         }
     }
 }
@@ -339,6 +408,8 @@ mod pod {
     unsafe impl aya::Pod for crate::http::Conn {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PendingKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::BudgetKey {}
 }
 
 #[cfg(test)]
@@ -352,6 +423,7 @@ mod tests {
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<EndpointKey>(), 32);
         assert_eq!(size_of::<PendingKey>(), 36);
+        assert_eq!(size_of::<BudgetKey>(), 16);
         assert_eq!(size_of::<EndpointStats>(), 32 + 4 * HIST_SLOTS);
         assert_eq!(size_of::<EndpointStats>() % 8, 0);
         assert_eq!(align_of::<Conn>(), 8);

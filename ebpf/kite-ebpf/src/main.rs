@@ -52,7 +52,8 @@ use kite_common::{
         Segment, Sink, WINDOW, opens_connection,
     },
     maps::{
-        DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_PENDING, DEFAULT_MAX_SOCKETS, Direction, EndpointKey,
+        BudgetKey, DEFAULT_BUDGET_DIVISOR, DEFAULT_MAX_BUDGETS, DEFAULT_MAX_ENDPOINTS,
+        DEFAULT_MAX_OVERFLOW, DEFAULT_MAX_PENDING, DEFAULT_MAX_SOCKETS, Direction, EndpointKey,
         EndpointStats, LIVE_PENDING, LIVE_PENDING_SWEPT, LIVE_SLOTS, LIVE_SOCKETS, PendingKey,
         STAT_COUNT, Stat,
     },
@@ -103,6 +104,30 @@ const TAIL_LISTENER: u32 = 0;
 #[map(name = "ENDPOINTS")]
 static ENDPOINTS: PerCpuHashMap<EndpointKey, EndpointStats> =
     PerCpuHashMap::with_max_entries(DEFAULT_MAX_ENDPOINTS, BPF_F_NO_PREALLOC);
+
+/// Distinct endpoint keys each (cgroup, direction) may hold in [`ENDPOINTS`]; set by the loader.
+#[unsafe(no_mangle)]
+static ENDPOINT_BUDGET: u32 = DEFAULT_MAX_ENDPOINTS / DEFAULT_BUDGET_DIVISOR;
+
+#[inline(always)]
+fn endpoint_budget() -> u64 {
+    // SAFETY: reading a global; volatile so the loader's value is used, not the default.
+    unsafe { core::ptr::read_volatile(&ENDPOINT_BUDGET) as u64 }
+}
+
+/// Live endpoint keys per (cgroup, direction), overflow keys excluded: raised here when a key
+/// is inserted, lowered by the agent when it removes entries. Preallocated (an insert never
+/// fails for memory); when full, further pairs go unbudgeted ([`Stat::BudgetsMapFull`]).
+#[map(name = "BUDGETS")]
+static BUDGETS: HashMap<BudgetKey, u64> = HashMap::with_max_entries(DEFAULT_MAX_BUDGETS, 0);
+
+/// Overflow endpoints (address `::`, port 0): requests beyond their (cgroup, direction)'s
+/// budget, or whose own entry could not be allocated. One value shared by all CPUs,
+/// preallocated and added to atomically: recording here never allocates. When full,
+/// [`Stat::OverflowMapFull`].
+#[map(name = "OVERFLOW")]
+static OVERFLOW: HashMap<EndpointKey, EndpointStats> =
+    HashMap::with_max_entries(DEFAULT_MAX_OVERFLOW, 0);
 
 /// Self-metric counters, indexed by [`Stat`].
 #[map(name = "STATS")]
@@ -182,6 +207,104 @@ fn bump(stat: Stat, n: u64) {
     }
 }
 
+const E2BIG: i32 = 7;
+const EEXIST: i32 = 17;
+
+/// Adds `n` to a `u64` shared by all CPUs, atomically.
+#[inline(always)]
+fn xadd64(p: *mut u64, n: u64) {
+    // SAFETY: a map value; one atomic instruction.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, n) };
+}
+
+/// The entry of an endpoint key not in [`ENDPOINTS`] yet, null if none: inserted within its
+/// (cgroup, direction)'s budget. Beyond the budget, or when an insert fails while the map is
+/// not full (the per-CPU allocation cache is empty in a burst of new keys; tried twice), the
+/// request is recorded here in the pair's overflow endpoint (in [`OVERFLOW`], with its real
+/// method and status) and null returned. Kept out of line: only requests of new keys (and
+/// overflow requests) come here.
+#[inline(never)]
+fn new_endpoint(key: &mut EndpointKey, done: &Completion) -> *mut EndpointStats {
+    let Some(zero) = ZERO_STATS.get(0) else {
+        return core::ptr::null_mut();
+    };
+    let bk = key.budget_key();
+    let mut live = BUDGETS.get_ptr_mut(&bk);
+    if live.is_none() {
+        let _ = BUDGETS.insert(&bk, 0, BPF_NOEXIST as u64);
+        live = BUDGETS.get_ptr_mut(&bk);
+        if live.is_none() {
+            bump(Stat::BudgetsMapFull, 1);
+        }
+    }
+    match live {
+        // SAFETY: a map value, read once.
+        Some(n) if unsafe { core::ptr::read_volatile(n) } >= endpoint_budget() => {
+            bump(Stat::EndpointBudgetOverflow, 1);
+        }
+        _ => {
+            let mut r = ENDPOINTS.insert(&*key, zero, BPF_NOEXIST as u64);
+            if r.is_err() && r != Err(-E2BIG) && r != Err(-EEXIST) {
+                r = ENDPOINTS.insert(&*key, zero, BPF_NOEXIST as u64);
+            }
+            match r {
+                Ok(()) => {
+                    if let Some(n) = live {
+                        xadd64(n, 1);
+                    }
+                }
+                // Inserted by another CPU meanwhile.
+                Err(e) if e == -EEXIST => {}
+                Err(e) if e == -E2BIG => {
+                    bump(Stat::EndpointsMapFull, 1);
+                    return core::ptr::null_mut();
+                }
+                Err(_) => {
+                    bump(Stat::EndpointAllocFailed, 1);
+                    return overflow(key, done, zero);
+                }
+            }
+            return match ENDPOINTS.get_ptr_mut(&*key) {
+                Some(p) => p,
+                None => {
+                    bump(Stat::EndpointsMapFull, 1);
+                    core::ptr::null_mut()
+                }
+            };
+        }
+    }
+    overflow(key, done, zero)
+}
+
+/// Records `done` in the overflow endpoint of `key`'s (cgroup, direction, method, status).
+#[inline(always)]
+fn overflow(key: &mut EndpointKey, done: &Completion, zero: &EndpointStats) -> *mut EndpointStats {
+    key.addr = [0; 16];
+    key.port = 0;
+    let mut s = OVERFLOW.get_ptr_mut(&*key);
+    if s.is_none() {
+        let _ = OVERFLOW.insert(&*key, zero, BPF_NOEXIST as u64);
+        s = OVERFLOW.get_ptr_mut(&*key);
+    }
+    let Some(s) = s else {
+        bump(Stat::OverflowMapFull, 1);
+        return core::ptr::null_mut();
+    };
+    let b = hist::bucket_index(done.latency_ns);
+    // SAFETY: a map value shared by all CPUs: atomic adds only.
+    unsafe {
+        xadd64(&raw mut (*s).count, 1);
+        xadd64(&raw mut (*s).latency_sum_ns, done.latency_ns);
+        xadd64(&raw mut (*s).req_bytes, done.req_bytes);
+        xadd64(&raw mut (*s).resp_bytes, done.resp_bytes);
+        if b < hist::NUM_BUCKETS {
+            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*s).buckets[b], 1);
+        }
+    }
+    bump(Stat::Requests, 1);
+    core::ptr::null_mut()
+}
+
 struct KernelSink;
 
 impl Sink for KernelSink {
@@ -192,7 +315,7 @@ impl Sink for KernelSink {
         } else {
             Direction::Outbound
         };
-        let key = EndpointKey {
+        let mut key = EndpointKey {
             cgroup_id: conn.cgroup_id,
             addr: conn.addr,
             port: conn.port,
@@ -204,18 +327,11 @@ impl Sink for KernelSink {
         let stats = match ENDPOINTS.get_ptr_mut(&key) {
             Some(p) => p,
             None => {
-                let Some(zero) = ZERO_STATS.get(0) else {
+                let p = new_endpoint(&mut key, done);
+                if p.is_null() {
                     return;
-                };
-                // Another CPU may have inserted it meanwhile (EEXIST): look it up again.
-                let _ = ENDPOINTS.insert(&key, zero, BPF_NOEXIST as u64);
-                match ENDPOINTS.get_ptr_mut(&key) {
-                    Some(p) => p,
-                    None => {
-                        bump(Stat::EndpointsMapFull, 1);
-                        return;
-                    }
                 }
+                p
             }
         };
         let b = hist::bucket_index(done.latency_ns);
