@@ -325,3 +325,28 @@ fn agent_shows_the_overflow_endpoint_and_gives_an_idle_budget_back() {
     });
     assert_eq!(agent.counter("ebpf_endpoint_budget_overflow"), 24);
 }
+
+#[test]
+fn a_full_map_still_counts_every_request() {
+    if !ebpf_available("a_full_map_still_counts_every_request") {
+        return;
+    }
+    let _serial = serial();
+    let a = TestCgroup::new("fair-full");
+    let port = free_port();
+    let _servers = nginx_on(Place::default(), port, &["0.0.0.0"]);
+    // A map of 16 (too small for a default budget): the 24 requests beyond it go to overflow.
+    let w = Watch::with_options(
+        &a,
+        Options {
+            max_endpoints: 16,
+            ..Options::default()
+        },
+    );
+    assert_eq!(distinct_calls(&a, port, 40, 10), 40);
+    let (keys, own, overflow) = split(&w.kite, a.cgroup.id, Direction::Outbound);
+    assert_eq!((keys, own, overflow), (16, 16, 24));
+    assert_eq!(w.counter(Stat::EndpointsMapFull), 24);
+    assert_eq!(w.counter(Stat::EndpointBudgetOverflow), 0);
+    assert_eq!(w.counter(Stat::OverflowMapFull), 0);
+}

@@ -267,7 +267,8 @@ pub enum Stat {
     /// A connection could not be tracked: [`DEFAULT_MAX_SOCKETS`] (or the configured bound)
     /// connections were tracked already, or the kernel could not allocate the state.
     SocketsMapFull,
-    /// A completed request could not be recorded: [`ENDPOINTS_MAP`] was full.
+    /// A completed request's new endpoint key could not be inserted: [`ENDPOINTS_MAP`] was
+    /// full. The request is recorded in its overflow endpoint unless [`Stat::OverflowMapFull`].
     EndpointsMapFull,
     /// Requests completed and recorded.
     Requests,
@@ -320,8 +321,8 @@ pub enum Stat {
     /// (the kernel's per-CPU allocation cache ran dry in a burst, even after a retry);
     /// recorded in the overflow endpoint unless [`Stat::OverflowMapFull`].
     EndpointAllocFailed,
-    /// Overflow requests ([`Stat::EndpointBudgetOverflow`], [`Stat::EndpointAllocFailed`]) not
-    /// recorded: [`OVERFLOW_MAP`] was full.
+    /// Overflow requests ([`Stat::EndpointBudgetOverflow`], [`Stat::EndpointAllocFailed`],
+    /// [`Stat::EndpointsMapFull`]) not recorded: [`OVERFLOW_MAP`] was full.
     OverflowMapFull,
     /// New endpoint keys recorded without a budget: [`BUDGETS_MAP`] was full.
     BudgetsMapFull,

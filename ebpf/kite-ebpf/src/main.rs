@@ -99,8 +99,8 @@ static TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// [`TAILS`] slot of `kite_listener`.
 const TAIL_LISTENER: u32 = 0;
 
-/// Per-endpoint histograms. Bounded; when full, requests of new keys are not recorded
-/// ([`Stat::EndpointsMapFull`]).
+/// Per-endpoint histograms. Bounded; when full, requests of new keys are recorded in their
+/// overflow endpoint ([`Stat::EndpointsMapFull`], [`OVERFLOW`]).
 #[map(name = "ENDPOINTS")]
 static ENDPOINTS: PerCpuHashMap<EndpointKey, EndpointStats> =
     PerCpuHashMap::with_max_entries(DEFAULT_MAX_ENDPOINTS, BPF_F_NO_PREALLOC);
@@ -255,9 +255,10 @@ fn new_endpoint(key: &mut EndpointKey, done: &Completion) -> *mut EndpointStats 
                 }
                 // Inserted by another CPU meanwhile.
                 Err(e) if e == -EEXIST => {}
+                // The map is full: the request still counts, in the overflow endpoint.
                 Err(e) if e == -E2BIG => {
                     bump(Stat::EndpointsMapFull, 1);
-                    return core::ptr::null_mut();
+                    return overflow(key, done, zero);
                 }
                 Err(_) => {
                     bump(Stat::EndpointAllocFailed, 1);
