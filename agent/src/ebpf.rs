@@ -182,6 +182,10 @@ pub struct ProgramStats {
     pub run_count: u64,
 }
 
+/// How long a connection parked for a socket that never appeared is kept (an abandoned
+/// handshake after data reached a listener): see [`Kite::sweep_pending`].
+pub const PENDING_MAX_AGE: Duration = Duration::from_secs(30);
+
 /// The loaded programs and the cgroups they are attached to. Dropping it detaches everything.
 pub struct Kite {
     ebpf: Ebpf,

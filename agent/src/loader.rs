@@ -135,6 +135,11 @@ pub fn run(args: &Args, stop: Arc<AtomicBool>) -> Result<(), Error> {
         }
         next += interval;
         let now = Instant::now();
+        // Connections parked for a socket that never appeared (an abandoned handshake after
+        // data reached a listener), as the agent does.
+        if let Err(e) = kite.sweep_pending(crate::ebpf::PENDING_MAX_AGE) {
+            log::warn!("sweeping the pending-connection map: {e}");
+        }
         collector.update(now, kite.endpoints()?);
         reports += 1;
         let mut lines: BTreeMap<LineKey, Interval> = BTreeMap::new();

@@ -17,7 +17,7 @@ use super::state::{AttachmentInfo, Shared, Source, Workload};
 use crate::{
     Error,
     cgroup::{Cgroup, Hierarchy, is_within},
-    ebpf::{Attached, Kite},
+    ebpf::{Attached, Kite, PENDING_MAX_AGE},
     stats::EndpointId,
 };
 use kite_common::maps::BudgetKey;
@@ -44,9 +44,6 @@ pub struct DataPlane {
 
 /// How often freed memory is handed back to the system.
 const TRIM_EVERY: Duration = Duration::from_secs(10);
-/// A connection whose data reached its listener but whose socket has not appeared after this
-/// long never will (the handshake was abandoned): its parked state is removed.
-const PENDING_MAX_AGE: Duration = Duration::from_secs(30);
 /// Most cgroups indexed under one attachment.
 const INDEX_LIMIT: usize = 100_000;
 

@@ -92,11 +92,19 @@ fn never_reading_watch_clients_and_concurrent_scrapes_stay_bounded() {
         port,
         &["0.0.0.0"],
     );
-    let agent = Agent::start(&["--cgroup", &cg.cgroup.path, "--idle-timeout", "10s"]);
+    // One cgroup with many endpoints: its budget raised to the whole map for this test.
+    let agent = Agent::start(&[
+        "--cgroup",
+        &cg.cgroup.path,
+        "--idle-timeout",
+        "10s",
+        "--endpoint-budget",
+        "16384",
+    ]);
     let pid = agent.proc.child.id();
     // Many endpoints: requests to each of 6 000 addresses, in rounds (inserts into the
-    // kernel's per-CPU hash can fail under a burst of new keys; those are counted as
-    // endpoints_map_full and the next round records them).
+    // kernel's per-CPU hash can fail under a burst of new keys; those requests land in the
+    // overflow endpoint and the next round gives the key its own entry).
     const ENDPOINTS: usize = 6_000;
     let many = addrs(ENDPOINTS, port);
     let mut n = 0;
