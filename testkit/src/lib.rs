@@ -43,6 +43,23 @@ pub fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A single-threaded tokio runtime for a test's async client calls.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// A tokio runtime with `threads` workers, for tests that keep many streams busy at once.
+pub fn rt_multi(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 pub fn unique(name: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!(

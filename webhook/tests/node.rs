@@ -35,13 +35,6 @@ fn sibling_bin(name: &str) -> PathBuf {
     bin
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// A process killed on drop, its stderr kept in a file shown when the test fails.
 struct Daemon {
     proc: Proc,

@@ -47,11 +47,7 @@ fn addrs(n: usize, port: u16) -> Vec<SocketAddr> {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    kite_testkit::rt_multi(2)
 }
 
 /// A full GET over HTTP/1.0: (status, body length, time taken).
