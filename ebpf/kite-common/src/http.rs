@@ -947,7 +947,7 @@ impl Conn {
                 sink.stat(Stat::PayloadPackets);
                 return self.resync(seg, seq, 0, false, sink);
             } else {
-                if in_body && st.mode == MODE_BODY {
+                if st.mode == MODE_BODY {
                     // The body ends inside the gap: the message is complete; what follows it
                     // waits like any gap.
                     let rest = st.remaining as u32;
@@ -983,11 +983,8 @@ impl Conn {
         if !req {
             // The open response ended before the boundary.
             self.complete(sink);
-            // At a proven boundary only the newest request can be answered (nothing else was
-            // outstanding when it was sent); the older ones were answered in bytes Kite did
-            // not parse.
-            // Requests queued before the one the boundary belongs to were answered in bytes
-            // never parsed.
+            // At a proven boundary, the requests queued before the one the boundary belongs
+            // to (`cand_q`) were answered in bytes never parsed.
             let cq = self.stream(seg.rx).cand_q as u32;
             let older = cq.saturating_sub(1);
             let extra = if older < self.waiting() {
