@@ -364,6 +364,14 @@ impl Checks {
         }
     }
 
+    /// What every test over the link checks: exact counts, p50, and the exact mean where
+    /// client and Kite time the same thing.
+    fn counts_and_latency(&mut self, w: &Watch, dir: Direction, r: &Outcome) {
+        self.counts_exact(w, dir, r);
+        self.close("p50", kite_q(w, 0.5), r.quantile(0.5), LATENCY_TOL);
+        self.mean_if_outbound(w, dir, r);
+    }
+
     fn finish(self) {
         assert!(self.0.is_empty(), "{}", self.0.join("\n"));
     }
@@ -434,9 +442,7 @@ fn lossy_link_counts_exactly(inbound: bool) {
     assert!(ab.dropped > 0 && ba.dropped > 0);
     assert!(ab.overtaken > 0 && ba.overtaken > 0);
     let mut c = Checks::default();
-    c.counts_exact(&w, net.direction(), &r);
-    c.close("p50", kite_q(&w, 0.5), r.quantile(0.5), LATENCY_TOL);
-    c.mean_if_outbound(&w, net.direction(), &r);
+    c.counts_and_latency(&w, net.direction(), &r);
     let left = settle_socket_state(&w, baseline);
     eprintln!("  connection state: {left} (baseline {baseline})");
     c.check(left == baseline, || {
@@ -506,9 +512,7 @@ fn overtaken_status_line(inbound: bool) {
     assert!(ba.held >= 200, "{ba:?}");
     assert!(ba.overtaken >= 200, "{ba:?}");
     let mut c = Checks::default();
-    c.counts_exact(&w, net.direction(), &r);
-    c.close("p50", kite_q(&w, 0.5), r.quantile(0.5), LATENCY_TOL);
-    c.mean_if_outbound(&w, net.direction(), &r);
+    c.counts_and_latency(&w, net.direction(), &r);
     c.finish();
 }
 
@@ -569,9 +573,7 @@ fn overtaken_post_header_inbound() {
     assert_eq!(r.results.len(), 200);
     assert!(ab.held >= 200 && ab.overtaken >= 200, "{ab:?}");
     let mut c = Checks::default();
-    c.counts_exact(&w, net.direction(), &r);
-    c.close("p50", kite_q(&w, 0.5), r.quantile(0.5), LATENCY_TOL);
-    c.mean_if_outbound(&w, net.direction(), &r);
+    c.counts_and_latency(&w, net.direction(), &r);
     c.finish();
 }
 
@@ -622,9 +624,7 @@ fn lost_first_segments(inbound: bool) {
         "one loss per connection each way"
     );
     let mut c = Checks::default();
-    c.counts_exact(&w, net.direction(), &r);
-    c.close("p50", kite_q(&w, 0.5), r.quantile(0.5), LATENCY_TOL);
-    c.mean_if_outbound(&w, net.direction(), &r);
+    c.counts_and_latency(&w, net.direction(), &r);
     c.finish();
 }
 
@@ -692,9 +692,7 @@ fn duplicated_segments_counted_once() {
         assert_eq!(r.results.len(), 200);
         assert!(ab.duplicated > 0 && ba.duplicated > 0);
         let mut c = Checks::default();
-        c.counts_exact(&w, net.direction(), &r);
-        c.close("p50", kite_q(&w, 0.5), r.quantile(0.5), LATENCY_TOL);
-        c.mean_if_outbound(&w, net.direction(), &r);
+        c.counts_and_latency(&w, net.direction(), &r);
         c.finish();
     }
 }
