@@ -1,0 +1,232 @@
+//! Exposition formats, content negotiation, and the encode-once cache of `/metrics` answers.
+
+use std::{
+    fmt,
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use prometheus_client::registry::Registry;
+
+use super::KiteCollector;
+use crate::daemon::state::{Guards, Shared};
+
+/// Exposition formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0 text, for scrapers that ask for it.
+    OpenMetrics,
+    /// The classic Prometheus text format (0.0.4), the default: every client and
+    /// `promtool check metrics` read it.
+    Prometheus,
+}
+
+impl Format {
+    /// From an HTTP `Accept` header.
+    pub fn from_accept(accept: Option<&str>) -> Self {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+
+    /// Its `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// The text exposition.
+pub fn render(registry: &Registry, format: Format) -> Result<String, fmt::Error> {
+    render_sized(registry, format, 0)
+}
+
+/// The text exposition into a buffer of `capacity` bytes to start with (the previous size: the
+/// buffer then never doubles past what it needs).
+pub fn render_sized(
+    registry: &Registry,
+    format: Format,
+    capacity: usize,
+) -> Result<String, fmt::Error> {
+    let mut out = String::with_capacity(capacity);
+    match format {
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, registry)?,
+        Format::Prometheus => {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, registry)?
+        }
+    }
+    Ok(out)
+}
+
+/// `/metrics` answers, bounded whatever scrapers do.
+///
+/// The exposition is encoded at most once per poll (and format) and the same bytes go to every
+/// scraper of that poll. At most `max_alive` expositions exist at once: one still being read
+/// by a slow scraper counts until it is done, and each answer must be read within a send
+/// deadline. When a new poll's exposition would exceed that, scrapers get the newest one
+/// already encoded (a poll older, counted as `stale`) instead of a new copy.
+pub struct Exposition {
+    registry: Registry,
+    shared: Shared,
+    max_alive: usize,
+    send_deadline: Duration,
+    cache: tokio::sync::Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    newest: Option<Cached>,
+    /// Every exposition handed out and maybe still being sent.
+    alive: Vec<Weak<Body>>,
+}
+
+struct Cached {
+    generation: u64,
+    format: Format,
+    body: Arc<Body>,
+}
+
+/// An encoded exposition, shared by its readers.
+struct Body(String);
+
+impl AsRef<[u8]> for Body {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+/// Keeps its exposition alive while its bytes are being sent.
+struct Share(Arc<Body>);
+
+impl AsRef<[u8]> for Share {
+    fn as_ref(&self) -> &[u8] {
+        self.0.0.as_bytes()
+    }
+}
+
+/// A chunk of the answer handed to the HTTP layer at a time.
+const CHUNK: usize = 64 * 1024;
+
+impl Exposition {
+    /// Over the shared state.
+    pub fn new(shared: Shared, max_alive: usize, send_deadline: Duration) -> Self {
+        Self {
+            registry: KiteCollector::registry(shared.clone()),
+            shared,
+            max_alive: max_alive.max(1),
+            send_deadline,
+            cache: tokio::sync::Mutex::new(Cache::default()),
+        }
+    }
+
+    async fn body(&self, format: Format) -> Result<(Format, Arc<Body>), fmt::Error> {
+        let (generation, guards) = {
+            let st = self.shared.read();
+            (st.generation, st.guards.clone())
+        };
+        let mut cache = self.cache.lock().await;
+        if let Some(c) = cache.newest.as_ref()
+            && c.generation == generation
+            && c.format == format
+        {
+            Guards::inc(&guards.scrape_shared);
+            return Ok((c.format, c.body.clone()));
+        }
+        let hint = cache
+            .newest
+            .as_ref()
+            .map_or(0, |c| c.body.0.len() + c.body.0.len() / 16);
+        // The cache's own reference does not count: it is dropped before encoding.
+        cache.newest = cache
+            .newest
+            .take()
+            .filter(|c| Arc::strong_count(&c.body) > 1);
+        cache.alive.retain(|w| w.strong_count() > 0);
+        if cache.alive.len() >= self.max_alive
+            && let Some(c) = cache.newest.as_ref()
+        {
+            // Slow readers still hold the previous expositions: no new copy.
+            Guards::inc(&guards.scrape_stale);
+            return Ok((c.format, c.body.clone()));
+        }
+        cache.newest = None;
+        cache.alive.retain(|w| w.strong_count() > 0);
+        let text = render_sized(&self.registry, format, hint)?;
+        Guards::inc(&guards.scrape_encoded);
+        if text.len() > 1 << 20 {
+            // Thousands of endpoints render to tens of megabytes; give the pages back once
+            // the answer is on its way rather than keep them as the process's high-water mark.
+            tokio::spawn(async {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                // SAFETY: plain glibc call.
+                unsafe { libc::malloc_trim(0) };
+            });
+        }
+        let body = Arc::new(Body(text));
+        cache.alive.push(Arc::downgrade(&body));
+        cache.newest = Some(Cached {
+            generation,
+            format,
+            body: body.clone(),
+        });
+        Ok((format, body))
+    }
+
+    /// Answers one scrape.
+    pub async fn answer(&self, accept: Option<&str>) -> axum::response::Response {
+        use axum::{http::StatusCode, response::IntoResponse as _};
+        let format = Format::from_accept(accept);
+        let guards = self.shared.read().guards.clone();
+        let (format, body) = match self.body(format).await {
+            Ok(b) => b,
+            Err(_) => {
+                return (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response();
+            }
+        };
+        let body = Bytes::from_owner(Share(body));
+        let len = body.len();
+        let deadline = tokio::time::Instant::now() + self.send_deadline;
+        // The exposition stays alive until its last chunk is taken (or the connection drops).
+        let chunks = futures_util::stream::unfold((body, 0usize), move |(body, at)| {
+            let guards = guards.clone();
+            async move {
+                if at >= body.len() {
+                    return None;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    Guards::inc(&guards.scrape_send_timeout);
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the scraper did not read the answer within the send deadline",
+                    );
+                    return Some((Err(e), (Bytes::new(), 0)));
+                }
+                let end = (at + CHUNK).min(body.len());
+                let chunk = body.slice(at..end);
+                // The last chunk releases the whole exposition once sent.
+                let rest = if end >= body.len() {
+                    Bytes::new()
+                } else {
+                    body
+                };
+                Some((Ok(chunk), (rest, if end >= len { 0 } else { end })))
+            }
+        });
+        (
+            StatusCode::OK,
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    format.content_type().to_string(),
+                ),
+                (axum::http::header::CONTENT_LENGTH, len.to_string()),
+            ],
+            axum::body::Body::from_stream(chunks),
+        )
+            .into_response()
+    }
+}

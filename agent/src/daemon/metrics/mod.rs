@@ -1,0 +1,167 @@
+//! Prometheus exposition: OpenTelemetry HTTP semantic-convention histograms built from the
+//! cumulative kernel histograms, plus Kite's self-metrics. Encoding reads the shared state
+//! only (never the maps), so a scrape never waits on the data plane.
+//!
+//! - [`buckets`]: the histogram buckets Prometheus sees;
+//! - [`labels`]: the OpenTelemetry attributes of a series;
+//! - [`self_metrics`]: the agent's own counters and gauges;
+//! - [`exposition`]: formats, content negotiation and the encode-once cache.
+
+use std::{collections::BTreeMap, fmt};
+
+use kite_common::maps::{Direction, Method};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter},
+    registry::{Registry, Unit},
+};
+
+use super::state::Shared;
+use crate::stats::Series;
+
+mod buckets;
+mod exposition;
+mod labels;
+mod self_metrics;
+
+pub use buckets::edges;
+pub use exposition::{Exposition, Format, render, render_sized};
+
+use buckets::buckets;
+use labels::series_labels;
+use self_metrics::{gauge, self_metrics};
+
+type Labels = Vec<(String, String)>;
+
+/// Kite's collector: everything is computed from the shared state at scrape time.
+#[derive(Debug)]
+pub struct KiteCollector {
+    shared: Shared,
+}
+
+impl KiteCollector {
+    /// A registry with Kite's collector.
+    pub fn registry(shared: Shared) -> Registry {
+        let mut r = Registry::default();
+        r.register_collector(Box::new(KiteCollector { shared }));
+        r
+    }
+}
+
+#[derive(Default)]
+struct Agg {
+    series: Series,
+}
+
+impl Collector for KiteCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let st = self.shared.read();
+        // Containers of one pod (or sockets of one cgroup seen under several ids) fold into one
+        // series per label set.
+        let mut by_dir: [BTreeMap<Labels, Agg>; 2] = [BTreeMap::new(), BTreeMap::new()];
+        // Requests in each cgroup's overflow endpoint, by its labels without the endpoint's.
+        let mut overflow: BTreeMap<Labels, u64> = BTreeMap::new();
+        for ep in st.collector.endpoints() {
+            if ep.id.is_overflow() {
+                let mut l = series_labels(&st, ep, Method::Other, 0);
+                l.drain(..4);
+                let side = match ep.id.direction {
+                    Direction::Inbound => "server",
+                    Direction::Outbound => "client",
+                };
+                l.push(("kite_side".into(), side.into()));
+                *overflow.entry(l).or_default() += ep.totals.values().map(|s| s.count).sum::<u64>();
+            }
+            for ((method, status), s) in &ep.totals {
+                let labels = series_labels(&st, ep, *method, *status);
+                let slot = match ep.id.direction {
+                    Direction::Inbound => &mut by_dir[0],
+                    Direction::Outbound => &mut by_dir[1],
+                };
+                let agg = slot.entry(labels).or_default();
+                agg.series.count += s.count;
+                agg.series.latency_sum_ns += s.latency_sum_ns;
+                agg.series.req_bytes += s.req_bytes;
+                agg.series.resp_bytes += s.resp_bytes;
+                agg.series.hist.add(&s.hist);
+            }
+        }
+        for (i, (name, help)) in [
+            (
+                "http_server_request_duration",
+                "Duration of HTTP server requests (request's first byte in to response's first byte out), measured by Kite's eBPF programs",
+            ),
+            (
+                "http_client_request_duration",
+                "Duration of HTTP client requests (request out to response's first byte in), measured by Kite's eBPF programs",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if by_dir[i].is_empty() {
+                continue;
+            }
+            let mut m = enc.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+            for (labels, agg) in &by_dir[i] {
+                let s = &agg.series;
+                m.encode_family(labels)?.encode_histogram::<Labels>(
+                    s.latency_sum_ns as f64 / 1e9,
+                    s.count,
+                    &buckets(&s.hist),
+                    None,
+                )?;
+            }
+        }
+        for (what, help) in [
+            (
+                "request",
+                "HTTP request bytes (headers and body) seen by Kite",
+            ),
+            (
+                "response",
+                "HTTP response bytes (headers and body) seen by Kite",
+            ),
+        ] {
+            if by_dir.iter().all(BTreeMap::is_empty) {
+                break;
+            }
+            let name = format!("kite_http_{what}");
+            let mut m =
+                enc.encode_descriptor(&name, help, Some(&Unit::Bytes), MetricType::Counter)?;
+            for (dir, map) in ["server", "client"].iter().zip(&by_dir) {
+                for (labels, agg) in map {
+                    let mut l = labels.clone();
+                    l.push(("kite_side".into(), (*dir).into()));
+                    let v = if what == "request" {
+                        agg.series.req_bytes
+                    } else {
+                        agg.series.resp_bytes
+                    };
+                    ConstCounter::new(v).encode(m.encode_family(&l)?)?;
+                }
+            }
+        }
+        if st.options.budget() != crate::ebpf::NO_BUDGET {
+            gauge(
+                &mut enc,
+                "kite_endpoint_budget",
+                "Distinct endpoint histograms one cgroup may hold in one direction (--endpoint-budget); requests beyond go to its server_address=\"_OTHER\" endpoint",
+                st.options.budget() as i64,
+            )?;
+        }
+        if !overflow.is_empty() {
+            let mut m = enc.encode_descriptor(
+                "kite_endpoint_budget_overflow",
+                "Requests of a cgroup recorded in its overflow endpoint (server_address=\"_OTHER\"): beyond its endpoint budget, or whose own histogram could not be allocated",
+                None,
+                MetricType::Counter,
+            )?;
+            for (l, n) in &overflow {
+                ConstCounter::new(*n).encode(m.encode_family(l)?)?;
+            }
+        }
+        self_metrics(&st, &mut enc)
+    }
+}
