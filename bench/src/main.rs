@@ -11,6 +11,7 @@
 
 mod accuracy;
 mod agent_cost;
+mod microbench;
 mod overhead;
 mod report;
 
@@ -36,6 +37,8 @@ struct Args {
 enum What {
     /// nginx + wrk: throughput and latency unmonitored vs with Kite; eBPF ns per request.
     Overhead(overhead::Opts),
+    /// BPF_PROG_TEST_RUN on canned packets: the programs' ns per packet, case by case.
+    Micro(microbench::Opts),
     /// kite-agent CPU and memory at several request rates and endpoint counts.
     Agent(agent_cost::Opts),
     /// Kite's counts, RPS and percentiles next to the load generators' own.
@@ -67,6 +70,13 @@ fn main() -> ExitCode {
     let mut md = report::header();
     match args.what {
         What::Overhead(o) => md += &overhead::run(&o),
+        What::Micro(o) => match microbench::run(&o) {
+            Ok(s) => md += &s,
+            Err(e) => {
+                eprintln!("kite-bench micro: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
         What::Agent(o) => md += &agent_cost::run(&o),
         What::Accuracy => md += &accuracy::run(),
         What::All { overhead, agent } => {

@@ -609,8 +609,11 @@ fn full_sock(ctx: &SkBuffContext) -> *mut bpf_sock {
     }
 }
 
+/// `BENCH`: the microbenchmark's copy of this path (`kite_bench`, run by `BPF_PROG_TEST_RUN`
+/// on canned packets): the socket's state is a fresh copy of a canned one ([`bench_conn`]),
+/// everything else is the real path.
 #[inline(always)]
-fn on_packet(ctx: &SkBuffContext, rx: bool, slot: u32) -> Result<(), i64> {
+fn on_packet<const BENCH: bool>(ctx: &SkBuffContext, rx: bool, slot: u32) -> Result<(), i64> {
     bump(Stat::Packets, 1);
     let work = WORK.get_ptr_mut(slot).ok_or(0)?;
     // SAFETY: this CPU's map value; programs do not migrate while running.
@@ -629,9 +632,16 @@ fn on_packet(ctx: &SkBuffContext, rx: bool, slot: u32) -> Result<(), i64> {
         return Ok(());
     }
     let mut conn = storage(sk.cast());
+    if BENCH {
+        conn = bench_conn();
+    }
     if conn.is_null() {
         // SAFETY: a full socket: `state` is readable.
-        let state = unsafe { (*sk).state };
+        let state = if BENCH {
+            BPF_TCP_ESTABLISHED
+        } else {
+            unsafe { (*sk).state }
+        };
         if state == BPF_TCP_LISTEN {
             // Data on a listener: the connection's socket does not exist yet (deferred
             // accept, or the final handshake ACK was lost). Parsed by `kite_listener`.
@@ -681,6 +691,10 @@ fn on_packet(ctx: &SkBuffContext, rx: bool, slot: u32) -> Result<(), i64> {
             // (a body made of request lines must not become a request).
             let ahead_of = if rx { first_byte_ahead(sk, w) } else { None };
             if ahead_of.is_none() && !starts_http(ctx, w, p.base, p.len)? {
+                return Ok(());
+            }
+            if BENCH {
+                // The dummy socket of a test run gets no state.
                 return Ok(());
             }
             if live(LIVE_SOCKETS) >= max_sockets() {
@@ -801,7 +815,7 @@ fn parse(ctx: &SkBuffContext, conn: *mut Conn, work: *mut Work, rx: bool, p: &Tc
 #[cgroup_skb(ingress)]
 pub fn kite_ingress(ctx: SkBuffContext) -> i32 {
     let slot = enter();
-    let _ = on_packet(&ctx, true, slot);
+    let _ = on_packet::<false>(&ctx, true, slot);
     leave();
     1
 }
@@ -810,7 +824,7 @@ pub fn kite_ingress(ctx: SkBuffContext) -> i32 {
 #[cgroup_skb(egress)]
 pub fn kite_egress(ctx: SkBuffContext) -> i32 {
     let slot = enter();
-    let _ = on_packet(&ctx, false, slot);
+    let _ = on_packet::<false>(&ctx, false, slot);
     leave();
     1
 }
@@ -828,6 +842,98 @@ pub fn kite_listener(ctx: SkBuffContext) -> i32 {
 /// program costs by itself (the benchmarks report Kite's cost next to it).
 #[cgroup_skb]
 pub fn kite_empty(_ctx: SkBuffContext) -> i32 {
+    1
+}
+
+/// What `kite_bench` runs ([`BENCH_CFG`]).
+#[repr(C)]
+struct BenchCfg {
+    /// 1 + the [`BENCH_CONNS`] slot of the state the packet finds (0: the socket has none).
+    conn: u32,
+    /// 1: the packet is received (ingress), 0: sent.
+    rx: u32,
+    /// [`BENCH_PATH`], [`BENCH_COPY`] or [`BENCH_BUCKETS`].
+    what: u32,
+    _pad: u32,
+}
+
+/// `kite_bench` runs the packet path.
+const BENCH_PATH: u32 = 0;
+/// `kite_bench` only copies the canned state (the benchmark's own cost, reported apart).
+const BENCH_COPY: u32 = 1;
+/// `kite_bench` runs [`hist::bucket_index`] [`BENCH_BUCKET_CALLS`] times.
+const BENCH_BUCKETS: u32 = 2;
+const BENCH_BUCKET_CALLS: u64 = 64;
+
+/// The microbenchmark's settings (written by `kite-bench micro`; never used by the agent).
+#[map(name = "BENCH_CFG")]
+static BENCH_CFG: Array<BenchCfg> = Array::with_max_entries(1, 0);
+
+/// Canned connection states for the microbenchmark (written by user space).
+#[map(name = "BENCH_CONNS")]
+static BENCH_CONNS: Array<Conn> = Array::with_max_entries(8, 0);
+
+/// The state one `kite_bench` run works on: a fresh copy of a canned one, so every repeat of
+/// a test run starts from the same state.
+#[map(name = "BENCH_STATE")]
+static BENCH_STATE: PerCpuArray<Conn> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sink of [`BENCH_BUCKETS`] results (keeps the calls from being optimised away).
+#[map(name = "BENCH_OUT")]
+static BENCH_OUT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The canned state `kite_bench`'s packet finds, copied fresh; null for none.
+#[inline(always)]
+fn bench_conn() -> *mut Conn {
+    let Some(cfg) = BENCH_CFG.get(0) else {
+        return core::ptr::null_mut();
+    };
+    if cfg.conn == 0 {
+        return core::ptr::null_mut();
+    }
+    let (Some(from), Some(to)) = (BENCH_CONNS.get(cfg.conn - 1), BENCH_STATE.get_ptr_mut(0)) else {
+        return core::ptr::null_mut();
+    };
+    // SAFETY: this CPU's map value, a plain copy.
+    unsafe { *to = *from };
+    to
+}
+
+/// The microbenchmark: the packet path of [`kite_ingress`]/[`kite_egress`] with a canned
+/// connection state ([`BENCH_CFG`]), run by `BPF_PROG_TEST_RUN` on canned packets (whose dummy
+/// socket has no TCP state, so the real programs would stop at the socket). Never attached.
+#[cgroup_skb]
+pub fn kite_bench(ctx: SkBuffContext) -> i32 {
+    let Some(cfg) = BENCH_CFG.get(0) else {
+        return 1;
+    };
+    match cfg.what {
+        BENCH_COPY => {
+            let _ = bench_conn();
+        }
+        BENCH_BUCKETS => {
+            // SAFETY: plain helper call.
+            let t = unsafe { bpf_ktime_get_ns() };
+            let mut acc = 0u64;
+            let mut i = 0;
+            while i < BENCH_BUCKET_CALLS {
+                // Latencies from 1 µs to about a minute.
+                acc += hist::bucket_index(((t & 0xfff_ffff) << (i & 15)) | 1000) as u64;
+                i += 1;
+            }
+            if let Some(p) = BENCH_OUT.get_ptr_mut(0) {
+                // SAFETY: this CPU's map value.
+                unsafe { *p += acc };
+            }
+        }
+        BENCH_PATH => {
+            let rx = cfg.rx != 0;
+            let slot = enter();
+            let _ = on_packet::<true>(&ctx, rx, slot);
+            leave();
+        }
+        _ => {}
+    }
     1
 }
 
