@@ -19,6 +19,7 @@ use kite_common::maps::{Direction, Stat};
 use crate::{
     Error,
     cgroup::Hierarchy,
+    daemon::flags,
     ebpf::{Kite, Options},
     human,
     stats::{Collector, EndpointId, Interval},
@@ -37,7 +38,7 @@ pub struct Args {
     #[arg(default_value = "kite")]
     pub tag: String,
     /// Seconds between reports.
-    #[arg(short = 's', long = "interval", default_value_t = 3.0, value_parser = positive_secs)]
+    #[arg(short = 's', long = "interval", default_value_t = 3.0, value_parser = flags::loader_interval)]
     pub interval: f64,
     /// cgroup v2 to measure: a path relative to the cgroup2 mount (`/system.slice/nginx.service`)
     /// or an absolute path under it. Default: the root cgroup (the whole machine).
@@ -53,22 +54,15 @@ pub struct Args {
     #[arg(short, long)]
     pub verbose: bool,
     /// Most connections tracked at once.
-    #[arg(long, default_value_t = Options::default().max_sockets)]
+    #[arg(long, default_value_t = Options::default().max_sockets, value_parser = flags::max_sockets)]
     pub max_sockets: u32,
     /// Most (cgroup, endpoint, method, status) histograms.
-    #[arg(long, default_value_t = Options::default().max_endpoints)]
+    #[arg(long, default_value_t = Options::default().max_endpoints, value_parser = flags::max_endpoints)]
     pub max_endpoints: u32,
     /// Most distinct endpoint histograms one cgroup may hold in one direction (requests beyond
     /// are shown as one `_OTHER` endpoint); 0: an eighth of --max-endpoints, none below 2048.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = flags::endpoint_budget)]
     pub endpoint_budget: u32,
-}
-
-fn positive_secs(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v >= 0.1 && v.is_finite() => Ok(v),
-        _ => Err(format!("{s}: expected a number of seconds ≥ 0.1")),
-    }
 }
 
 /// One report line's key: the loader folds cgroups together.

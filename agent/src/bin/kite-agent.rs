@@ -17,6 +17,12 @@ const RUNTIME_STOP: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let config = Config::parse();
+    if let Err(msg) = config.check() {
+        use clap::CommandFactory as _;
+        Config::command()
+            .error(clap::error::ErrorKind::ValueValidation, msg)
+            .exit();
+    }
     // Allocations of 1 MiB and more (a /metrics answer for thousands of endpoints) get their
     // own mappings and go back to the system when freed, instead of fragmenting the heap; a
     // fixed threshold also stops glibc from raising it after the first large free.

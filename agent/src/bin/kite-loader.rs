@@ -10,6 +10,14 @@ use kite_agent::loader::{Args, run};
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(msg) =
+        kite_agent::daemon::flags::check_budget(args.max_endpoints, args.endpoint_budget)
+    {
+        use clap::CommandFactory as _;
+        Args::command()
+            .error(clap::error::ErrorKind::ValueValidation, msg)
+            .exit();
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(|buf, rec| writeln!(buf, "[{}] [{}] {}", rec.level(), rec.target(), rec.args()))
         .target(env_logger::Target::Stdout)

@@ -46,6 +46,42 @@ pub struct DataPlane {
 const TRIM_EVERY: Duration = Duration::from_secs(10);
 /// Most cgroups indexed under one attachment.
 const INDEX_LIMIT: usize = 100_000;
+/// At most one "a poll took" warning this often; the ones in between are counted in the next.
+const SLOW_POLL_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Lets one event through every `every`, counting the ones held back meanwhile.
+#[derive(Debug)]
+pub struct RateLimit {
+    every: Duration,
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl RateLimit {
+    /// At most one event per `every`.
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            held: 0,
+        }
+    }
+
+    /// An event at `now`: `Some(events held back since the last one let through)` when this
+    /// one may be reported, `None` when it is held back.
+    pub fn hit(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < self.every => {
+                self.held += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.held))
+            }
+        }
+    }
+}
 
 /// Settings of the data-plane thread.
 pub struct Settings {
@@ -122,6 +158,7 @@ struct Worker {
     settings: Settings,
     last_sweep: Instant,
     unknown_ids_at: Option<Instant>,
+    slow_polls: RateLimit,
 }
 
 impl Worker {
@@ -133,6 +170,7 @@ impl Worker {
             settings,
             last_sweep: Instant::now(),
             unknown_ids_at: None,
+            slow_polls: RateLimit::new(SLOW_POLL_WARN_EVERY),
         }
     }
 
@@ -314,8 +352,17 @@ impl Worker {
         };
         self.notify.send_replace(generation);
         let took = started.elapsed();
-        if took > self.settings.interval / 2 {
-            warn!("a poll took {took:?}");
+        if took > self.settings.interval / 2
+            && let Some(held) = self.slow_polls.hit(Instant::now())
+        {
+            let interval = self.settings.interval;
+            if held > 0 {
+                warn!(
+                    "a poll took {took:?} (interval {interval:?}); {held} more polls took over half the interval since the last such warning (at most one a minute)"
+                );
+            } else {
+                warn!("a poll took {took:?} (interval {interval:?})");
+            }
         }
     }
 
@@ -445,5 +492,26 @@ impl Worker {
             found.extend(self.settings.hierarchy.index_under(&r, INDEX_LIMIT));
         }
         self.shared.write().paths.extend(found);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_poll_warnings_are_one_a_minute_with_the_count_of_the_others() {
+        let mut r = RateLimit::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(r.hit(t0), Some(0));
+        // A slow poll every 10 ms for 59 s: none reported.
+        let held = (1..5_900)
+            .filter_map(|i| r.hit(t0 + Duration::from_millis(10 * i)))
+            .count();
+        assert_eq!(held, 0);
+        // The first after a minute reports the 5 899 held back, then counting starts again.
+        assert_eq!(r.hit(t0 + Duration::from_secs(60)), Some(5_899));
+        assert_eq!(r.hit(t0 + Duration::from_secs(61)), None);
+        assert_eq!(r.hit(t0 + Duration::from_secs(121)), Some(1));
     }
 }

@@ -167,6 +167,8 @@ pub struct State {
     pub endpoints_used: u64,
     /// Map sizes.
     pub options: Options,
+    /// Most label sets the http_* Prometheus families export (`--max-series`).
+    pub max_series: usize,
     /// Time spent in the eBPF programs.
     pub bpf: ProgramStats,
     /// The agent's own counters.
@@ -226,6 +228,7 @@ impl State {
             sockets_used: 0,
             endpoints_used: 0,
             options,
+            max_series: super::metrics::DEFAULT_MAX_SERIES,
             bpf: ProgramStats::default(),
             agent: AgentCounters::default(),
             guards: Arc::default(),

@@ -7,7 +7,7 @@
 //! - [`self_metrics`]: the agent's own counters and gauges;
 //! - [`exposition`]: formats, content negotiation and the encode-once cache.
 
-use std::{collections::BTreeMap, fmt};
+use std::{collections::BTreeMap, fmt, sync::Mutex};
 
 use kite_common::maps::{Direction, Method};
 use prometheus_client::{
@@ -21,11 +21,13 @@ use super::state::Shared;
 use crate::stats::Series;
 
 mod buckets;
+mod cap;
 mod exposition;
 mod labels;
 mod self_metrics;
 
 pub use buckets::edges;
+pub use cap::{DEFAULT_MAX_SERIES, OVERFLOW_LABEL};
 pub use exposition::{Exposition, Format, render, render_sized};
 
 use buckets::buckets;
@@ -38,13 +40,18 @@ type Labels = Vec<(String, String)>;
 #[derive(Debug)]
 pub struct KiteCollector {
     shared: Shared,
+    /// Which label sets are exported (`--max-series`), kept across scrapes.
+    cap: Mutex<cap::Cap>,
 }
 
 impl KiteCollector {
     /// A registry with Kite's collector.
     pub fn registry(shared: Shared) -> Registry {
         let mut r = Registry::default();
-        r.register_collector(Box::new(KiteCollector { shared }));
+        r.register_collector(Box::new(KiteCollector {
+            shared,
+            cap: Mutex::default(),
+        }));
         r
     }
 }
@@ -87,6 +94,12 @@ impl Collector for KiteCollector {
                 agg.series.hist.add(&s.hist);
             }
         }
+        // At most --max-series label sets; the rest in one overflow series per family.
+        let folded = self
+            .cap
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(st.max_series, &mut by_dir);
         for (i, (name, help)) in [
             (
                 "http_server_request_duration",
@@ -162,6 +175,51 @@ impl Collector for KiteCollector {
                 ConstCounter::new(*n).encode(m.encode_family(l)?)?;
             }
         }
+        series_cap_metrics(&mut enc, st.max_series, &folded)?;
         self_metrics(&st, &mut enc)
     }
+}
+
+/// The cap's own gauge and counters.
+fn series_cap_metrics(
+    enc: &mut DescriptorEncoder,
+    max: usize,
+    folded: &[cap::Folded; 2],
+) -> Result<(), fmt::Error> {
+    gauge(
+        enc,
+        "kite_series_limit",
+        "Label sets the http_* families export at most (--max-series, server and client together); beyond, they are folded into the series labelled otel_metric_overflow=\"true\"",
+        max as i64,
+    )?;
+    for (name, help, value) in [
+        (
+            "kite_series_overflow",
+            "Label sets folded into the otel_metric_overflow=\"true\" series so far (also those gone since)",
+            (|f: &cap::Folded| f.total) as fn(&cap::Folded) -> u64,
+        ),
+        (
+            "kite_series_overflow_requests",
+            "Requests recorded in the otel_metric_overflow=\"true\" series (its _count)",
+            |f: &cap::Folded| f.requests,
+        ),
+    ] {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (side, f) in ["server", "client"].iter().zip(folded) {
+            let l: Labels = vec![("kite_side".into(), (*side).into())];
+            ConstCounter::new(value(f)).encode(m.encode_family(&l)?)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "kite_series_folded",
+        "Label sets in the otel_metric_overflow=\"true\" series now",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (side, f) in ["server", "client"].iter().zip(folded) {
+        let l: Labels = vec![("kite_side".into(), (*side).into())];
+        prometheus_client::metrics::gauge::ConstGauge::new(f.now as i64)
+            .encode(m.encode_family(&l)?)?;
+    }
+    Ok(())
 }
