@@ -14,7 +14,10 @@ use std::{
 };
 
 use kite_common::{
-    hist::{NUM_BUCKETS, OVERFLOW_BUCKET, bucket_index, bucket_lower_ns, bucket_upper_ns},
+    hist::{
+        NUM_BUCKETS, Native, OVERFLOW_BUCKET, bucket_index, bucket_lower_ns, bucket_upper_ns,
+        native_of,
+    },
     maps::{Direction, EndpointKey, Method},
 };
 
@@ -23,7 +26,7 @@ use crate::ebpf::RawStats;
 /// Latency histogram over the kernel's bucket layout, with 64-bit counts.
 ///
 /// Sparse: only non-empty buckets are stored, sorted by index. A service's latencies fill a
-/// few dozen of the 433 buckets at most, so an agent with thousands of endpoints keeps
+/// few dozen of the 435 buckets at most, so an agent with thousands of endpoints keeps
 /// kilobytes, not megabytes, per endpoint.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Histogram {
@@ -87,16 +90,32 @@ impl Histogram {
         self.buckets.iter().map(|(i, c)| (*i as usize, *c))
     }
 
-    /// Observations below `ns` nanoseconds, exact when `ns` is a bucket edge.
-    pub fn count_below(&self, ns: u64) -> u64 {
+    /// Observations of at most `ns` nanoseconds, exact when `ns` is a bucket's upper edge (as
+    /// every classic boundary is): a Prometheus `le` bucket.
+    pub fn count_at_most(&self, ns: u64) -> u64 {
         self.nonzero()
             .take_while(|(i, _)| bucket_upper_ns(*i) <= ns)
             .map(|(_, c)| c)
             .sum()
     }
 
-    /// The `q`-quantile (0 ≤ q ≤ 1), in nanoseconds: the bucket holding the observation of
-    /// rank `q·n`, interpolated linearly inside it. `None` when empty.
+    /// Non-empty native-histogram (schema 4) buckets, by bucket: the kernel buckets merged
+    /// where a classic boundary split one.
+    pub fn native(&self) -> impl Iterator<Item = (Native, u64)> + '_ {
+        let mut it = self.nonzero().map(|(i, c)| (native_of(i), c)).peekable();
+        std::iter::from_fn(move || {
+            let (b, mut c) = it.next()?;
+            while let Some((_, more)) = it.next_if(|(n, _)| *n == b) {
+                c += more;
+            }
+            Some((b, c))
+        })
+    }
+
+    /// The `q`-quantile (0 ≤ q ≤ 1), in nanoseconds, as Prometheus' `histogram_quantile`
+    /// computes it over the native histogram: the native bucket holding the observation of
+    /// rank `q·n`, interpolated linearly inside it (the overflow bucket: its lower edge).
+    /// `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         let n = self.count();
         if n == 0 {
@@ -105,19 +124,19 @@ impl Histogram {
         let target = q.clamp(0.0, 1.0) * n as f64;
         let mut cum = 0u64;
         let mut last = None;
-        for (i, c) in self.nonzero() {
-            last = Some(i);
+        for (b, c) in self.native() {
+            last = Some(b);
             if (cum + c) as f64 >= target {
-                if i == OVERFLOW_BUCKET {
-                    return Some(bucket_lower_ns(i) as f64);
+                let (lo, hi) = (b.lower_seconds() * 1e9, b.upper_seconds() * 1e9);
+                if b == Native::Overflow {
+                    return Some(lo);
                 }
-                let (lo, hi) = (bucket_lower_ns(i) as f64, bucket_upper_ns(i) as f64);
                 let frac = ((target - cum as f64) / c as f64).clamp(0.0, 1.0);
                 return Some(lo + frac * (hi - lo));
             }
             cum += c;
         }
-        last.map(|i| bucket_lower_ns(i) as f64)
+        last.map(|b| b.lower_seconds() * 1e9)
     }
 
     /// Upper edge of the highest non-empty bucket (the lower edge for the overflow bucket).
@@ -678,14 +697,31 @@ mod tests {
     }
 
     #[test]
-    fn count_below_edges() {
+    fn count_at_most_classic_edges_is_exact() {
         let mut h = Histogram::default();
-        for ns in [500, 5_000, 50_000, 500_000] {
+        // 50 µs and 0.5 ms are classic edges: `le` includes them.
+        for ns in [500, 5_000, 50_000, 50_001, 500_000] {
             h.record(ns);
         }
-        assert_eq!(h.count_below(1_024), 1);
-        assert_eq!(h.count_below(bucket_upper_ns(bucket_index(50_000))), 3);
-        assert_eq!(h.count_below(u64::MAX), 4);
+        assert_eq!(h.count_at_most(953), 1);
+        assert_eq!(h.count_at_most(50_000), 3);
+        assert_eq!(h.count_at_most(499_999), 4);
+        assert_eq!(h.count_at_most(500_000), 5);
+        assert_eq!(h.count_at_most(u64::MAX), 5);
+    }
+
+    #[test]
+    fn native_view_merges_what_a_classic_edge_split() {
+        let mut h = Histogram::default();
+        // Both sides of the 5 ms classic edge, inside schema-4 bucket -122 (4.89..5.11 ms].
+        for ns in [4_999_000, 5_000_000, 5_000_500, 300] {
+            h.record(ns);
+        }
+        assert_eq!(h.nonzero().count(), 3);
+        let native: Vec<_> = h.native().collect();
+        assert_eq!(native, vec![(Native::Zero, 1), (Native::Bucket(-122), 3)]);
+        let b = Native::Bucket(-122);
+        assert!(b.lower_seconds() < 0.004_999 && 0.005_000_5 <= b.upper_seconds());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 Usage: httpd.py HOST PORT [--dualstack]
 
 Routes (GET and POST; POST bodies are read by Content-Length and ignored):
-  /d/<ms>        sleep <ms> milliseconds, then 200 "ok"
+  /d/<ms>        sleep <ms> milliseconds (a decimal number), then 200 "ok"
   /status/<code>[/<ms>] answer <code> with a short body, after <ms> milliseconds
   /big/<n>[/<ms>] 200 with an n-byte body, after <ms> milliseconds
   /chunked/<n>   200 with an n-byte body in chunked encoding (several chunks)
@@ -46,7 +46,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _route(self):
         parts = self.path.split("?")[0].strip("/").split("/")
         if parts[0] == "d" and len(parts) == 2:
-            time.sleep(int(parts[1]) / 1000.0)
+            time.sleep(float(parts[1]) / 1000.0)
             return self._body(200, b"ok")
         if parts[0] == "status" and len(parts) in (2, 3):
             if len(parts) == 3:

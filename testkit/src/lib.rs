@@ -6,6 +6,7 @@
 
 pub mod impair;
 pub mod load;
+pub mod prometheus;
 pub mod servers;
 pub mod sys;
 pub mod watch;
@@ -16,6 +17,7 @@ use std::sync::{
 };
 
 pub use load::*;
+pub use prometheus::*;
 pub use servers::*;
 pub use sys::*;
 pub use watch::*;

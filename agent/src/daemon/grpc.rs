@@ -9,10 +9,7 @@ use std::{
 
 use futures_util::Stream;
 
-use kite_common::{
-    hist::{OVERFLOW_BUCKET, bucket_lower_ns, bucket_upper_ns},
-    maps::{Direction, Stat},
-};
+use kite_common::maps::{Direction, Stat};
 use kite_proto::v1::{
     self, AgentInfo, Detail, Filter, InfoRequest, ListRequest, Snapshot, WatchRequest,
     kite_server::Kite,
@@ -127,18 +124,15 @@ pub fn workload(w: &Workload, container: Option<String>) -> v1::Workload {
     }
 }
 
+/// The native-histogram (schema 4) buckets, the ones Prometheus and the percentiles use.
 fn histogram(iv: &Interval) -> v1::Histogram {
     v1::Histogram {
         buckets: iv
             .hist
-            .nonzero()
-            .map(|(i, count)| v1::Bucket {
-                lower_seconds: bucket_lower_ns(i) as f64 / 1e9,
-                upper_seconds: if i == OVERFLOW_BUCKET {
-                    f64::INFINITY
-                } else {
-                    bucket_upper_ns(i) as f64 / 1e9
-                },
+            .native()
+            .map(|(b, count)| v1::Bucket {
+                lower_seconds: b.lower_seconds(),
+                upper_seconds: b.upper_seconds(),
                 count,
             })
             .collect(),

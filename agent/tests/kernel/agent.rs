@@ -339,10 +339,10 @@ fn reflection_only_python_client_lists_and_health_is_serving() {
 
 /// Which coarse Prometheus bucket (by `le` index) holds `secs`.
 fn coarse_bucket(secs: f64) -> usize {
-    let edges = kite_agent::daemon::metrics::edges();
+    let edges: Vec<f64> = kite_agent::daemon::metrics::edges().collect();
     edges
         .iter()
-        .position(|i| secs <= kite_common::hist::bucket_lower_ns(*i) as f64 / 1e9)
+        .position(|le| secs <= *le)
         .unwrap_or(edges.len())
 }
 

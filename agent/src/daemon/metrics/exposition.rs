@@ -20,15 +20,46 @@ pub enum Format {
     /// The classic Prometheus text format (0.0.4), the default: every client and
     /// `promtool check metrics` read it.
     Prometheus,
+    /// Prometheus' protobuf format (length-delimited `io.prometheus.client.MetricFamily`), the
+    /// only one that carries native histograms: what Prometheus asks for first when native
+    /// histograms are enabled.
+    Protobuf,
 }
 
+/// The media type of [`Format::Protobuf`].
+const PROTOBUF: &str =
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
+
 impl Format {
-    /// From an HTTP `Accept` header.
+    /// From an HTTP `Accept` header: the supported media range of highest quality (the first
+    /// of equal ones), the classic text format when none is or there is no header.
     pub fn from_accept(accept: Option<&str>) -> Self {
-        match accept {
-            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
-            _ => Format::Prometheus,
+        let mut best = (0.0f32, Format::Prometheus);
+        for range in accept.unwrap_or("").split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let (mut q, mut proto, mut delimited) = (1.0f32, false, false);
+            for p in parts {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                let v = v.trim().trim_matches('"');
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "q" => q = v.parse().unwrap_or(0.0),
+                    "proto" => proto = v == "io.prometheus.client.MetricFamily",
+                    "encoding" => delimited = v == "delimited",
+                    _ => {}
+                }
+            }
+            let format = match media.as_str() {
+                "application/vnd.google.protobuf" if proto && delimited => Format::Protobuf,
+                "application/openmetrics-text" => Format::OpenMetrics,
+                "text/plain" | "text/*" | "*/*" => Format::Prometheus,
+                _ => continue,
+            };
+            if q > best.0 {
+                best = (q, format);
+            }
         }
+        best.1
     }
 
     /// Its `Content-Type`.
@@ -36,30 +67,35 @@ impl Format {
         match self {
             Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
             Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Format::Protobuf => PROTOBUF,
         }
     }
 }
 
-/// The text exposition.
-pub fn render(registry: &Registry, format: Format) -> Result<String, fmt::Error> {
+/// The exposition.
+pub fn render(registry: &Registry, format: Format) -> Result<Vec<u8>, fmt::Error> {
     render_sized(registry, format, 0)
 }
 
-/// The text exposition into a buffer of `capacity` bytes to start with (the previous size: the
+/// The exposition into a buffer of `capacity` bytes to start with (the previous size: the
 /// buffer then never doubles past what it needs).
 pub fn render_sized(
     registry: &Registry,
     format: Format,
     capacity: usize,
-) -> Result<String, fmt::Error> {
+) -> Result<Vec<u8>, fmt::Error> {
     let mut out = String::with_capacity(capacity);
     match format {
         Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, registry)?,
         Format::Prometheus => {
             prometheus_client::encoding::prometheus_text::encode(&mut out, registry)?
         }
+        Format::Protobuf => {
+            return prometheus_client::encoding::prometheus_protobuf::encode_to_vec(registry)
+                .map_err(|_| fmt::Error);
+        }
     }
-    Ok(out)
+    Ok(out.into_bytes())
 }
 
 /// `/metrics` answers, bounded whatever scrapers do.
@@ -91,11 +127,11 @@ struct Cached {
 }
 
 /// An encoded exposition, shared by its readers.
-struct Body(String);
+struct Body(Vec<u8>);
 
 impl AsRef<[u8]> for Body {
     fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
+        &self.0
     }
 }
 
@@ -104,7 +140,7 @@ struct Share(Arc<Body>);
 
 impl AsRef<[u8]> for Share {
     fn as_ref(&self) -> &[u8] {
-        self.0.0.as_bytes()
+        &self.0.0
     }
 }
 
@@ -228,5 +264,34 @@ impl Exposition {
             axum::body::Body::from_stream(chunks),
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_picks_the_best_supported_format() {
+        // What Prometheus sends with native histograms enabled, and without.
+        let native = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3,*/*;q=0.1";
+        let plain = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::from_accept(Some(native)), Format::Protobuf);
+        assert_eq!(Format::from_accept(Some(plain)), Format::OpenMetrics);
+        assert_eq!(Format::from_accept(None), Format::Prometheus);
+        assert_eq!(Format::from_accept(Some("*/*")), Format::Prometheus);
+        assert_eq!(Format::from_accept(Some("image/png")), Format::Prometheus);
+        // Protobuf only when it is the delimited MetricFamily stream.
+        assert_eq!(
+            Format::from_accept(Some("application/vnd.google.protobuf;q=1,text/plain;q=0.1")),
+            Format::Prometheus
+        );
+        // Quality decides, not the order.
+        assert_eq!(
+            Format::from_accept(Some(
+                "text/plain;q=0.2, application/vnd.google.protobuf; proto=\"io.prometheus.client.MetricFamily\"; encoding=delimited; q=0.9"
+            )),
+            Format::Protobuf
+        );
     }
 }

@@ -30,7 +30,7 @@ pub use buckets::edges;
 pub use cap::{DEFAULT_MAX_SERIES, OVERFLOW_LABEL};
 pub use exposition::{Exposition, Format, render, render_sized};
 
-use buckets::buckets;
+use buckets::{Sparse, buckets};
 use labels::series_labels;
 use self_metrics::{gauge, self_metrics};
 
@@ -119,12 +119,16 @@ impl Collector for KiteCollector {
             let mut m = enc.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
             for (labels, agg) in &by_dir[i] {
                 let s = &agg.series;
-                m.encode_family(labels)?.encode_histogram::<Labels>(
-                    s.latency_sum_ns as f64 / 1e9,
-                    s.count,
-                    &buckets(&s.hist),
-                    None,
-                )?;
+                // Classic buckets in the text formats, native ones too in protobuf.
+                let sparse = Sparse::new(&s.hist);
+                m.encode_family(labels)?
+                    .encode_histogram_with_native::<Labels>(
+                        s.latency_sum_ns as f64 / 1e9,
+                        s.count,
+                        &buckets(&s.hist),
+                        None,
+                        sparse.native(),
+                    )?;
             }
         }
         for (what, help) in [
