@@ -127,7 +127,7 @@ mod tests {
     fn columns_never_exceed_six_characters() {
         let mut v: f64 = 1e-9;
         while v < 1e12 {
-            // Kite's histogram ends at 68 s.
+            // Kite's histogram ends at 64 s.
             let lat = latency(Some(v.min(999.0)));
             for s in [lat, rate(v), bytes(v), percent(v.min(1.0))] {
                 assert!(s.chars().count() <= 6, "{v}: {s}");
