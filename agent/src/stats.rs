@@ -634,7 +634,8 @@ mod tests {
             status,
             direction: Direction::Inbound as u8,
             method: method as u8,
-            _pad: [0; 2],
+            version: kite_common::maps::Version::Http11 as u8,
+            _pad: 0,
         }
     }
 

@@ -27,7 +27,7 @@
 //! and waits for a segment that starts with a message (and, for responses, for a request to
 //! answer); the counters in [`Stat`] say how often that happens.
 
-use crate::maps::{Method, Stat};
+use crate::maps::{Method, Stat, Version};
 
 /// Pipelined requests remembered per connection (a power of two).
 pub const QUEUE_DEPTH: usize = 16;
@@ -143,8 +143,8 @@ pub struct Stream {
     pub stash: [u8; START_LEN],
     /// Bytes in `stash`.
     pub stash_len: u8,
-    /// Explicit padding.
-    pub _pad: u8,
+    /// [`Version`] of the response being parsed (response stream), as `u8`.
+    pub version: u8,
     /// Status code of the response being parsed (response stream).
     pub status: u16,
     /// A proven message start (valid with `SF_CAND`): the other direction's acknowledgment
@@ -814,6 +814,20 @@ impl Conn {
         self.rx.flags |= SF_SEQ;
     }
 
+    /// [`Version`] (as `u8`) of the response being parsed or just completed: what
+    /// [`Sink::record`] reads for the request it is given (the response stream is still at
+    /// that response; the next status line is read after it is recorded). Not a field of
+    /// [`Completion`]: one more byte there cost the kernel programs 16 bytes of stack, over
+    /// the verifier's 512-byte combined bound.
+    #[inline(always)]
+    pub fn response_version(&self) -> u8 {
+        if self.role == ROLE_SERVER {
+            self.tx.version
+        } else {
+            self.rx.version
+        }
+    }
+
     /// Whether this connection stopped being HTTP/1.x (protocol upgrade or tunnel).
     pub fn ignored(&self) -> bool {
         self.flags & CF_IGNORE != 0
@@ -1421,7 +1435,15 @@ impl Conn {
         st.remaining = 0;
         st.flags &= SF_KEEP;
         match found {
-            Start::Response(status) => st.status = status,
+            Start::Response(status) => {
+                st.status = status;
+                // `classify` saw `HTTP/1.0` or `HTTP/1.1`.
+                st.version = if head[7] == b'1' {
+                    Version::Http11
+                } else {
+                    Version::Http10
+                } as u8;
+            }
             Start::Request(Method::Other) => {
                 // Counted once its request line ends in `HTTP/1.x`.
                 st.start_ns = start_ns;

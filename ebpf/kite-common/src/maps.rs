@@ -169,6 +169,49 @@ impl Method {
     }
 }
 
+/// HTTP version of an exchange, as stored in [`EndpointKey::version`]: `10 · major + minor`,
+/// so a raw key reads naturally (`0x0b` is 1.1).
+///
+/// HTTP/1.x: the version of the response's status line (`HTTP/1.1 200`), which the kernel
+/// already reads at a fixed offset to recognise a response; see DESIGN.md (Agent) for why the
+/// response's and not the request's.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Version {
+    /// Not known (no kernel program writes it; a key from another build).
+    Unknown = 0,
+    /// `HTTP/1.0`
+    Http10 = 10,
+    /// `HTTP/1.1`
+    Http11 = 11,
+    /// HTTP/2 (not parsed yet).
+    Http2 = 20,
+}
+
+impl Version {
+    /// Decodes the byte stored in [`EndpointKey::version`]; unknown values are
+    /// [`Version::Unknown`].
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            10 => Self::Http10,
+            11 => Self::Http11,
+            20 => Self::Http2,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// The version as OpenTelemetry's `network.protocol.version` spells it (`1.0`, `1.1`,
+    /// `2`); `None` when unknown.
+    pub const fn as_str(self) -> Option<&'static str> {
+        match self {
+            Self::Unknown => None,
+            Self::Http10 => Some("1.0"),
+            Self::Http11 => Some("1.1"),
+            Self::Http2 => Some("2"),
+        }
+    }
+}
+
 /// Key of [`BUDGETS_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -198,8 +241,10 @@ pub struct EndpointKey {
     pub direction: u8,
     /// [`Method`] as `u8`.
     pub method: u8,
+    /// [`Version`] as `u8`: the HTTP version of the response's status line.
+    pub version: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
 }
 
 /// Value of [`ENDPOINTS_MAP`] (one per CPU): cumulative counters since the entry was created.
@@ -442,5 +487,15 @@ mod tests {
         assert_eq!(Method::from_u8(200), Method::Other);
         assert_eq!(Direction::from_u8(1), Some(Direction::Outbound));
         assert_eq!(Direction::from_u8(2), None);
+        for v in [
+            Version::Unknown,
+            Version::Http10,
+            Version::Http11,
+            Version::Http2,
+        ] {
+            assert_eq!(Version::from_u8(v as u8), v);
+        }
+        assert_eq!(Version::from_u8(12), Version::Unknown);
+        assert_eq!(Version::Http11.as_str(), Some("1.1"));
     }
 }

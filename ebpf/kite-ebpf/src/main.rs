@@ -323,7 +323,8 @@ impl Sink for KernelSink {
             status: done.status,
             direction: direction as u8,
             method: done.method,
-            _pad: [0; 2],
+            version: conn.response_version(),
+            _pad: 0,
         };
         let stats = match ENDPOINTS.get_ptr_mut(&key) {
             Some(p) => p,

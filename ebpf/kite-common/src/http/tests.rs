@@ -11,12 +11,15 @@ use super::*;
 #[derive(Default)]
 struct Recorder {
     done: Vec<Completion>,
+    /// [`Conn::response_version`] at each `record`.
+    versions: Vec<u8>,
     stats: [u64; crate::maps::STAT_COUNT as usize],
 }
 
 impl Sink for Recorder {
-    fn record(&mut self, _conn: &Conn, done: &Completion) {
+    fn record(&mut self, conn: &Conn, done: &Completion) {
         self.done.push(*done);
+        self.versions.push(conn.response_version());
     }
     fn add(&mut self, stat: Stat, n: u64) {
         self.stats[stat as usize] += n;
@@ -359,6 +362,23 @@ fn head_204_304_and_interim_responses_have_no_body() {
         ]
     );
     assert_eq!(s.done()[2].latency_ns, 7);
+}
+
+#[test]
+fn version_is_the_status_lines() {
+    // HTTP/1.0 both ways; then an HTTP/1.0 request answered `HTTP/1.1` (nginx, Python's
+    // `http.server` with protocol_version 1.1): the response's version is what is recorded.
+    let mut s = Server::new();
+    s.recv(b"GET / HTTP/1.0\r\n\r\n");
+    s.send(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
+    s.recv(b"GET / HTTP/1.0\r\n\r\n");
+    s.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    s.recv(b"GET / HTTP/1.1\r\n\r\n");
+    s.send(b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.send(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+    let v = &s.side.sink.versions;
+    let (v10, v11) = (Version::Http10 as u8, Version::Http11 as u8);
+    assert_eq!(v[..], [v10, v11, v10]);
 }
 
 #[test]
@@ -766,6 +786,8 @@ struct Exchange {
     resp_body: Body,
     /// A `100 Continue` before the response.
     interim: bool,
+    /// HTTP/1.1 (else HTTP/1.0) in the request and status lines.
+    http11: bool,
 }
 
 /// What a `100 Continue` adds before a response.
@@ -821,8 +843,9 @@ fn exchange() -> impl Strategy<Value = Exchange> {
         ],
         body(),
         proptest::bool::weighted(0.15),
+        proptest::bool::weighted(0.7),
     )
-        .prop_map(|(method, req_body, status, resp_body, interim)| {
+        .prop_map(|(method, req_body, status, resp_body, interim, http11)| {
             let req_body = if method == Method::Get {
                 Body::None
             } else {
@@ -840,6 +863,7 @@ fn exchange() -> impl Strategy<Value = Exchange> {
                 status,
                 resp_body,
                 interim,
+                http11,
             }
         })
 }
@@ -887,7 +911,7 @@ impl Exchange {
             "Accept: */*",
         ];
         encode(
-            std::format!("{} /path?q=1 HTTP/1.1", self.method.as_str()),
+            std::format!("{} /path?q=1 HTTP/1.{}", self.method.as_str(), self.minor()),
             &headers,
             &self.req_body,
             true,
@@ -906,12 +930,16 @@ impl Exchange {
             Vec::new()
         };
         v.extend(encode(
-            std::format!("HTTP/1.1 {} Whatever", self.status),
+            std::format!("HTTP/1.{} {} Whatever", self.minor(), self.status),
             &["Server: test", "Content-Type: application/octet-stream"],
             body,
             !no_body,
         ));
         v
+    }
+
+    fn minor(&self) -> u8 {
+        self.http11 as u8
     }
 
     /// Where the final response starts in [`Exchange::response`] (latency ends there; an
@@ -947,6 +975,7 @@ fn plan() -> impl Strategy<Value = Plan> {
 
 struct Truth {
     method: u8,
+    version: u8,
     status: u16,
     latency_ns: u64,
     req_bytes: u64,
@@ -1076,6 +1105,11 @@ fn play(p: &Plan, server: &mut Side, client: &mut Side) -> Vec<Truth> {
     (0..n)
         .map(|i| Truth {
             method: p.exchanges[i].method as u8,
+            version: if p.exchanges[i].http11 {
+                Version::Http11
+            } else {
+                Version::Http10
+            } as u8,
             status: p.exchanges[i].status,
             latency_ns: resp_first[i] - req_first[i],
             req_bytes: reqs[i].len() as u64,
@@ -1090,6 +1124,7 @@ fn check(side: &Side, truth: &[Truth]) -> Result<(), TestCaseError> {
     for (i, (d, t)) in done.iter().zip(truth).enumerate() {
         prop_assert_eq!(d.method, t.method, "exchange {}", i);
         prop_assert_eq!(d.status, t.status, "exchange {}", i);
+        prop_assert_eq!(side.sink.versions[i], t.version, "exchange {}", i);
         prop_assert_eq!(d.latency_ns, t.latency_ns, "exchange {}", i);
         prop_assert_eq!(d.req_bytes, t.req_bytes, "exchange {}", i);
         prop_assert_eq!(d.resp_bytes, t.resp_bytes, "exchange {}", i);
