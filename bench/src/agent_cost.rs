@@ -20,6 +20,9 @@ pub struct Opts {
     /// Seconds each agent measurement lasts.
     #[arg(long, default_value_t = 10)]
     pub agent_secs: u64,
+    /// Scrapes per scrape-cost measurement (one a second, each freshly encoded).
+    #[arg(long, default_value_t = 5)]
+    pub scrapes: usize,
 }
 
 struct Agent {
@@ -35,6 +38,11 @@ impl Agent {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = Command::new(sibling("kite-agent"))
             .args(["--cgroup", cgroup, "--kube", "off", "--interval", "1s"])
+            // The cgroup may hold the whole map: 10 000 endpoints of one nginx.
+            .arg(format!(
+                "--endpoint-budget={}",
+                kite_agent::ebpf::Options::default().max_endpoints
+            ))
             .arg(format!("--grpc-addr=127.0.0.1:{}", free_port()))
             .arg(format!("--metrics-addr={metrics}"))
             .arg(format!("--socket={}", dir.join("kite.sock").display()))
@@ -62,20 +70,15 @@ impl Agent {
 
     /// `kite_map_entries{map="endpoints"}` from /metrics, and the size of the exposition.
     fn endpoint_entries(&self) -> (u64, usize) {
-        use std::io::{Read as _, Write as _};
-        let Ok(mut s) = std::net::TcpStream::connect(self.metrics) else {
-            return (0, 0);
-        };
-        let _ = write!(s, "GET /metrics HTTP/1.0\r\n\r\n");
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        let n = body
+        let s = scrape(self.metrics, None);
+        let n = s
+            .body
             .lines()
             .find(|l| l.starts_with("kite_map_entries{map=\"endpoints\"}"))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        (n, body.len())
+        (n, s.bytes)
     }
 }
 
@@ -85,6 +88,120 @@ impl Drop for Agent {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The `Accept` header with which Prometheus asks for the protobuf format (native histograms).
+const ACCEPT_PROTOBUF: &str =
+    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited";
+
+/// One `/metrics` answer.
+struct Scrape {
+    content_type: String,
+    bytes: usize,
+    /// The body when it is text (empty for protobuf).
+    body: String,
+}
+
+/// `GET /metrics` (HTTP/1.0, read to the end) with an optional `Accept` header.
+fn scrape(addr: SocketAddr, accept: Option<&str>) -> Scrape {
+    use std::io::{Read as _, Write as _};
+    let mut out = Vec::new();
+    if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        let accept = accept.map_or_else(String::new, |a| format!("Accept: {a}\r\n"));
+        let _ = write!(s, "GET /metrics HTTP/1.0\r\n{accept}\r\n");
+        let _ = s.read_to_end(&mut out);
+    }
+    let Some(head_end) = out.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Scrape {
+            content_type: String::new(),
+            bytes: 0,
+            body: String::new(),
+        };
+    };
+    let head = String::from_utf8_lossy(&out[..head_end]).to_ascii_lowercase();
+    let content_type = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-type:"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let body = &out[head_end + 4..];
+    Scrape {
+        bytes: body.len(),
+        body: if content_type.starts_with("text/") {
+            String::from_utf8_lossy(body).into_owned()
+        } else {
+            String::new()
+        },
+        content_type,
+    }
+}
+
+/// What serving `/metrics` costs at one endpoint count.
+struct ScrapeRow {
+    endpoints: u64,
+    /// Exported `http_server_request_duration` label sets (`_count` lines of the text).
+    series: usize,
+    text_bytes: usize,
+    text_ms: f64,
+    /// `None` when the agent answers the protobuf `Accept` with text (no native format).
+    native: Option<(usize, f64)>,
+}
+
+/// Scrapes one second apart (each one a new poll, so each is encoded, not served from the
+/// cache); returns the agent CPU per scrape beyond what the same seconds cost unscraped
+/// (measured just before), ms, and the last answer.
+fn scrape_cpu(agent: &Agent, accept: Option<&str>, n: usize, idle_ms_per_s: f64) -> (f64, Scrape) {
+    let cpu0 = cpu_time(agent.pid());
+    let t0 = Instant::now();
+    let mut last = None;
+    for _ in 0..n {
+        thread::sleep(Duration::from_millis(1000));
+        last = Some(scrape(agent.metrics, accept));
+    }
+    let cpu = (cpu_time(agent.pid()) - cpu0).as_secs_f64() * 1e3;
+    let idle = idle_ms_per_s * t0.elapsed().as_secs_f64();
+    ((cpu - idle).max(0.0) / n as f64, last.expect("n > 0"))
+}
+
+/// Scrape cost at the agent's current endpoints, classic text and native (protobuf).
+fn scrape_cost(agent: &Agent, n: usize) -> ScrapeRow {
+    // The agent's own CPU per second without scrapes (polls), over as many seconds.
+    let cpu0 = cpu_time(agent.pid());
+    let t0 = Instant::now();
+    thread::sleep(Duration::from_secs(n as u64));
+    let idle = (cpu_time(agent.pid()) - cpu0).as_secs_f64() * 1e3 / t0.elapsed().as_secs_f64();
+    let (text_ms, text) = scrape_cpu(agent, None, n, idle);
+    let (native_ms, native) = scrape_cpu(agent, Some(ACCEPT_PROTOBUF), n, idle);
+    let endpoints = agent.endpoint_entries().0;
+    let series = text
+        .body
+        .lines()
+        .filter(|l| l.starts_with("http_server_request_duration_seconds_count{"))
+        .count();
+    let row = ScrapeRow {
+        endpoints,
+        series,
+        text_bytes: text.bytes,
+        text_ms,
+        native: native
+            .content_type
+            .contains("protobuf")
+            .then_some((native.bytes, native_ms)),
+    };
+    eprintln!(
+        "  scrape: {:>6} endpoints {:>5} series text {:>6.2} MB {:>6.1} ms CPU; native {}",
+        row.endpoints,
+        row.series,
+        row.text_bytes as f64 / 1e6,
+        row.text_ms,
+        row.native.map_or("not served".into(), |(b, ms)| format!(
+            "{:.2} MB {ms:.1} ms CPU",
+            b as f64 / 1e6
+        )),
+    );
+    row
 }
 
 /// Addresses 127.1.x.y: `n` distinct server endpoints on one nginx listening on 0.0.0.0.
@@ -129,6 +246,7 @@ pub fn run(o: &Opts) -> String {
     let secs = o.agent_secs;
     let ten = addrs(10, port);
     let mut rows = Vec::new();
+    let mut scrapes = Vec::new();
     let mut row = |scenario: &str, (rps, mcpu): (f64, f64), agent: &Agent| {
         thread::sleep(Duration::from_millis(1500));
         // RSS before the scrape below: rendering thousands of histograms takes tens of
@@ -179,6 +297,7 @@ pub fn run(o: &Opts) -> String {
         });
         row(name, r, &agent);
     }
+    scrapes.push(scrape_cost(&agent, o.scrapes));
     let url = format!("http://127.0.0.1:{port}/");
     let r = measure(&agent, secs, |_| {
         wrk_for(
@@ -192,8 +311,22 @@ pub fn run(o: &Opts) -> String {
         .rps()
     });
     row("max RPS (wrk, 32 connections)", r, &agent);
-    // 10k endpoints: one request per connection, each to the next of 10 000 addresses.
+    // 1 000 endpoints for the scrape cost (the first of the 10 000 below).
     let many = addrs(10_000, port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.endpoint_entries().0 < 1_000 && Instant::now() < deadline {
+        client(&Load {
+            addr: many[0],
+            more_addrs: &many[1..1_000],
+            conns: 4,
+            per_conn: 250,
+            close: true,
+            ..Load::default()
+        });
+        thread::sleep(Duration::from_millis(1500));
+    }
+    scrapes.push(scrape_cost(&agent, o.scrapes));
+    // 10k endpoints: one request per connection, each to the next of 10 000 addresses.
     let r = measure(&agent, secs.max(10), |deadline| {
         client(&Load {
             addr: many[0],
@@ -207,6 +340,7 @@ pub fn run(o: &Opts) -> String {
         .rps()
     });
     row("10k endpoints (new connection each)", r, &agent);
+    scrapes.push(scrape_cost(&agent, o.scrapes));
     let r = measure(&agent, secs, |deadline| {
         client(&Load {
             addr: ten[0],
@@ -251,7 +385,48 @@ pub fn run(o: &Opts) -> String {
             })
             .collect::<Vec<_>>(),
     );
+    md += &scrape_section(&scrapes, o.scrapes);
     md += &worst_case_section();
+    md
+}
+
+fn scrape_section(rows: &[ScrapeRow], n: usize) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "### Scrape cost
+
+         `/metrics` as Prometheus asks for it: classic text (no `Accept`), and native histograms          in the protobuf format (`Accept: {ACCEPT_PROTOBUF}`). CPU per scrape: the agent's CPU          over {n} scrapes one second apart (each one a new poll, so each is encoded, not served          from the cache), minus what as many seconds cost it unscraped just before, divided by          {n}. Series: exported `http_server_request_duration` label sets, at most `--max-series`          ({}) plus one `otel_metric_overflow=\"true\"` series.\n",
+        kite_agent::daemon::metrics::DEFAULT_MAX_SERIES
+    );
+    md += &report::table(
+        &[
+            "endpoints",
+            "series",
+            "classic text",
+            "CPU per text scrape",
+            "native (protobuf)",
+            "CPU per native scrape",
+        ],
+        &rows
+            .iter()
+            .map(|r| {
+                let (nb, nms) = r
+                    .native
+                    .map_or(("not served".into(), "–".into()), |(b, ms)| {
+                        (format!("{:.2} MB", b as f64 / 1e6), format!("{ms:.1} ms"))
+                    });
+                vec![
+                    r.endpoints.to_string(),
+                    r.series.to_string(),
+                    format!("{:.2} MB", r.text_bytes as f64 / 1e6),
+                    format!("{:.1} ms", r.text_ms),
+                    nb,
+                    nms,
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
     md
 }
 

@@ -10,3 +10,4 @@ mod lifecycle;
 mod loader;
 mod network;
 mod robustness;
+mod series;
