@@ -18,7 +18,7 @@ use kite_common::{
         NUM_BUCKETS, Native, OVERFLOW_BUCKET, bucket_index, bucket_lower_ns, bucket_upper_ns,
         native_of,
     },
-    maps::{Direction, EndpointKey, Method},
+    maps::{Direction, EndpointKey, Method, Version},
 };
 
 use crate::ebpf::RawStats;
@@ -517,8 +517,9 @@ pub struct EndpointStats {
     pub last: Interval,
     /// Recent intervals, oldest first, at most the collector's history length.
     pub history: VecDeque<Point>,
-    /// Cumulative counters per (method, status) since the endpoint was first seen.
-    pub totals: SmallMap<(Method, u16), Series>,
+    /// Cumulative counters per (method, status, HTTP version) since the endpoint was first
+    /// seen.
+    pub totals: SmallMap<(Method, u16, Version), Series>,
     /// When it last had a request.
     pub last_active: Instant,
 }
@@ -571,7 +572,8 @@ impl Collector {
                 totals: SmallMap::default(),
                 last_active: now,
             });
-            let total = ep.totals.entry((method, key.status));
+            let version = Version::from_u8(key.version);
+            let total = ep.totals.entry((method, key.status, version));
             let delta = Series::delta(&raw, total);
             total.add(&delta);
             if delta.count > 0 {
@@ -634,7 +636,7 @@ mod tests {
             status,
             direction: Direction::Inbound as u8,
             method: method as u8,
-            version: kite_common::maps::Version::Http11 as u8,
+            version: Version::Http11 as u8,
             _pad: 0,
         }
     }
@@ -771,7 +773,7 @@ mod tests {
         let p50 = ep.last.quantile(0.5).unwrap().as_secs_f64();
         assert!((p50 - 0.004).abs() / 0.004 < 0.0625, "{p50}");
         assert_eq!(ep.total().count, 14);
-        assert_eq!(ep.totals[&(Method::Get, 200)].count, 12);
+        assert_eq!(ep.totals[&(Method::Get, 200, Version::Http11)].count, 12);
         assert_eq!(ep.history.len(), 2);
 
         // Idle intervals still produce history points; the ring is bounded.

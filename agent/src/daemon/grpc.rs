@@ -204,13 +204,13 @@ fn endpoint(st: &State, d: &Described<'_>, iv: &Interval, detail: &Detail) -> v1
             status_4xx: ep
                 .totals
                 .iter()
-                .filter(|((_, s), _)| (400..500).contains(s))
+                .filter(|((_, s, _), _)| (400..500).contains(s))
                 .map(|(_, v)| v.count)
                 .sum(),
             status_5xx: ep
                 .totals
                 .iter()
-                .filter(|((_, s), _)| *s >= 500)
+                .filter(|((_, s, _), _)| *s >= 500)
                 .map(|(_, v)| v.count)
                 .sum(),
             request_bytes: total.req_bytes,

@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeMap, fmt, sync::Mutex};
 
-use kite_common::maps::{Direction, Method};
+use kite_common::maps::Direction;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
@@ -31,7 +31,7 @@ pub use cap::{DEFAULT_MAX_SERIES, OVERFLOW_LABEL};
 pub use exposition::{Exposition, Format, render, render_sized};
 
 use buckets::{Sparse, buckets};
-use labels::series_labels;
+use labels::{owner_labels, series_labels};
 use self_metrics::{gauge, self_metrics};
 
 type Labels = Vec<(String, String)>;
@@ -71,8 +71,7 @@ impl Collector for KiteCollector {
         let mut overflow: BTreeMap<Labels, u64> = BTreeMap::new();
         for ep in st.collector.endpoints() {
             if ep.id.is_overflow() {
-                let mut l = series_labels(&st, ep, Method::Other, 0);
-                l.drain(..4);
+                let mut l = owner_labels(&st, ep);
                 let side = match ep.id.direction {
                     Direction::Inbound => "server",
                     Direction::Outbound => "client",
@@ -80,8 +79,8 @@ impl Collector for KiteCollector {
                 l.push(("kite_side".into(), side.into()));
                 *overflow.entry(l).or_default() += ep.totals.values().map(|s| s.count).sum::<u64>();
             }
-            for ((method, status), s) in &ep.totals {
-                let labels = series_labels(&st, ep, *method, *status);
+            for ((method, status, version), s) in &ep.totals {
+                let labels = series_labels(&st, ep, *method, *status, *version);
                 let slot = match ep.id.direction {
                     Direction::Inbound => &mut by_dir[0],
                     Direction::Outbound => &mut by_dir[1],
