@@ -10,6 +10,7 @@
 mod agent;
 mod dashboard;
 mod once;
+mod prometheus;
 mod tmux;
 
 /// The binary under test.
