@@ -57,18 +57,7 @@ pub(super) fn self_metrics(st: &State, enc: &mut DescriptorEncoder) -> Result<()
                 .encode(m.encode_family(&vec![("map".to_string(), map.to_string())])?)?;
         }
     }
-    {
-        let mut m = enc.encode_descriptor(
-            "kite_ebpf_events",
-            "Counters of Kite's eBPF programs: packets, connections, requests, and what the parser could not follow (sync_lost, seq_gaps, step_budget), map overflows (sockets_map_full, endpoints_map_full) and pipelining overflow",
-            None,
-            MetricType::Counter,
-        )?;
-        for s in Stat::ALL {
-            ConstCounter::new(st.counters[s as usize])
-                .encode(m.encode_family(&vec![("event".to_string(), s.name().to_string())])?)?;
-        }
-    }
+    ebpf_counters(st, enc)?;
     ConstCounter::new(st.bpf.run_time.as_secs_f64()).encode(enc.encode_descriptor(
         "kite_ebpf_run_time",
         "Time spent in Kite's eBPF programs (kernel BPF statistics; 0 unless enabled)",
@@ -105,6 +94,7 @@ pub(super) fn self_metrics(st: &State, enc: &mut DescriptorEncoder) -> Result<()
         }
     }
     guard_metrics(st, enc)?;
+    process_metrics(enc)?;
     gauge(
         enc,
         "kite_waiting_cgroups",
@@ -117,6 +107,261 @@ pub(super) fn self_metrics(st: &State, enc: &mut DescriptorEncoder) -> Result<()
         "1 when pod metadata is followed through the Kubernetes API",
         st.kubernetes as i64,
     )
+}
+
+/// Where each [`Stat`] is exported: (family, help, label name, label value per counter).
+/// Each family counts one kind of thing (packets, segments, connections, requests, stream
+/// events) and its labels split it into disjoint parts, so its sum means something.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(Stat, &'static str)],
+);
+
+/// Every [`Stat`] in exactly one family (checked by a test: a new one must be placed).
+pub(super) const EBPF_FAMILIES: &[Family] = &[
+    (
+        "kite_ebpf_packets",
+        "Packets Kite's cgroup_skb programs ran on",
+        "",
+        &[(Stat::Packets, "")],
+    ),
+    (
+        "kite_ebpf_payload_packets",
+        "Packets with TCP payload on a tracked HTTP connection",
+        "",
+        &[(Stat::PayloadPackets, "")],
+    ),
+    (
+        "kite_ebpf_segments",
+        "Payload segments handled out of the ordinary: seen twice (retransmit, skipped), ahead of a gap (out_of_order, placed later), arrived on a listening socket before the connection's own socket existed (listener_data, parked)",
+        "event",
+        &[
+            (Stat::Retransmits, "retransmit"),
+            (Stat::OutOfOrder, "out_of_order"),
+            (Stat::ListenerData, "listener_data"),
+        ],
+    ),
+    (
+        "kite_ebpf_connections_opened",
+        "HTTP connections whose tracking started (also those whose parked state their socket took over)",
+        "",
+        &[(Stat::ConnsOpened, "")],
+    ),
+    (
+        "kite_ebpf_connections_closed",
+        "Tracked connections whose state ended: at socket release (released), or freed when the socket closed without one (reaped: children never accepted, orphaned sockets)",
+        "how",
+        &[
+            (Stat::ConnsClosed, "released"),
+            (Stat::ConnsReaped, "reaped"),
+        ],
+    ),
+    (
+        "kite_ebpf_connections_untracked",
+        "Connections Kite does not (or no longer) parse: not tracked because --max-sockets were tracked or the state could not be allocated (sockets_map_full), first message not HTTP/1.x (not_http), switched protocol (upgrade: 101, CONNECT tunnel)",
+        "reason",
+        &[
+            (Stat::SocketsMapFull, "sockets_map_full"),
+            (Stat::NotHttp, "not_http"),
+            (Stat::Upgrades, "upgrade"),
+        ],
+    ),
+    (
+        "kite_ebpf_connections_pending_claimed",
+        "Connections whose state, parked while their socket did not exist yet, their socket took over",
+        "",
+        &[(Stat::PendingClaimed, "")],
+    ),
+    (
+        "kite_ebpf_requests",
+        "Requests completed and recorded (their own endpoint's histogram or the overflow endpoint's)",
+        "",
+        &[(Stat::Requests, "")],
+    ),
+    (
+        "kite_ebpf_requests_overflow",
+        "Requests of a new endpoint key sent to their (cgroup, direction)'s overflow endpoint (server_address=\"_OTHER\"): beyond the endpoint budget (endpoint_budget), the endpoint map full (endpoints_map_full), the kernel's allocation failed in a burst (alloc_failed); recorded there unless kite_ebpf_requests_lost_total{reason=\"overflow_map_full\"}",
+        "reason",
+        &[
+            (Stat::EndpointBudgetOverflow, "endpoint_budget"),
+            (Stat::EndpointsMapFull, "endpoints_map_full"),
+            (Stat::EndpointAllocFailed, "alloc_failed"),
+        ],
+    ),
+    (
+        "kite_ebpf_requests_lost",
+        "Requests seen and not recorded: beyond the pipelining queue (pipeline_overflow), unanswered when their socket was released (unanswered), overflow requests while the overflow map was full (overflow_map_full), first requests of connections whose state could not be parked (pending_full)",
+        "reason",
+        &[
+            (Stat::PipelineOverflow, "pipeline_overflow"),
+            (Stat::Unanswered, "unanswered"),
+            (Stat::OverflowMapFull, "overflow_map_full"),
+            (Stat::PendingFull, "pending_full"),
+        ],
+    ),
+    (
+        "kite_ebpf_stream_events",
+        "Times a byte stream could not be followed and waited for the next message boundary it could prove: bytes not HTTP/1.x where a message had to start (sync_lost), missing bytes (seq_gaps), a segment over the per-packet step budget (step_budget), bpf_skb_load_bytes failed (load_errors), a boundary in bytes Kite never parsed (unseen_boundary), a response with no request waiting (orphan_responses), a response whose framing could not be known (unframed_responses)",
+        "event",
+        &[
+            (Stat::SyncLost, "sync_lost"),
+            (Stat::SeqGaps, "seq_gaps"),
+            (Stat::StepBudget, "step_budget"),
+            (Stat::LoadErrors, "load_errors"),
+            (Stat::UnseenBoundary, "unseen_boundary"),
+            (Stat::OrphanResponses, "orphan_responses"),
+            (Stat::UnframedResponses, "unframed_responses"),
+        ],
+    ),
+    (
+        "kite_ebpf_budgets_map_full",
+        "New endpoint keys recorded without a budget: the budgets map was full",
+        "",
+        &[(Stat::BudgetsMapFull, "")],
+    ),
+];
+
+fn ebpf_counters(st: &State, enc: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+    for (name, help, label, stats) in EBPF_FAMILIES {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        if label.is_empty() {
+            ConstCounter::new(st.counters[stats[0].0 as usize]).encode(m)?;
+            continue;
+        }
+        for (stat, value) in *stats {
+            ConstCounter::new(st.counters[*stat as usize])
+                .encode(m.encode_family(&vec![(label.to_string(), value.to_string())])?)?;
+        }
+    }
+    Ok(())
+}
+
+/// `kite_build_info` and the agent's own process metrics (the names every Prometheus client
+/// library's process collector uses), read from `/proc/self` at encode time (once per poll).
+fn process_metrics(enc: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+    {
+        let mut labels = vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())];
+        if let Some(rev) = option_env!("KITE_REVISION") {
+            labels.push(("revision".to_string(), rev.to_string()));
+        }
+        let mut m = enc.encode_descriptor(
+            "kite_build_info",
+            "1, labelled with the agent's version (and git revision when the build was given KITE_REVISION)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1).encode(m.encode_family(&labels)?)?;
+    }
+    let Some(p) = Process::read() else {
+        return Ok(());
+    };
+    ConstCounter::new(p.cpu_seconds).encode(enc.encode_descriptor(
+        "process_cpu",
+        "User and system CPU time the agent spent",
+        Some(&Unit::Seconds),
+        MetricType::Counter,
+    )?)?;
+    for (name, help, unit, v) in [
+        (
+            "process_resident_memory",
+            "Resident memory of the agent",
+            Some(Unit::Bytes),
+            p.resident_bytes as f64,
+        ),
+        (
+            "process_virtual_memory",
+            "Virtual memory of the agent",
+            Some(Unit::Bytes),
+            p.virtual_bytes as f64,
+        ),
+        (
+            "process_start_time",
+            "When the agent started, seconds since the Unix epoch",
+            Some(Unit::Seconds),
+            p.start_time_seconds,
+        ),
+        (
+            "process_open_fds",
+            "File descriptors the agent has open",
+            None,
+            p.open_fds as f64,
+        ),
+        (
+            "process_max_fds",
+            "The agent's limit of open file descriptors (soft RLIMIT_NOFILE)",
+            None,
+            p.max_fds as f64,
+        ),
+    ] {
+        ConstGauge::new(v).encode(enc.encode_descriptor(
+            name,
+            help,
+            unit.as_ref(),
+            MetricType::Gauge,
+        )?)?;
+    }
+    Ok(())
+}
+
+/// The agent's own process figures, from `/proc/self`.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Process {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub virtual_bytes: u64,
+    pub start_time_seconds: f64,
+    pub open_fds: u64,
+    pub max_fds: u64,
+}
+
+impl Process {
+    /// Reads the figures; `None` when `/proc` is not there to read.
+    pub fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let boot = std::fs::read_to_string("/proc/stat").ok()?;
+        // SAFETY: plain libc calls without pointers.
+        let (tick, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let mut p = Self::parse(&stat, &boot, tick.max(1) as f64, page.max(1) as u64)?;
+        p.open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `lim` is a valid rlimit to write.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            p.max_fds = lim.rlim_cur;
+        }
+        Some(p)
+    }
+
+    /// From `/proc/self/stat` (proc(5): fields after the parenthesised command name, which
+    /// may itself hold spaces and parentheses) and the `btime` line of `/proc/stat`.
+    pub fn parse(stat: &str, proc_stat: &str, ticks_per_sec: f64, page: u64) -> Option<Self> {
+        let rest = &stat[stat.rfind(')')? + 1..];
+        // Field 3 (state) is rest's first; field n is rest's (n - 3)th.
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+        let btime: u64 = proc_stat
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(Self {
+            cpu_seconds: (field(14)? + field(15)?) as f64 / ticks_per_sec,
+            start_time_seconds: btime as f64 + field(22)? as f64 / ticks_per_sec,
+            virtual_bytes: field(23)?,
+            resident_bytes: field(24)? * page,
+            ..Self::default()
+        })
+    }
 }
 
 fn guard_metrics(st: &State, enc: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
@@ -174,4 +419,52 @@ fn guard_metrics(st: &State, enc: &mut DescriptorEncoder) -> Result<(), fmt::Err
             .encode(m.encode_family(&vec![("event".to_string(), event.to_string())])?)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stat_is_in_exactly_one_family() {
+        let mut seen = [0; kite_common::maps::STAT_COUNT as usize];
+        for (name, _, label, stats) in EBPF_FAMILIES {
+            assert!(!stats.is_empty(), "{name}");
+            // One unlabelled counter, or labelled ones with distinct values.
+            assert_eq!(
+                label.is_empty(),
+                stats.len() == 1 && stats[0].1.is_empty(),
+                "{name}"
+            );
+            for (s, _) in *stats {
+                seen[*s as usize] += 1;
+            }
+        }
+        for s in Stat::ALL {
+            assert_eq!(seen[s as usize], 1, "{s:?} must be in one family");
+        }
+    }
+
+    #[test]
+    fn proc_self_stat_parses() {
+        // A command name with a space and a parenthesis; proc(5) field numbers.
+        let stat = "4242 (kite a)) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 50 0 0 20 0 9 0 \
+                    123400 987654321 2048 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1";
+        let boot = "cpu  1 2 3\nbtime 1700000000\nprocesses 9\n";
+        let p = Process::parse(stat, boot, 100.0, 4096).unwrap();
+        assert_eq!(p.cpu_seconds, 3.0);
+        assert_eq!(p.start_time_seconds, 1_700_000_000.0 + 1234.0);
+        assert_eq!(p.virtual_bytes, 987_654_321);
+        assert_eq!(p.resident_bytes, 2048 * 4096);
+        assert_eq!(Process::parse("42 (x) S", boot, 100.0, 4096), None);
+        // This process: its figures are plausible.
+        let me = Process::read().unwrap();
+        assert!(me.resident_bytes > 1 << 20 && me.virtual_bytes >= me.resident_bytes);
+        assert!(me.open_fds >= 3 && me.max_fds >= me.open_fds);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(me.start_time_seconds <= now + 1.0 && me.start_time_seconds > now - 86_400.0);
+    }
 }
