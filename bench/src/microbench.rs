@@ -42,6 +42,10 @@ pub struct Opts {
     /// Program runs per test run (the kernel reports their mean).
     #[arg(long, default_value_t = 100_000)]
     pub repeat: u32,
+    /// Another build of the eBPF object (e.g. a copy of `target/*/build/kite-agent-*/out/kite`
+    /// made before a change): measured in the same rounds, alternating, for an A/B table.
+    #[arg(long)]
+    pub compare: Option<std::path::PathBuf>,
 }
 
 const CLIENT: [u8; 4] = [127, 0, 0, 2];
@@ -102,18 +106,21 @@ pub enum Case {
     Ack,
     /// 1448 body bytes in the middle of a 1 MiB response.
     Body,
-    /// A non-HTTP segment on a socket Kite keeps no state for.
+    /// A non-HTTP segment on a socket Kite keeps no state for (not judged: joined midway).
     NotHttp,
+    /// A non-HTTP segment on a socket judged not HTTP at its first byte.
+    NotHttpJudged,
 }
 
 impl Case {
     /// Every case.
-    pub const ALL: [Case; 5] = [
+    pub const ALL: [Case; 6] = [
         Case::Request,
         Case::Response,
         Case::Ack,
         Case::Body,
         Case::NotHttp,
+        Case::NotHttpJudged,
     ];
 
     fn name(self) -> &'static str {
@@ -122,7 +129,8 @@ impl Case {
             Case::Response => "response segment (headers + 17 B body)",
             Case::Ack => "bare ACK",
             Case::Body => "body continuation (1448 B)",
-            Case::NotHttp => "non-HTTP segment (517 B), no state",
+            Case::NotHttp => "non-HTTP segment (517 B), not judged",
+            Case::NotHttpJudged => "non-HTTP segment (517 B), judged not HTTP",
         }
     }
 }
@@ -289,7 +297,8 @@ pub fn canned(now_ns: u64) -> Canned {
             (Case::Response, response),
             (Case::Ack, ack),
             (Case::Body, body),
-            (Case::NotHttp, other),
+            (Case::NotHttp, other.clone()),
+            (Case::NotHttpJudged, other),
         ],
     }
 }
@@ -301,7 +310,7 @@ impl Canned {
             Case::Request | Case::Ack => Some(&self.idle),
             Case::Response => Some(&self.waiting),
             Case::Body => Some(&self.in_body),
-            Case::NotHttp => None,
+            Case::NotHttp | Case::NotHttpJudged => None,
         }
     }
 
@@ -420,9 +429,10 @@ fn test_run(prog: &CgroupSkb, data: &[u8], repeat: u32) -> Result<u32, String> {
 }
 
 /// `kite_bench`'s settings (`BenchCfg` in the eBPF program).
-fn set_cfg(ebpf: &mut Ebpf, conn: u32, rx: bool, what: u32) {
+fn set_cfg(ebpf: &mut Ebpf, conn: u32, rx: bool, what: u32, judged: bool) {
     let mut cfg: Array<_, [u32; 4]> = Array::try_from(ebpf.map_mut("BENCH_CFG").unwrap()).unwrap();
-    cfg.set(0, [conn, rx as u32, what, 0], 0).unwrap();
+    cfg.set(0, [conn, rx as u32, what, judged as u32], 0)
+        .unwrap();
 }
 
 fn stats(ebpf: &Ebpf) -> [u64; STAT_COUNT as usize] {
@@ -470,7 +480,7 @@ fn expect(case: Case) -> &'static [(Stat, u64)] {
             (Stat::PayloadPackets, 1),
             (Stat::Requests, 0),
         ],
-        Case::NotHttp => &[
+        Case::NotHttp | Case::NotHttpJudged => &[
             (Stat::Packets, 1),
             (Stat::PayloadPackets, 0),
             (Stat::Requests, 0),
@@ -483,16 +493,22 @@ enum Row {
     Empty,
     Case(Case),
     Copy,
+    JudgeSetup,
     Buckets,
+    Ktime,
 }
 
 /// Runs the microbenchmark; returns its Markdown section.
-pub fn run(o: &Opts) -> Result<String, String> {
-    let started = Instant::now();
+fn load(obj: &[u8], c: &Canned) -> Result<Ebpf, String> {
     let mut ebpf = EbpfLoader::new()
-        .load(EBPF_OBJECT)
+        .load(obj)
         .map_err(|e| format!("loading the eBPF object: {e}"))?;
-    for name in ["kite_bench", "kite_empty"] {
+    for name in [
+        "kite_bench",
+        "kite_bench_buckets",
+        "kite_bench_ktime",
+        "kite_empty",
+    ] {
         let p: &mut CgroupSkb = ebpf
             .program_mut(name)
             .ok_or(format!("{name} missing"))?
@@ -500,105 +516,150 @@ pub fn run(o: &Opts) -> Result<String, String> {
             .map_err(|e| format!("{name}: {e}"))?;
         p.load().map_err(|e| format!("loading {name}: {e}"))?;
     }
-    let c = canned(monotonic_ns());
-    {
-        let mut conns: Array<_, Conn> =
-            Array::try_from(ebpf.map_mut("BENCH_CONNS").unwrap()).unwrap();
-        conns.set(0, c.idle, 0).unwrap();
-        conns.set(1, c.waiting, 0).unwrap();
-        conns.set(2, c.in_body, 0).unwrap();
-    }
+    let mut conns: Array<_, Conn> = Array::try_from(ebpf.map_mut("BENCH_CONNS").unwrap()).unwrap();
+    conns.set(0, c.idle, 0).unwrap();
+    conns.set(1, c.waiting, 0).unwrap();
+    conns.set(2, c.in_body, 0).unwrap();
+    Ok(ebpf)
+}
+
+/// One test run of `row`; the kernel's mean ns per run. A case's counters are checked.
+fn measure(ebpf: &mut Ebpf, c: &Canned, row: Row, repeat: u32) -> Result<f64, String> {
     let slot = |case: Case| match case {
         Case::Request | Case::Ack => 1,
         Case::Response => 2,
         Case::Body => 3,
-        Case::NotHttp => 0,
+        Case::NotHttp | Case::NotHttpJudged => 0,
     };
-    let mut rows = vec![Row::Empty];
-    rows.extend(Case::ALL.iter().map(|&c| Row::Case(c)));
-    rows.push(Row::Copy);
-    rows.push(Row::Buckets);
-    let mut ns: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     let empty_frame = frame(c.seg(Case::Request));
-    for round in 0..o.micro_rounds {
-        for k in 0..rows.len() {
-            let i = (k + round) % rows.len();
-            let (prog, data) = match rows[i] {
-                Row::Empty => ("kite_empty", empty_frame.clone()),
-                Row::Case(case) => {
-                    let s = c.seg(case);
-                    set_cfg(&mut ebpf, slot(case), s.rx, 0);
-                    ("kite_bench", frame(s))
-                }
-                Row::Copy => {
-                    set_cfg(&mut ebpf, 2, false, 1);
-                    ("kite_bench", empty_frame.clone())
-                }
-                Row::Buckets => {
-                    set_cfg(&mut ebpf, 0, false, 2);
-                    ("kite_bench", empty_frame.clone())
-                }
-            };
-            let before = stats(&ebpf);
-            let p: &CgroupSkb = ebpf.program(prog).unwrap().try_into().unwrap();
-            let d = test_run(p, &data, o.repeat)?;
-            let after = stats(&ebpf);
-            if let Row::Case(case) = rows[i] {
-                for &(stat, per_run) in expect(case) {
-                    let got = after[stat as usize] - before[stat as usize];
-                    let want = per_run * u64::from(o.repeat);
-                    if got != want {
-                        return Err(format!(
-                            "case {:?}: kernel counter {stat:?} rose by {got}, expected {want}",
-                            case
-                        ));
-                    }
-                }
+    let (prog, data) = match row {
+        Row::Empty => ("kite_empty", empty_frame),
+        Row::Case(case) => {
+            let s = c.seg(case);
+            set_cfg(ebpf, slot(case), s.rx, 0, case == Case::NotHttpJudged);
+            ("kite_bench", frame(s))
+        }
+        Row::Copy => {
+            set_cfg(ebpf, 2, false, 1, false);
+            ("kite_bench", empty_frame)
+        }
+        Row::JudgeSetup => {
+            set_cfg(ebpf, 0, true, 3, true);
+            ("kite_bench", frame(c.seg(Case::NotHttpJudged)))
+        }
+        Row::Ktime => ("kite_bench_ktime", empty_frame),
+        Row::Buckets => ("kite_bench_buckets", empty_frame),
+    };
+    let before = stats(ebpf);
+    let p: &CgroupSkb = ebpf.program(prog).unwrap().try_into().unwrap();
+    let d = test_run(p, &data, repeat)?;
+    let after = stats(ebpf);
+    if let Row::Case(case) = row {
+        for &(stat, per_run) in expect(case) {
+            let got = after[stat as usize] - before[stat as usize];
+            let want = per_run * u64::from(repeat);
+            if got != want {
+                return Err(format!(
+                    "case {case:?}: kernel counter {stat:?} rose by {got}, expected {want}"
+                ));
             }
-            ns[i].push(f64::from(d));
         }
     }
-    let med: Vec<f64> = ns.iter_mut().map(|v| median(v)).collect();
+    if std::env::var_os("KITE_MICRO_VERBOSE").is_some() {
+        eprintln!("{row:?}: {d}");
+    }
+    Ok(f64::from(d))
+}
+
+/// Path ns of each row (see the report's text) from the medians.
+fn path_ns(rows: &[Row], med: &[f64], c: &Canned) -> Vec<Option<f64>> {
     let empty = med[0];
     let copy = med[rows.iter().position(|r| *r == Row::Copy).unwrap()];
-    let mut table = Vec::new();
-    for (i, r) in rows.iter().enumerate() {
-        let (name, ratio, net) = match r {
-            Row::Empty => (
-                "empty cgroup_skb program".to_string(),
-                "1.0×".into(),
-                "–".into(),
-            ),
+    let judge = med[rows.iter().position(|r| *r == Row::JudgeSetup).unwrap()];
+    rows.iter()
+        .enumerate()
+        .map(|(i, r)| match r {
+            Row::Empty => None,
             Row::Case(case) => {
                 // The packet path copies the canned state only where the real one looks up
                 // the socket's storage: not for a bare ACK, nor without a state.
                 let copied = c.state(*case).is_some() && *case != Case::Ack;
-                let net = if copied {
+                Some(if copied {
                     med[i] - (copy - empty)
+                } else if *case == Case::NotHttpJudged {
+                    med[i] - (judge - empty)
                 } else {
                     med[i]
-                };
-                (
-                    case.name().to_string(),
-                    format!("{:.1}×", net / empty),
-                    format!("{net:.0}"),
-                )
+                })
             }
-            Row::Copy => (
-                "(bench only: copying the canned state)".to_string(),
-                "–".into(),
-                format!("{:.0}", copy - empty),
-            ),
-            Row::Buckets => (
-                format!(
-                    "`hist::bucket_index` (per call, {} calls a run)",
-                    BUCKET_CALLS
-                ),
-                "–".into(),
-                format!("{:.1}", (med[i] - empty) / BUCKET_CALLS as f64),
-            ),
+            Row::Copy => Some(copy - empty),
+            Row::JudgeSetup => Some(judge - empty),
+            Row::Buckets | Row::Ktime => Some((med[i] - empty) / BUCKET_CALLS as f64),
+        })
+        .collect()
+}
+
+fn row_name(r: Row) -> String {
+    match r {
+        Row::Empty => "empty cgroup_skb program".to_string(),
+        Row::Case(case) => case.name().to_string(),
+        Row::Copy => "(bench only: copying the canned state)".to_string(),
+        Row::JudgeSetup => "(bench only: finding the judged dummy socket)".to_string(),
+        Row::Buckets => format!("`hist::bucket_index` (per call, {BUCKET_CALLS} calls a run)"),
+        Row::Ktime => format!("`bpf_ktime_get_ns` (per call, {BUCKET_CALLS} calls a run)"),
+    }
+}
+
+/// Runs the microbenchmark; returns its Markdown section.
+pub fn run(o: &Opts) -> Result<String, String> {
+    let started = Instant::now();
+    let c = canned(monotonic_ns());
+    let mut objs = vec![load(EBPF_OBJECT, &c)?];
+    if let Some(p) = &o.compare {
+        let bytes = std::fs::read(p).map_err(|e| format!("--compare {}: {e}", p.display()))?;
+        objs.push(load(&bytes, &c)?);
+    }
+    let mut rows = vec![Row::Empty];
+    rows.extend(Case::ALL.iter().map(|&c| Row::Case(c)));
+    rows.push(Row::Copy);
+    rows.push(Row::JudgeSetup);
+    rows.push(Row::Buckets);
+    rows.push(Row::Ktime);
+    let mut ns: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); rows.len()]; objs.len()];
+    for round in 0..o.micro_rounds {
+        for k in 0..rows.len() {
+            let i = (k + round) % rows.len();
+            for j in 0..objs.len() {
+                let b = (j + round) % objs.len();
+                let d = measure(&mut objs[b], &c, rows[i], o.repeat)?;
+                ns[b][i].push(d);
+            }
+        }
+    }
+    let med: Vec<Vec<f64>> = ns
+        .iter_mut()
+        .map(|o| o.iter_mut().map(|v| median(v)).collect())
+        .collect();
+    let net: Vec<Vec<Option<f64>>> = med.iter().map(|m| path_ns(&rows, m, &c)).collect();
+    let empty = med[0][0];
+    let mut table = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        let n = net[0][i];
+        let ratio = match (r, n) {
+            (Row::Empty, _) => "1.0×".to_string(),
+            (Row::Case(_), Some(n)) => format!("{:.1}×", n / empty),
+            _ => "–".into(),
         };
-        table.push(vec![name, format!("{:.0}", med[i]), net, ratio]);
+        let fmt = |v: Option<f64>| match (r, v) {
+            (Row::Buckets | Row::Ktime, Some(v)) => format!("{v:.1}"),
+            (_, Some(v)) => format!("{v:.0}"),
+            (_, None) => "–".into(),
+        };
+        let mut line = vec![row_name(*r), format!("{:.0}", med[0][i]), fmt(n), ratio];
+        if objs.len() > 1 {
+            line.push(fmt(net[1][i]).replace('–', &format!("{:.0}", med[1][i])));
+        }
+        table.push(line);
     }
     let mut md = String::new();
     let _ = writeln!(
@@ -615,7 +676,20 @@ pub fn run(o: &Opts) -> Result<String, String> {
         o.micro_rounds,
         started.elapsed().as_secs_f64()
     );
-    md += &report::table(&["case", "ns/run", "path ns", "× empty"], &table);
+    if objs.len() > 1 {
+        md += &report::table(
+            &[
+                "case",
+                "ns/run",
+                "path ns",
+                "× empty",
+                "path ns, --compare build",
+            ],
+            &table,
+        );
+    } else {
+        md += &report::table(&["case", "ns/run", "path ns", "× empty"], &table);
+    }
     Ok(md)
 }
 

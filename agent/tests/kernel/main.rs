@@ -10,4 +10,5 @@ mod lifecycle;
 mod loader;
 mod network;
 mod robustness;
+mod verdict;
 mod series;
