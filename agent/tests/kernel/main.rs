@@ -10,5 +10,5 @@ mod lifecycle;
 mod loader;
 mod network;
 mod robustness;
-mod verdict;
+mod semconv;
 mod series;

@@ -1,0 +1,480 @@
+//! The OpenTelemetry HTTP semantic conventions against real traffic and a real Prometheus:
+//! every label of every `http_*` series Prometheus stored is checked against a table of the
+//! conventions (name, allowed values, when present), and the label values against curl's own
+//! view of each exchange (status code and HTTP version). Also the agent's own metrics
+//! (`kite_build_info`, `process_*`, the `kite_ebpf_*` families) against `ps`, `prlimit` and
+//! the traffic.
+
+use std::{
+    collections::BTreeMap,
+    thread,
+    time::{Duration, Instant},
+};
+
+use kite_testkit::*;
+use serde_json::Value;
+
+use super::agent::Agent;
+
+/// Where the test servers listen: not the clients' address, so `server_address` is seen to
+/// be the server's.
+const SERVER_IP: &str = "127.0.0.3";
+
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER",
+];
+
+/// Allowed values of an attribute.
+#[derive(Clone, Copy)]
+enum Values {
+    /// One of these.
+    OneOf(&'static [&'static str]),
+    /// A final HTTP status code: three digits, 100–599.
+    Status,
+    /// Equal to the series' `http_response_status_code`.
+    TheStatus,
+    /// A port, 1–65535.
+    Port,
+    /// An IP address (Kite knows addresses, not host names).
+    Ip,
+    /// An absolute cgroup path.
+    Path,
+    /// Any non-empty value.
+    Any,
+}
+
+/// When an attribute is on a series.
+#[derive(Clone, Copy)]
+enum When {
+    Always,
+    /// `error_type`: server side on 5xx, client side on 4xx and 5xx.
+    OnError,
+    /// Series of pods, or any series while the agent follows the Kubernetes API.
+    Kubernetes,
+    /// Series of cgroups that are not pods.
+    NotKubernetes,
+    /// Histogram buckets only.
+    Bucket,
+}
+
+/// The conventions of `http.server.request.duration` / `http.client.request.duration` in
+/// Prometheus' spelling, as Kite exports them (README "Prometheus"), plus the labels
+/// Prometheus adds itself.
+const CONVENTIONS: &[(&str, Values, When)] = &[
+    ("http_request_method", Values::OneOf(METHODS), When::Always),
+    ("http_response_status_code", Values::Status, When::Always),
+    ("error_type", Values::TheStatus, When::OnError),
+    (
+        "network_protocol_version",
+        Values::OneOf(&["1.0", "1.1", "2"]),
+        When::Always,
+    ),
+    ("url_scheme", Values::OneOf(&["http"]), When::Always),
+    ("server_address", Values::Ip, When::Always),
+    ("server_port", Values::Port, When::Always),
+    ("cgroup", Values::Path, When::NotKubernetes),
+    ("k8s_namespace_name", Values::Any, When::Kubernetes),
+    ("k8s_pod_name", Values::Any, When::Kubernetes),
+    ("k8s_node_name", Values::Any, When::Kubernetes),
+    // Prometheus' own.
+    ("__name__", Values::Any, When::Always),
+    ("instance", Values::Any, When::Always),
+    ("job", Values::Any, When::Always),
+    ("le", Values::Any, When::Bucket),
+];
+
+fn allowed(v: Values, value: &str, series: &BTreeMap<String, String>) -> bool {
+    match v {
+        Values::OneOf(list) => list.contains(&value),
+        Values::Status => {
+            value.len() == 3 && value.parse::<u16>().is_ok_and(|s| (100..=599).contains(&s))
+        }
+        Values::TheStatus => {
+            series.get("http_response_status_code").map(String::as_str) == Some(value)
+        }
+        Values::Port => value.parse::<u16>().is_ok_and(|p| p > 0),
+        Values::Ip => value.parse::<std::net::IpAddr>().is_ok(),
+        Values::Path => value.starts_with('/'),
+        Values::Any => !value.is_empty(),
+    }
+}
+
+fn expected(when: When, series: &BTreeMap<String, String>, kubernetes: bool) -> bool {
+    let name = &series["__name__"];
+    let server = name.starts_with("http_server_");
+    match when {
+        When::Always => true,
+        When::OnError => {
+            let status: u16 = series["http_response_status_code"].parse().unwrap();
+            if server { status >= 500 } else { status >= 400 }
+        }
+        When::Kubernetes => kubernetes,
+        When::NotKubernetes => !kubernetes,
+        When::Bucket => name.ends_with("_bucket"),
+    }
+}
+
+/// Checks one series against [`CONVENTIONS`]; the problems found.
+fn check_series(series: &BTreeMap<String, String>, kubernetes: bool) -> Vec<String> {
+    let mut bad = Vec::new();
+    for (k, v) in series {
+        match CONVENTIONS.iter().find(|(n, _, _)| n == k) {
+            None => bad.push(format!("label {k} is not in the conventions")),
+            Some((_, values, _)) if !allowed(*values, v, series) => {
+                bad.push(format!("{k}={v:?} is not an allowed value"))
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, _, when) in CONVENTIONS {
+        let want = expected(*when, series, kubernetes);
+        if want != series.contains_key(*name) {
+            bad.push(format!(
+                "{name} should be {}",
+                if want { "present" } else { "absent" }
+            ));
+        }
+    }
+    bad
+}
+
+/// One exchange as curl saw it: (method as the conventions name it, status, version).
+type Exchange = (String, u16, String);
+
+/// Runs curl from inside `cg`: one connection, one request; curl's own status code and HTTP
+/// version of the response.
+fn curl(cg: &TestCgroup, http10: bool, method: &str, url: &str) -> (u16, String) {
+    let mut args = vec!["curl", "-s", "-o", "/dev/null", "--max-time", "10"];
+    args.push(if http10 { "--http1.0" } else { "--http1.1" });
+    args.extend(["-X", method, "-w", "%{http_code} %{http_version}", url]);
+    let out = command(
+        Place {
+            cgroup: Some(cg),
+            ..Place::default()
+        },
+        &args,
+    )
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (code, version) = text
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("curl: {text}"));
+    // curl's %{http_version} is the response's version; 7.88 writes HTTP/1.0 as "1".
+    let version = if version == "1" { "1.0" } else { version };
+    (code.parse().unwrap(), version.to_string())
+}
+
+fn labels_of(v: &Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn http_attributes_follow_the_semantic_conventions() {
+    if !ebpf_available("http_attributes_follow_the_semantic_conventions") {
+        return;
+    }
+    let _serial = serial();
+    let cg = TestCgroup::new("semconv");
+    let place = Place {
+        cgroup: Some(&cg),
+        ..Place::default()
+    };
+    // Python's http.server answers in HTTP/1.0 (its default protocol_version), whatever the
+    // request's version; the test server (anyhttpd.py: every method routed) in HTTP/1.1.
+    let docs = TempDir::new("kite-semconv-docs");
+    std::fs::write(docs.path().join("index.html"), "hello\n").unwrap();
+    let (p10, p11) = (free_port(), free_port());
+    let _s10 = spawn(
+        place,
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            SERVER_IP,
+            "--directory",
+            docs.path().to_str().unwrap(),
+            &p10.to_string(),
+        ],
+    );
+    let any = servers::dir().join("anyhttpd.py");
+    let _s11 = spawn(
+        place,
+        &[
+            "python3",
+            any.to_str().unwrap(),
+            SERVER_IP,
+            &p11.to_string(),
+        ],
+    );
+    wait_for_port(&format!("{SERVER_IP}:{p10}"), None);
+    wait_for_port(&format!("{SERVER_IP}:{p11}"), None);
+    let agent = Agent::start(&["--cgroup", &cg.cgroup.path]);
+    let prom = Prometheus::start(&[agent.metrics], false);
+
+    // HTTP/1.0 and 1.1 clients; 2xx, 4xx and 5xx; standard and custom methods.
+    let u10 = |p: &str| format!("http://{SERVER_IP}:{p10}{p}");
+    let u11 = |p: &str| format!("http://{SERVER_IP}:{p11}{p}");
+    let plan: Vec<(bool, &str, String)> = vec![
+        (true, "GET", u10("/")),
+        (false, "GET", u10("/")),
+        (false, "GET", u10("/missing")),
+        // http.server has no handler for it: 501.
+        (true, "PURGE", u10("/")),
+        (true, "GET", u11("/status/503")),
+        (false, "GET", u11("/status/404")),
+        (false, "POST", u11("/status/201")),
+        (false, "FOO", u11("/")),
+        (true, "DELETE", u11("/status/500")),
+    ];
+    let mut truth: BTreeMap<(u16, Exchange), u64> = BTreeMap::new();
+    for round in 0..2 {
+        for (http10, method, url) in &plan {
+            let (status, version) = curl(&cg, *http10, method, url);
+            assert!(
+                status >= 200,
+                "round {round}: curl {method} {url}: {status}"
+            );
+            let method = if METHODS.contains(method) {
+                *method
+            } else {
+                "_OTHER"
+            };
+            let port = if url.contains(&format!(":{p10}/")) {
+                p10
+            } else {
+                p11
+            };
+            *truth
+                .entry((port, (method.to_string(), status, version)))
+                .or_default() += 1;
+        }
+    }
+    let requests: u64 = truth.values().sum();
+    // Each exchange is seen from both ends (clients and servers are in the cgroup).
+    for side in ["server", "client"] {
+        prom.wait_for_value(
+            &format!("sum(http_{side}_request_duration_seconds_count)"),
+            requests as f64,
+            Duration::from_secs(30),
+        );
+    }
+
+    // Every label of every http_* series, as Prometheus stored it.
+    let series = prom.api("series", &[("match[]", "{__name__=~\"http_.+\"}")]);
+    let series = series.as_array().unwrap();
+    assert!(!series.is_empty());
+    let mut problems = Vec::new();
+    for s in series {
+        let l = labels_of(s);
+        for p in check_series(&l, false) {
+            problems.push(format!("{p}: {l:?}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    // The values are the exchanges curl made: per side, (port, method, status, version) with
+    // curl's counts; the server is the address the requests went to.
+    for side in ["server", "client"] {
+        let got = prom.query(&format!(
+            "sum by (server_address, server_port, http_request_method, http_response_status_code, network_protocol_version) (http_{side}_request_duration_seconds_count)"
+        ));
+        let mut seen: BTreeMap<(u16, Exchange), u64> = BTreeMap::new();
+        for r in &got {
+            let m = labels_of(&r["metric"]);
+            assert_eq!(m["server_address"], SERVER_IP, "{side}: {m:?}");
+            let key = (
+                m["server_port"].parse().unwrap(),
+                (
+                    m["http_request_method"].clone(),
+                    m["http_response_status_code"].parse().unwrap(),
+                    m["network_protocol_version"].clone(),
+                ),
+            );
+            let n: f64 = r["value"][1].as_str().unwrap().parse().unwrap();
+            *seen.entry(key).or_default() += n as u64;
+        }
+        assert_eq!(seen, truth, "{side} side against curl");
+    }
+    // Both versions, a custom method, and error_type on both sides were exercised.
+    let q = |e: &str| prom.query(e).len();
+    assert!(q("http_server_request_duration_seconds_count{network_protocol_version=\"1.0\"}") > 0);
+    assert!(q("http_server_request_duration_seconds_count{network_protocol_version=\"1.1\"}") > 0);
+    assert!(q("http_server_request_duration_seconds_count{http_request_method=\"_OTHER\"}") > 0);
+    assert!(q("http_server_request_duration_seconds_count{error_type=\"501\"}") > 0);
+    assert_eq!(
+        q("http_server_request_duration_seconds_count{error_type=\"404\"}"),
+        0
+    );
+    assert!(q("http_client_request_duration_seconds_count{error_type=\"404\"}") > 0);
+    assert_eq!(promtool_check(&agent.metrics_text()), Ok(()));
+}
+
+/// The value of an unlabelled sample (`name value`) or of `name{labels}` in an exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Figures of process `pid` as `ps` and `prlimit` (procps, util-linux) report them.
+struct Ps {
+    rss_bytes: f64,
+    vsz_bytes: f64,
+    cpu_seconds: f64,
+    elapsed_seconds: f64,
+    max_fds: f64,
+}
+
+fn ps(pid: u32) -> Ps {
+    let pid = pid.to_string();
+    let out = run_ok(std::process::Command::new("ps").args([
+        "-o",
+        "rss=,vsz=,times=,etimes=",
+        "-p",
+        &pid,
+    ]));
+    let f: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let lim = run_ok(std::process::Command::new("prlimit").args([
+        "--nofile",
+        "--output",
+        "SOFT",
+        "--noheadings",
+        "--pid",
+        &pid,
+    ]));
+    Ps {
+        rss_bytes: f[0] * 1024.0,
+        vsz_bytes: f[1] * 1024.0,
+        cpu_seconds: f[2],
+        elapsed_seconds: f[3],
+        max_fds: String::from_utf8_lossy(&lim.stdout).trim().parse().unwrap(),
+    }
+}
+
+#[test]
+fn agent_reports_its_build_its_process_and_ebpf_counters_that_add_up() {
+    if !ebpf_available("agent_reports_its_build_its_process_and_ebpf_counters_that_add_up") {
+        return;
+    }
+    let _serial = serial();
+    let cg = TestCgroup::new("selfmetrics");
+    let port = free_port();
+    let _srv = python_httpd(
+        Place {
+            cgroup: Some(&cg),
+            ..Place::default()
+        },
+        SERVER_IP,
+        port,
+        false,
+    );
+    let agent = Agent::start(&["--cgroup", &cg.cgroup.path]);
+    // One connection and one request per curl, seen from both ends.
+    let curls = 5u64;
+    for _ in 0..curls {
+        let (status, _) = curl(&cg, false, "GET", &format!("http://{SERVER_IP}:{port}/d/1"));
+        assert_eq!(status, 200);
+    }
+    // Every connection ends (curl has exited; the server closes when it reads EOF).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = agent.metrics_text();
+        let closed = sample(
+            &text,
+            "kite_ebpf_connections_closed_total{how=\"released\"}",
+        )
+        .unwrap()
+            + sample(&text, "kite_ebpf_connections_closed_total{how=\"reaped\"}").unwrap();
+        if sample(&text, "kite_ebpf_requests_total") == Some((2 * curls) as f64)
+            && closed == (2 * curls) as f64
+        {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(promtool_check(&text), Ok(()));
+    // Families by unit: the connections opened are those that ended; requests add up.
+    assert_eq!(
+        sample(&text, "kite_ebpf_connections_opened_total"),
+        Some((2 * curls) as f64)
+    );
+    assert!(!text.contains("kite_ebpf_events"), "the catch-all is gone");
+    for family in [
+        "kite_ebpf_packets_total",
+        "kite_ebpf_payload_packets_total",
+        "kite_ebpf_segments_total{event=\"retransmit\"}",
+        "kite_ebpf_connections_untracked_total{reason=\"not_http\"}",
+        "kite_ebpf_requests_overflow_total{reason=\"endpoint_budget\"}",
+        "kite_ebpf_requests_lost_total{reason=\"unanswered\"}",
+        "kite_ebpf_stream_events_total{event=\"sync_lost\"}",
+    ] {
+        assert!(sample(&text, family).is_some(), "{family} missing");
+    }
+    assert_eq!(
+        sample(
+            &text,
+            &format!(
+                "kite_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        Some(1.0),
+        "{text}"
+    );
+
+    // The process figures against ps and prlimit, read around the scrape.
+    let before = ps(agent.proc.child.id());
+    let text = agent.metrics_text();
+    let after = ps(agent.proc.child.id());
+    let get = |n: &str| sample(&text, n).unwrap_or_else(|| panic!("{n} missing"));
+    let within = |v: f64, lo: f64, hi: f64, what: &str| {
+        assert!(v >= lo && v <= hi, "{what}: {v} not in [{lo}, {hi}]");
+    };
+    let rss = get("process_resident_memory_bytes");
+    within(
+        rss,
+        before.rss_bytes.min(after.rss_bytes) * 0.9,
+        before.rss_bytes.max(after.rss_bytes) * 1.1,
+        "rss",
+    );
+    let vsz = get("process_virtual_memory_bytes");
+    within(
+        vsz,
+        before.vsz_bytes.min(after.vsz_bytes) * 0.9,
+        before.vsz_bytes.max(after.vsz_bytes) * 1.1,
+        "vsz",
+    );
+    // ps prints whole seconds.
+    let cpu = get("process_cpu_seconds_total");
+    within(
+        cpu,
+        before.cpu_seconds - 1.0,
+        after.cpu_seconds + 1.0,
+        "cpu",
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    within(
+        get("process_start_time_seconds"),
+        now - after.elapsed_seconds - 2.0,
+        now - before.elapsed_seconds + 2.0,
+        "start time",
+    );
+    assert_eq!(get("process_max_fds"), after.max_fds);
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", agent.proc.child.id()))
+        .unwrap()
+        .count() as f64;
+    within(get("process_open_fds"), fds - 4.0, fds + 4.0, "open fds");
+}
