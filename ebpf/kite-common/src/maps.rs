@@ -297,6 +297,11 @@ impl EndpointStats {
 }
 
 /// Self-metric counters in [`STATS_MAP`] (per CPU, summed by user space).
+///
+/// The agent exports them in Prometheus families by what they count (packets, segments,
+/// connections, requests, stream events: `kite_ebpf_*_total`), each one in exactly one family
+/// (`EBPF_FAMILIES` in the agent's `metrics::self_metrics`, checked by a test); a new counter
+/// is appended here and placed there. [`Stat::name`] is its name in gRPC's `Info`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stat {
@@ -409,7 +414,7 @@ impl Stat {
         Stat::BudgetsMapFull,
     ];
 
-    /// snake_case name, used for metric labels.
+    /// snake_case name (gRPC `Info` counters, prefixed `ebpf_`).
     pub const fn name(self) -> &'static str {
         match self {
             Stat::Packets => "packets",
