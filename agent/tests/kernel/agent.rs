@@ -1,6 +1,6 @@
 //! The `kite-agent` daemon as clients see it: gRPC (a Rust client and a reflection-only Python
-//! client), Prometheus (a real Prometheus server scraping it), the enrollment socket with a
-//! kubelet-like cgroup tree, and restarts under load.
+//! client), the enrollment socket with a kubelet-like cgroup tree, and restarts under load.
+//! Prometheus scraping a real agent is in kite-tui's e2e suite, beside `kite-tui --once`.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -337,157 +337,6 @@ fn reflection_only_python_client_lists_and_health_is_serving() {
     assert_eq!(ep["id"]["direction"], "DIRECTION_INBOUND");
 }
 
-/// Which coarse Prometheus bucket (by `le` index) holds `secs`.
-fn coarse_bucket(secs: f64) -> usize {
-    let edges: Vec<f64> = kite_agent::daemon::metrics::edges().collect();
-    edges
-        .iter()
-        .position(|le| secs <= *le)
-        .unwrap_or(edges.len())
-}
-
-#[test]
-fn prometheus_scrapes_and_agrees_on_p99() {
-    if !ebpf_available("prometheus_scrapes_and_agrees_on_p99") {
-        return;
-    }
-    let _serial = serial();
-    let cg = TestCgroup::new("agent-prom");
-    let port = free_port();
-    let _srv = python_httpd(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        "127.0.0.1",
-        port,
-        false,
-    );
-    let agent = Agent::start(&["--cgroup", &cg.cgroup.path]);
-    // A real Prometheus scraping the agent every second.
-    let dir = std::env::temp_dir().join(format!("kite-prom-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let prom_port = free_port();
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
-             scrape_configs:\n  - job_name: kite\n    static_configs:\n      - targets: ['{}']\n",
-            agent.metrics
-        ),
-    )
-    .unwrap();
-    let _cleanup = DirGuard(dir.clone());
-    let prom = spawn(
-        Place::default(),
-        &[
-            "prometheus",
-            &format!("--config.file={}", dir.join("prometheus.yml").display()),
-            &format!("--storage.tsdb.path={}", dir.join("data").display()),
-            &format!("--web.listen-address=127.0.0.1:{prom_port}"),
-        ],
-    );
-    wait_for_port(&format!("127.0.0.1:{prom_port}"), None);
-    let url = format!("http://127.0.0.1:{port}");
-    let mix = [
-        "/d/2", "/d/2", "/d/2", "/d/2", "/d/2", "/d/2", "/d/2", "/d/2", "/d/2", "/d/30",
-    ];
-    let r = wrk(Place::default(), &url, 4, 250, &mix, &[]);
-    assert_eq!(r.socket_errors(), 0);
-    let query = |q: &str| -> serde_json::Value {
-        let out = Command::new("curl")
-            .args([
-                "-sfG",
-                &format!("http://127.0.0.1:{prom_port}/api/v1/query"),
-                "--data-urlencode",
-            ])
-            .arg(format!("query={q}"))
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)))
-    };
-    let sel = format!("server_port=\"{port}\"");
-    // Wait for a scrape that has the whole load (Prometheus starts scraping a little later).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = query(&format!(
-            "sum(http_server_request_duration_seconds_count{{{sel}}})"
-        ));
-        let count = v["data"]["result"][0]["value"][1]
-            .as_str()
-            .and_then(|c| c.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64;
-        if count == r.requests {
-            break;
-        }
-        assert!(
-            count < r.requests,
-            "Prometheus counts {count}, wrk {}",
-            r.requests
-        );
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus never saw all {} requests ({count}): {v}",
-            r.requests
-        );
-        thread::sleep(Duration::from_millis(500));
-    }
-    let q = query(&format!(
-        "histogram_quantile(0.99, sum by (le) (http_server_request_duration_seconds_bucket{{{sel}}}))"
-    ));
-    let prom_p99: f64 = q["data"]["result"][0]["value"][1]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let snap = agent.list();
-    let agent_p99 = endpoint_on(&snap, port)[0]
-        .totals
-        .as_ref()
-        .unwrap()
-        .p99_seconds
-        .unwrap();
-    eprintln!("  p99: Prometheus {prom_p99:.4} s, agent {agent_p99:.4} s");
-    let (a, b) = (coarse_bucket(prom_p99), coarse_bucket(agent_p99));
-    assert!(
-        a.abs_diff(b) <= 1,
-        "p99 {prom_p99} (bucket {a}) vs {agent_p99} (bucket {b})"
-    );
-    // The exposition is valid for Prometheus' own linter.
-    let text = agent.metrics_text();
-    let mut lint = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    lint.stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = lint.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool: {report}"
-    );
-    drop(prom);
-}
-
-struct DirGuard(PathBuf);
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 const UID: &str = "0f0d6d7e-1c2b-4e3f-9a8b-7c6d5e4f3a2b";
 
 /// Sends a hello line from inside `cgroup` (a process placed there first) and returns the
@@ -816,9 +665,8 @@ fn no_cluster_or_unreachable_api_is_reported_once_and_nothing_else_stops() {
     }
     let _serial = serial();
     // No kubeconfig at all, and a kubeconfig whose API server does not answer.
-    let dir = std::env::temp_dir().join(format!("kite-kubeconfig-{}", free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let _cleanup = DirGuard(dir.clone());
+    let tmp = TempDir::new("kite-kubeconfig");
+    let dir = tmp.path();
     let dead = dir.join("dead.yaml");
     std::fs::write(
         &dead,
