@@ -102,6 +102,8 @@ pub enum Case {
     Request,
     /// The response (headers and a 17-byte body) to an outstanding request (sent).
     Response,
+    /// The same with only the status line and `Content-Length` (what framing needs).
+    ResponseMinimal,
     /// A bare ACK on a tracked connection.
     Ack,
     /// 1448 body bytes in the middle of a 1 MiB response.
@@ -114,9 +116,10 @@ pub enum Case {
 
 impl Case {
     /// Every case.
-    pub const ALL: [Case; 6] = [
+    pub const ALL: [Case; 7] = [
         Case::Request,
         Case::Response,
+        Case::ResponseMinimal,
         Case::Ack,
         Case::Body,
         Case::NotHttp,
@@ -126,7 +129,8 @@ impl Case {
     fn name(self) -> &'static str {
         match self {
             Case::Request => "request segment (41 B, keep-alive)",
-            Case::Response => "response segment (headers + 17 B body)",
+            Case::Response => "response segment (nginx's 6 header lines + 17 B body)",
+            Case::ResponseMinimal => "response segment (status line, Content-Length, 17 B body)",
             Case::Ack => "bare ACK",
             Case::Body => "body continuation (1448 B)",
             Case::NotHttp => "non-HTTP segment (517 B), not judged",
@@ -294,6 +298,14 @@ pub fn canned(now_ns: u64) -> Canned {
         in_body,
         segs: vec![
             (Case::Request, request),
+            (
+                Case::ResponseMinimal,
+                Seg {
+                    data: b"HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\nkite bench body.\n"
+                        .to_vec(),
+                    ..response.clone()
+                },
+            ),
             (Case::Response, response),
             (Case::Ack, ack),
             (Case::Body, body),
@@ -308,7 +320,7 @@ impl Canned {
     pub fn state(&self, case: Case) -> Option<&Conn> {
         match case {
             Case::Request | Case::Ack => Some(&self.idle),
-            Case::Response => Some(&self.waiting),
+            Case::Response | Case::ResponseMinimal => Some(&self.waiting),
             Case::Body => Some(&self.in_body),
             Case::NotHttp | Case::NotHttpJudged => None,
         }
@@ -465,7 +477,7 @@ fn expect(case: Case) -> &'static [(Stat, u64)] {
             (Stat::PayloadPackets, 1),
             (Stat::Requests, 0),
         ],
-        Case::Response => &[
+        Case::Response | Case::ResponseMinimal => &[
             (Stat::Packets, 1),
             (Stat::PayloadPackets, 1),
             (Stat::Requests, 1),
@@ -527,7 +539,7 @@ fn load(obj: &[u8], c: &Canned) -> Result<Ebpf, String> {
 fn measure(ebpf: &mut Ebpf, c: &Canned, row: Row, repeat: u32) -> Result<f64, String> {
     let slot = |case: Case| match case {
         Case::Request | Case::Ack => 1,
-        Case::Response => 2,
+        Case::Response | Case::ResponseMinimal => 2,
         Case::Body => 3,
         Case::NotHttp | Case::NotHttpJudged => 0,
     };

@@ -1,6 +1,8 @@
 //! What Kite costs the traffic it measures: wrk → nginx on loopback, unmonitored, with an
 //! empty `cgroup_skb` program (the price of any such program), with Kite on nginx's cgroup,
-//! and with Kite on the root cgroup (both ends parsed).
+//! with Kite on the root cgroup (both ends parsed), and with the peer a user would run
+//! instead: haproxy as a sidecar proxy in nginx's cgroup, exporting the same RED metrics
+//! through its Prometheus exporter.
 
 use std::{
     collections::BTreeMap,
@@ -12,7 +14,7 @@ use std::{
 };
 
 use kite_agent::ebpf::EmptyProgram;
-use kite_testkit::{Place, TestCgroup, free_port, nginx, wrk_for};
+use kite_testkit::{Place, Proc, TestCgroup, free_port, nginx, spawn, wait_for_port, wrk_for};
 
 use crate::{cpu_time, kite_bpf_stats, median, report};
 
@@ -31,6 +33,9 @@ pub struct Opts {
     /// Only the keep-alive shape (quicker, for iterating on the eBPF code).
     #[arg(long)]
     pub keep_alive_only: bool,
+    /// Leave out the haproxy sidecar mode.
+    #[arg(long)]
+    pub no_proxy: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -39,10 +44,17 @@ enum Mode {
     Empty,
     Kite,
     KiteRoot,
+    Proxy,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [Mode::Baseline, Mode::Empty, Mode::Kite, Mode::KiteRoot];
+    const ALL: [Mode; 5] = [
+        Mode::Baseline,
+        Mode::Empty,
+        Mode::Kite,
+        Mode::KiteRoot,
+        Mode::Proxy,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -50,6 +62,7 @@ impl Mode {
             Mode::Empty => "empty cgroup_skb program",
             Mode::Kite => "Kite on nginx's cgroup",
             Mode::KiteRoot => "Kite on the root cgroup",
+            Mode::Proxy => "haproxy sidecar (no Kite)",
         }
     }
 }
@@ -61,7 +74,10 @@ struct Samples {
     p99_us: Vec<f64>,
     ns_per_req: Vec<f64>,
     runs_per_req: Vec<f64>,
+    /// The monitor's user-space CPU: kite-loader's, or haproxy's.
     loader_mcpu: Vec<f64>,
+    /// The programs' kernel time per second of wall time.
+    ebpf_mcpu: Vec<f64>,
 }
 
 /// The kite-loader binary built next to this one.
@@ -110,15 +126,110 @@ impl Drop for Loader {
     }
 }
 
-fn run_shape(o: &Opts, cg: &TestCgroup, port: u16, close: bool) -> BTreeMap<Mode, Samples> {
+/// haproxy 2.6 as a sidecar in front of nginx: one thread (as nginx has one worker),
+/// keep-alive to nginx, its built-in Prometheus exporter on `/metrics`.
+pub struct Haproxy {
+    proc: Proc,
+    dir: PathBuf,
+    /// Port clients use.
+    pub port: u16,
+}
+
+impl Haproxy {
+    fn start(cg: &TestCgroup, backend: u16) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(kite_testkit::unique("kite-haproxy"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = format!(
+            "global\n    nbthread 1\n    maxconn 4096\n\
+             defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n\
+             \x20   timeout server 30s\n    option http-keep-alive\n    http-reuse always\n\
+             frontend fe\n    bind 127.0.0.1:{port}\n\
+             \x20   http-request use-service prometheus-exporter if {{ path /metrics }}\n\
+             \x20   default_backend be\n\
+             backend be\n    server nginx 127.0.0.1:{backend}\n"
+        );
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, conf).unwrap();
+        let check = Command::new("haproxy")
+            .args(["-c", "-q", "-f", path.to_str().unwrap()])
+            .output()
+            .expect("haproxy (apt-get install haproxy)");
+        assert!(
+            check.status.success(),
+            "haproxy config: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let proc = spawn(
+            Place {
+                cgroup: Some(cg),
+                ..Place::default()
+            },
+            &["haproxy", "-db", "-f", path.to_str().unwrap()],
+        );
+        wait_for_port(&format!("127.0.0.1:{port}"), None);
+        let h = Self { proc, dir, port };
+        // The exporter answers with haproxy's own request counters.
+        let m = h.metrics();
+        assert!(
+            m.contains("haproxy_frontend_http_requests_total"),
+            "haproxy /metrics: {}",
+            &m[..m.len().min(300)]
+        );
+        h
+    }
+
+    /// One scrape of the exporter.
+    fn metrics(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    }
+
+    /// Requests haproxy counted on its frontend (its exporter's figure).
+    fn requests(&self) -> Option<f64> {
+        self.metrics()
+            .lines()
+            .find(|l| l.starts_with("haproxy_frontend_http_requests_total{"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run_shape(
+    o: &Opts,
+    cg: &TestCgroup,
+    port: u16,
+    proxy: Option<&Haproxy>,
+    close: bool,
+) -> BTreeMap<Mode, Samples> {
     let url = format!("http://127.0.0.1:{port}/");
     let headers: &[&str] = if close { &["Connection: close"] } else { &[] };
+    let modes: Vec<Mode> = Mode::ALL
+        .into_iter()
+        .filter(|m| *m != Mode::Proxy || proxy.is_some())
+        .collect();
     let mut out: BTreeMap<Mode, Samples> = BTreeMap::new();
     for round in 0..o.rounds {
-        for k in 0..Mode::ALL.len() {
-            let mode = Mode::ALL[(k + round) % Mode::ALL.len()];
+        for k in 0..modes.len() {
+            let mode = modes[(k + round) % modes.len()];
             let mut empty = None;
             let mut loader = None;
+            let mut url = url.clone();
             match mode {
                 Mode::Baseline => {}
                 Mode::Empty => {
@@ -126,6 +237,9 @@ fn run_shape(o: &Opts, cg: &TestCgroup, port: u16, close: bool) -> BTreeMap<Mode
                 }
                 Mode::Kite => loader = Some(Loader::start(Some(&cg.cgroup.path))),
                 Mode::KiteRoot => loader = Some(Loader::start(None)),
+                Mode::Proxy => {
+                    url = format!("http://127.0.0.1:{}/", proxy.unwrap().port);
+                }
             }
             let bpf = |empty: &Option<EmptyProgram>| match empty {
                 Some(e) => {
@@ -135,7 +249,17 @@ fn run_shape(o: &Opts, cg: &TestCgroup, port: u16, close: bool) -> BTreeMap<Mode
                 None => kite_bpf_stats(),
             };
             let (t0, n0) = bpf(&empty);
-            let cpu0 = loader.as_ref().map(|l| cpu_time(l.child.id()));
+            let monitor = match (&loader, mode) {
+                (Some(l), _) => Some(l.child.id()),
+                (None, Mode::Proxy) => proxy.map(Haproxy::pid),
+                _ => None,
+            };
+            let cpu0 = monitor.map(cpu_time);
+            let counted0 = if mode == Mode::Proxy {
+                proxy.and_then(Haproxy::requests)
+            } else {
+                None
+            };
             let started = Instant::now();
             let w = wrk_for(
                 Place::default(),
@@ -147,18 +271,35 @@ fn run_shape(o: &Opts, cg: &TestCgroup, port: u16, close: bool) -> BTreeMap<Mode
             );
             let wall = started.elapsed().as_secs_f64();
             let (t1, n1) = bpf(&empty);
+            assert_eq!(
+                w.status_errors + w.connect_errors + w.read_errors + w.timeouts,
+                0,
+                "{}: wrk saw errors",
+                mode.name()
+            );
+            if let (Some(c0), Some(c1)) = (counted0, proxy.and_then(Haproxy::requests)) {
+                // haproxy's exporter saw the traffic (wrk's requests, give or take those in
+                // flight at the end and this scrape).
+                assert!(
+                    (c1 - c0) >= w.requests as f64 * 0.99,
+                    "haproxy counted {} of wrk's {} requests",
+                    c1 - c0,
+                    w.requests
+                );
+            }
             let s = out.entry(mode).or_default();
             s.rps.push(w.rps());
             s.p50_us.push(w.p50_us);
             s.p99_us.push(w.p99_us);
-            if mode != Mode::Baseline {
+            if mode != Mode::Baseline && mode != Mode::Proxy {
                 let req = w.requests.max(1) as f64;
                 s.ns_per_req.push((t1 - t0).as_nanos() as f64 / req);
                 s.runs_per_req.push((n1 - n0) as f64 / req);
+                s.ebpf_mcpu.push((t1 - t0).as_secs_f64() / wall * 1000.0);
             }
-            if let (Some(l), Some(c0)) = (&loader, cpu0) {
+            if let (Some(pid), Some(c0)) = (monitor, cpu0) {
                 s.loader_mcpu
-                    .push((cpu_time(l.child.id()) - c0).as_secs_f64() / wall * 1000.0);
+                    .push((cpu_time(pid) - c0).as_secs_f64() / wall * 1000.0);
             }
             eprintln!(
                 "  {} round {round}: {:<26} {:>9.0} rps",
@@ -184,6 +325,7 @@ pub fn run(o: &Opts) -> String {
         },
         port,
     );
+    let proxy = (!o.no_proxy).then(|| Haproxy::start(&cg, port));
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -192,8 +334,13 @@ pub fn run(o: &Opts) -> String {
          on loopback; {} rounds, every mode once per round in rotating order; medians. \
          RPS × is against the unmonitored runs of the same invocation. eBPF ns/request is the \
          kernel's BPF run time of the programs divided by wrk's requests (all packets of a \
-         request: request, response, ACKs, and for one-per-connection the handshake and close); \
-         the empty program's row is what any `cgroup_skb` program costs here.\n",
+         request: request, response, ACKs, and for one-per-connection the handshake and close), \
+         and × empty the same against the empty program's; the empty program's row is what any \
+         `cgroup_skb` program costs here. The haproxy row is the sidecar a user would run \
+         instead: haproxy 2.6 (1 thread, keep-alive to nginx, its Prometheus exporter on \
+         `/metrics`) in nginx's cgroup, wrk sending to it. Monitor mCPU is the monitor's own \
+         CPU per second of wall time (kite-loader's, or haproxy's); eBPF mCPU the programs' \
+         kernel time per second (Kite's cost outside its process).\n",
         o.conns, o.secs, o.rounds
     );
     let shapes: &[bool] = if o.keep_alive_only {
@@ -202,16 +349,19 @@ pub fn run(o: &Opts) -> String {
         &[false, true]
     };
     for &close in shapes {
-        let res = run_shape(o, &cg, port, close);
+        let res = run_shape(o, &cg, port, proxy.as_ref(), close);
         let base = median(&mut res[&Mode::Baseline].rps.clone());
+        let empty_ns = res
+            .get(&Mode::Empty)
+            .map(|s| median(&mut s.ns_per_req.clone()));
         let rows: Vec<Vec<String>> = res
             .iter()
             .map(|(mode, s)| {
-                let m = |v: &Vec<f64>| {
+                let m = |v: &Vec<f64>, prec: usize| {
                     if v.is_empty() {
                         "–".to_string()
                     } else {
-                        format!("{:.0}", median(&mut v.clone()))
+                        format!("{:.*}", prec, median(&mut v.clone()))
                     }
                 };
                 let rps = median(&mut s.rps.clone());
@@ -219,19 +369,18 @@ pub fn run(o: &Opts) -> String {
                     mode.name().to_string(),
                     format!("{rps:.0}"),
                     format!("{:.3}×", rps / base),
-                    format!("{} µs", m(&s.p50_us)),
-                    format!("{} µs", m(&s.p99_us)),
-                    m(&s.ns_per_req),
-                    if s.runs_per_req.is_empty() {
-                        "–".into()
-                    } else {
-                        format!("{:.1}", median(&mut s.runs_per_req.clone()))
+                    format!("{} µs", m(&s.p50_us, 0)),
+                    format!("{} µs", m(&s.p99_us, 0)),
+                    m(&s.ns_per_req, 0),
+                    match (s.ns_per_req.is_empty(), empty_ns) {
+                        (false, Some(e)) if e > 0.0 => {
+                            format!("{:.1}×", median(&mut s.ns_per_req.clone()) / e)
+                        }
+                        _ => "–".into(),
                     },
-                    if s.loader_mcpu.is_empty() {
-                        "–".into()
-                    } else {
-                        format!("{:.1}", median(&mut s.loader_mcpu.clone()))
-                    },
+                    m(&s.runs_per_req, 1),
+                    m(&s.loader_mcpu, 1),
+                    m(&s.ebpf_mcpu, 1),
                 ]
             })
             .collect();
@@ -252,8 +401,10 @@ pub fn run(o: &Opts) -> String {
                 "p50",
                 "p99",
                 "eBPF ns/request",
+                "× empty",
                 "program runs/request",
-                "kite-loader mCPU",
+                "monitor mCPU",
+                "eBPF mCPU",
             ],
             &rows,
         );
