@@ -9,6 +9,8 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 scripts/install-deps.sh
+# The overhead benchmark's sidecar-proxy peer (no test needs it, so it is not in install-deps).
+command -v haproxy >/dev/null || apt-get install -y -q haproxy
 # shellcheck disable=SC1091
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 cargo build --release --locked -q -p kite-agent -p kite-bench

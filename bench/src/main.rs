@@ -46,6 +46,8 @@ enum What {
     /// All of the above.
     All {
         #[command(flatten)]
+        micro: microbench::Opts,
+        #[command(flatten)]
         overhead: overhead::Opts,
         #[command(flatten)]
         agent: agent_cost::Opts,
@@ -79,7 +81,15 @@ fn main() -> ExitCode {
         },
         What::Agent(o) => md += &agent_cost::run(&o),
         What::Accuracy => md += &accuracy::run(),
-        What::All { overhead, agent } => {
+        What::All {
+            micro,
+            overhead,
+            agent,
+        } => {
+            match microbench::run(&micro) {
+                Ok(s) => md += &s,
+                Err(e) => eprintln!("kite-bench micro: {e}"),
+            }
             md += &overhead::run(&overhead);
             md += &agent_cost::run(&agent);
             md += &accuracy::run();
