@@ -35,6 +35,7 @@ use crate::{median, report};
 
 /// Options.
 #[derive(clap::Args, Clone)]
+#[group(id = "micro")]
 pub struct Opts {
     /// Rounds (each runs every case once, in rotating order).
     #[arg(long, default_value_t = 7)]

@@ -20,6 +20,7 @@ use crate::{cpu_time, kite_bpf_stats, median, report};
 
 /// Options.
 #[derive(clap::Args, Clone)]
+#[group(id = "overhead")]
 pub struct Opts {
     /// Rounds (each runs every mode once, in rotating order).
     #[arg(long, default_value_t = 5)]
