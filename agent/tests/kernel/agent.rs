@@ -341,7 +341,7 @@ const UID: &str = "0f0d6d7e-1c2b-4e3f-9a8b-7c6d5e4f3a2b";
 
 /// Sends a hello line from inside `cgroup` (a process placed there first) and returns the
 /// agent's answer.
-fn hello_from(cgroup: &Path, socket: &Path, line: &str) -> serde_json::Value {
+pub(super) fn hello_from(cgroup: &Path, socket: &Path, line: &str) -> serde_json::Value {
     let script = "import socket,sys\n\
         s=socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1])\n\
         s.sendall(sys.argv[2].encode()+b'\\n')\n\
@@ -360,7 +360,7 @@ fn hello_from(cgroup: &Path, socket: &Path, line: &str) -> serde_json::Value {
         .unwrap_or_else(|_| panic!("answer {text:?} {}", String::from_utf8_lossy(&out.stderr)))
 }
 
-fn hello(ns: &str, pod: &str, uid: &str) -> String {
+pub(super) fn hello(ns: &str, pod: &str, uid: &str) -> String {
     serde_json::json!({"version": 1, "pod": pod, "namespace": ns, "uid": uid, "container": "kite-init"}).to_string()
 }
 

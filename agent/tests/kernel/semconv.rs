@@ -14,7 +14,7 @@ use std::{
 use kite_testkit::*;
 use serde_json::Value;
 
-use super::agent::Agent;
+use super::agent::{Agent, hello, hello_from};
 
 /// Where the test servers listen: not the clients' address, so `server_address` is seen to
 /// be the server's.
@@ -49,12 +49,33 @@ enum When {
     Always,
     /// `error_type`: server side on 5xx, client side on 4xx and 5xx.
     OnError,
+    /// Series of pods.
+    Pod,
+    /// Series of pods named by their own hello, the Kubernetes API not followed.
+    Unverified,
+    /// Series of pods whose owner the Kubernetes API told.
+    PodOwner,
     /// Series of pods, or any series while the agent follows the Kubernetes API.
     Kubernetes,
     /// Series of cgroups that are not pods.
-    NotKubernetes,
+    NotPod,
     /// Histogram buckets only.
     Bucket,
+}
+
+/// What the test knows about where a series comes from.
+struct Ctx {
+    /// The agent follows the Kubernetes API.
+    api: bool,
+    /// Server ports of the servers running in a pod.
+    pod_ports: Vec<String>,
+}
+
+impl Ctx {
+    fn is_pod(&self, series: &BTreeMap<String, String>) -> bool {
+        series["__name__"].starts_with("http_server_")
+            && self.pod_ports.contains(&series["server_port"])
+    }
 }
 
 /// The conventions of `http.server.request.duration` / `http.client.request.duration` in
@@ -72,9 +93,16 @@ const CONVENTIONS: &[(&str, Values, When)] = &[
     ("url_scheme", Values::OneOf(&["http"]), When::Always),
     ("server_address", Values::Ip, When::Always),
     ("server_port", Values::Port, When::Always),
-    ("cgroup", Values::Path, When::NotKubernetes),
-    ("k8s_namespace_name", Values::Any, When::Kubernetes),
-    ("k8s_pod_name", Values::Any, When::Kubernetes),
+    ("cgroup", Values::Path, When::NotPod),
+    ("k8s_namespace_name", Values::Any, When::Pod),
+    ("k8s_pod_name", Values::Any, When::Pod),
+    ("k8s_workload_kind", Values::Any, When::PodOwner),
+    ("k8s_workload_name", Values::Any, When::PodOwner),
+    (
+        "kite_unverified",
+        Values::OneOf(&["true"]),
+        When::Unverified,
+    ),
     ("k8s_node_name", Values::Any, When::Kubernetes),
     // Prometheus' own.
     ("__name__", Values::Any, When::Always),
@@ -99,7 +127,7 @@ fn allowed(v: Values, value: &str, series: &BTreeMap<String, String>) -> bool {
     }
 }
 
-fn expected(when: When, series: &BTreeMap<String, String>, kubernetes: bool) -> bool {
+fn expected(when: When, series: &BTreeMap<String, String>, ctx: &Ctx) -> bool {
     let name = &series["__name__"];
     let server = name.starts_with("http_server_");
     match when {
@@ -108,14 +136,17 @@ fn expected(when: When, series: &BTreeMap<String, String>, kubernetes: bool) -> 
             let status: u16 = series["http_response_status_code"].parse().unwrap();
             if server { status >= 500 } else { status >= 400 }
         }
-        When::Kubernetes => kubernetes,
-        When::NotKubernetes => !kubernetes,
+        When::Pod => ctx.is_pod(series),
+        When::Unverified => ctx.is_pod(series) && !ctx.api,
+        When::PodOwner => ctx.is_pod(series) && ctx.api,
+        When::Kubernetes => ctx.is_pod(series) || ctx.api,
+        When::NotPod => !ctx.is_pod(series),
         When::Bucket => name.ends_with("_bucket"),
     }
 }
 
 /// Checks one series against [`CONVENTIONS`]; the problems found.
-fn check_series(series: &BTreeMap<String, String>, kubernetes: bool) -> Vec<String> {
+fn check_series(series: &BTreeMap<String, String>, ctx: &Ctx) -> Vec<String> {
     let mut bad = Vec::new();
     for (k, v) in series {
         match CONVENTIONS.iter().find(|(n, _, _)| n == k) {
@@ -127,7 +158,7 @@ fn check_series(series: &BTreeMap<String, String>, kubernetes: bool) -> Vec<Stri
         }
     }
     for (name, _, when) in CONVENTIONS {
-        let want = expected(*when, series, kubernetes);
+        let want = expected(*when, series, ctx);
         if want != series.contains_key(*name) {
             bad.push(format!(
                 "{name} should be {}",
@@ -136,6 +167,70 @@ fn check_series(series: &BTreeMap<String, String>, kubernetes: bool) -> Vec<Stri
         }
     }
     bad
+}
+
+/// The checker itself: a series as Kite exports it passes, and each way of breaking the
+/// conventions is caught (so the real-traffic test below can fail).
+#[test]
+fn the_table_catches_what_the_conventions_forbid() {
+    let ctx = Ctx {
+        api: false,
+        pod_ports: vec!["9000".into()],
+    };
+    let good: BTreeMap<String, String> = [
+        ("__name__", "http_client_request_duration_seconds_count"),
+        ("instance", "127.0.0.1:9464"),
+        ("job", "kite"),
+        ("http_request_method", "_OTHER"),
+        ("http_response_status_code", "404"),
+        ("error_type", "404"),
+        ("network_protocol_version", "1.1"),
+        ("url_scheme", "http"),
+        ("server_address", "127.0.0.3"),
+        ("server_port", "9000"),
+        ("cgroup", "/kite-test/x"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(check_series(&good, &ctx), Vec::<String>::new());
+    let with = |k: &str, v: Option<&str>| {
+        let mut s = good.clone();
+        match v {
+            Some(v) => s.insert(k.into(), v.into()),
+            None => s.remove(k),
+        };
+        check_series(&s, &ctx)
+    };
+    for (k, v) in [
+        ("http_request_method", Some("PURGE")),
+        ("http_response_status_code", Some("0")),
+        ("error_type", Some("500")),
+        ("error_type", None),
+        ("network_protocol_version", Some("HTTP/1.1")),
+        ("url_scheme", None),
+        ("server_address", Some("localhost")),
+        ("server_port", Some("0")),
+        ("k8s_node_name", Some("n")),
+        ("k8s_pod_name", Some("p")),
+        ("cgroup", None),
+        ("http_route", Some("/x")),
+    ] {
+        assert!(!with(k, v).is_empty(), "{k}={v:?} passed");
+    }
+    // A server-side 404 is no error; the server side of a pod carries its names and node.
+    let mut server = good.clone();
+    server.insert(
+        "__name__".into(),
+        "http_server_request_duration_seconds_count".into(),
+    );
+    server.remove("error_type");
+    assert!(
+        !check_series(&server, &ctx).is_empty(),
+        "a pod's series without its names"
+    );
+    server.insert("server_port".into(), "9001".into());
+    assert_eq!(check_series(&server, &ctx), Vec::<String>::new());
 }
 
 /// One exchange as curl saw it: (method as the conventions name it, status, version).
@@ -215,11 +310,35 @@ fn http_attributes_follow_the_semantic_conventions() {
     wait_for_port(&format!("{SERVER_IP}:{p10}"), None);
     wait_for_port(&format!("{SERVER_IP}:{p11}"), None);
     let agent = Agent::start(&["--cgroup", &cg.cgroup.path]);
+    // A pod (kubelet's cgroupfs layout) enrolled by its init container's hello; the agent does
+    // not follow the Kubernetes API (--kube off), so its names are marked unverified.
+    let node = TestCgroup::new("semconv-node");
+    let pod_rel = "kubepods/besteffort/pod6b1c9a40-3d2e-4f5a-8b7c-9d0e1f2a3b4c";
+    let _pod = node.child(pod_rel);
+    let app = node.child(&format!("{pod_rel}/app"));
+    let init = node.child(&format!("{pod_rel}/init"));
+    let answer = hello_from(
+        &init.dir,
+        &agent.socket,
+        &hello("shop", "web-0", "6b1c9a40-3d2e-4f5a-8b7c-9d0e1f2a3b4c"),
+    );
+    assert_eq!(answer["ok"], true, "{answer}");
+    let ppod = free_port();
+    let _spod = python_httpd(
+        Place {
+            cgroup_path: Some(&app.dir),
+            ..Place::default()
+        },
+        SERVER_IP,
+        ppod,
+        false,
+    );
     let prom = Prometheus::start(&[agent.metrics], false);
 
     // HTTP/1.0 and 1.1 clients; 2xx, 4xx and 5xx; standard and custom methods.
     let u10 = |p: &str| format!("http://{SERVER_IP}:{p10}{p}");
     let u11 = |p: &str| format!("http://{SERVER_IP}:{p11}{p}");
+    let upod = |p: &str| format!("http://{SERVER_IP}:{ppod}{p}");
     let plan: Vec<(bool, &str, String)> = vec![
         (true, "GET", u10("/")),
         (false, "GET", u10("/")),
@@ -231,6 +350,9 @@ fn http_attributes_follow_the_semantic_conventions() {
         (false, "POST", u11("/status/201")),
         (false, "FOO", u11("/")),
         (true, "DELETE", u11("/status/500")),
+        // To the pod's server, from the host cgroup.
+        (false, "GET", upod("/status/404")),
+        (true, "GET", upod("/status/502")),
     ];
     let mut truth: BTreeMap<(u16, Exchange), u64> = BTreeMap::new();
     for round in 0..2 {
@@ -245,18 +367,22 @@ fn http_attributes_follow_the_semantic_conventions() {
             } else {
                 "_OTHER"
             };
-            let port = if url.contains(&format!(":{p10}/")) {
-                p10
-            } else {
-                p11
-            };
+            let port: u16 = url
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
             *truth
                 .entry((port, (method.to_string(), status, version)))
                 .or_default() += 1;
         }
     }
     let requests: u64 = truth.values().sum();
-    // Each exchange is seen from both ends (clients and servers are in the cgroup).
+    // Each exchange is seen from both ends (clients and servers are in measured cgroups).
     for side in ["server", "client"] {
         prom.wait_for_value(
             &format!("sum(http_{side}_request_duration_seconds_count)"),
@@ -269,10 +395,14 @@ fn http_attributes_follow_the_semantic_conventions() {
     let series = prom.api("series", &[("match[]", "{__name__=~\"http_.+\"}")]);
     let series = series.as_array().unwrap();
     assert!(!series.is_empty());
+    let ctx = Ctx {
+        api: false,
+        pod_ports: vec![ppod.to_string()],
+    };
     let mut problems = Vec::new();
     for s in series {
         let l = labels_of(s);
-        for p in check_series(&l, false) {
+        for p in check_series(&l, &ctx) {
             problems.push(format!("{p}: {l:?}"));
         }
     }
@@ -312,6 +442,15 @@ fn http_attributes_follow_the_semantic_conventions() {
         0
     );
     assert!(q("http_client_request_duration_seconds_count{error_type=\"404\"}") > 0);
+    // The pod's series carry its names and the node, the host cgroup's neither.
+    let pod_sel = format!(
+        "http_server_request_duration_seconds_count{{server_port=\"{ppod}\",k8s_namespace_name=\"shop\",k8s_pod_name=\"web-0\",k8s_node_name=\"test-node\"}}"
+    );
+    assert_eq!(q(&pod_sel), 2);
+    assert_eq!(
+        q("http_client_request_duration_seconds_count{k8s_node_name!=\"\"}"),
+        0
+    );
     assert_eq!(promtool_check(&agent.metrics_text()), Ok(()));
 }
 
