@@ -12,6 +12,7 @@
 //! | `server_address`, `server_port` | server: the local address and port the request arrived at; client: the peer connected to | always |
 //! | `k8s_*` | the pod's namespace, name, workload | pods |
 //! | `k8s_node_name` | the node | when the agent follows the Kubernetes API, or the cgroup is a pod's |
+//! | `kite_unverified` | `true` | pods named by their own hello, not the Kubernetes API |
 //! | `cgroup` | the cgroup path | cgroups that are not a pod's |
 
 use kite_common::maps::{Direction, Method, Version};

@@ -263,39 +263,40 @@ fn process_metrics(enc: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
         Some(&Unit::Seconds),
         MetricType::Counter,
     )?)?;
+    ConstGauge::new(p.start_time_seconds).encode(enc.encode_descriptor(
+        "process_start_time",
+        "When the agent started, seconds since the Unix epoch",
+        Some(&Unit::Seconds),
+        MetricType::Gauge,
+    )?)?;
+    // Whole numbers, printed as such.
     for (name, help, unit, v) in [
         (
             "process_resident_memory",
             "Resident memory of the agent",
             Some(Unit::Bytes),
-            p.resident_bytes as f64,
+            p.resident_bytes,
         ),
         (
             "process_virtual_memory",
             "Virtual memory of the agent",
             Some(Unit::Bytes),
-            p.virtual_bytes as f64,
-        ),
-        (
-            "process_start_time",
-            "When the agent started, seconds since the Unix epoch",
-            Some(Unit::Seconds),
-            p.start_time_seconds,
+            p.virtual_bytes,
         ),
         (
             "process_open_fds",
             "File descriptors the agent has open",
             None,
-            p.open_fds as f64,
+            p.open_fds,
         ),
         (
             "process_max_fds",
             "The agent's limit of open file descriptors (soft RLIMIT_NOFILE)",
             None,
-            p.max_fds as f64,
+            p.max_fds,
         ),
     ] {
-        ConstGauge::new(v).encode(enc.encode_descriptor(
+        ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(enc.encode_descriptor(
             name,
             help,
             unit.as_ref(),
