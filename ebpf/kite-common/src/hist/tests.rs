@@ -11,8 +11,7 @@ fn layout_constants() {
     // Zero bucket, 416 native buckets, 17 classic splits (0.25, 0.5 and 1 s are native edges),
     // overflow.
     assert_eq!(NUM_BUCKETS, 1 + 416 + 17 + 1);
-    assert_eq!(HIST_SLOTS % 2, 0);
-    assert!(HIST_SLOTS >= NUM_BUCKETS);
+    const { assert!(HIST_SLOTS % 2 == 0 && HIST_SLOTS >= NUM_BUCKETS) };
     assert_eq!(UPPER_NS[0], 953);
     assert_eq!(UPPER_NS[OVERFLOW_BUCKET - 1], 64_000_000_000);
     assert_eq!(UPPER_NS[OVERFLOW_BUCKET], u64::MAX);
@@ -50,8 +49,7 @@ fn edges_strictly_increase_and_every_classic_edge_is_one() {
 
 #[test]
 fn bucket_index_agrees_with_binary_search_at_every_edge() {
-    for i in 0..OVERFLOW_BUCKET {
-        let hi = UPPER_NS[i];
+    for &hi in &UPPER_NS[..OVERFLOW_BUCKET] {
         for ns in [hi.saturating_sub(1), hi, hi + 1] {
             assert_eq!(bucket_index(ns), reference(ns), "ns={ns}");
         }
@@ -69,7 +67,7 @@ fn bucket_index_agrees_with_binary_search_at_every_edge() {
 #[test]
 fn the_table_start_is_at_most_max_steps_short() {
     // Every log-linear bucket's last value is found within MAX_STEPS compares of its start.
-    for c in 0..COARSE_COUNT {
+    for (c, &start) in START.iter().enumerate() {
         let e = COARSE_MIN_EXP + (c / 16) as u32;
         let lower = ((16 + (c % 16)) as u64) << (e - 4);
         let last = lower + (1u64 << (e - 4)) - 1;
@@ -78,7 +76,7 @@ fn the_table_start_is_at_most_max_steps_short() {
         if lower > UPPER_NS[OVERFLOW_BUCKET - 1] {
             continue; // never looked up: the overflow bucket is decided first
         }
-        let need = reference(last.min(UPPER_NS[OVERFLOW_BUCKET - 1])) - START[c] as usize;
+        let need = reference(last.min(UPPER_NS[OVERFLOW_BUCKET - 1])) - start as usize;
         assert!(need <= MAX_STEPS, "coarse {c}: {need} steps");
     }
 }
