@@ -11,7 +11,7 @@ fn layout_constants() {
     // Zero bucket, 416 native buckets, 17 classic splits (0.25, 0.5 and 1 s are native edges),
     // overflow.
     assert_eq!(NUM_BUCKETS, 1 + 416 + 17 + 1);
-    const { assert!(HIST_SLOTS % 2 == 0 && HIST_SLOTS >= NUM_BUCKETS) };
+    const { assert!(HIST_SLOTS.is_multiple_of(2) && HIST_SLOTS >= NUM_BUCKETS) };
     assert_eq!(UPPER_NS[0], 953);
     assert_eq!(UPPER_NS[OVERFLOW_BUCKET - 1], 64_000_000_000);
     assert_eq!(UPPER_NS[OVERFLOW_BUCKET], u64::MAX);
