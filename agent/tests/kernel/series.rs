@@ -1,13 +1,11 @@
-//! The cap on exported label sets (`--max-series`) against real traffic and a real Prometheus:
+//! The cap on exported label sets (`--max-series`) against real traffic and real Prometheus
+//! servers (one scraping the classic text, one the protobuf format with native histograms):
 //! 20 000 distinct endpoints give at most the cap plus one `otel_metric_overflow="true"` series
 //! per family, the overflow is counted, and Prometheus' sums still equal the client's own
 //! request count and bytes.
 
 use std::{
-    io::Write as _,
     net::SocketAddr,
-    path::PathBuf,
-    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -21,97 +19,6 @@ fn addrs(n: usize, port: u16) -> Vec<SocketAddr> {
     (0..n)
         .map(|i| SocketAddr::from(([127, 2, (i / 250) as u8, (i % 250 + 1) as u8], port)))
         .collect()
-}
-
-struct DirGuard(PathBuf);
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A Prometheus scraping `target` every second; `query` asks it for one number.
-struct Prometheus {
-    port: u16,
-    _proc: Proc,
-    _dir: DirGuard,
-}
-
-impl Prometheus {
-    fn start(target: SocketAddr) -> Self {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(unique("kite-prom-series"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let guard = DirGuard(dir.clone());
-        std::fs::write(
-            dir.join("prometheus.yml"),
-            format!(
-                "global: {{ scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s }}\n\
-                 scrape_configs:\n  - job_name: kite\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
-        let proc = spawn(
-            Place::default(),
-            &[
-                "prometheus",
-                &format!("--config.file={}", dir.join("prometheus.yml").display()),
-                &format!("--storage.tsdb.path={}", dir.join("data").display()),
-                &format!("--web.listen-address=127.0.0.1:{port}"),
-            ],
-        );
-        wait_for_port(&format!("127.0.0.1:{port}"), None);
-        Self {
-            port,
-            _proc: proc,
-            _dir: guard,
-        }
-    }
-
-    /// The value of an instant query with one result (`None`: no result).
-    fn query(&self, q: &str) -> Option<f64> {
-        let out = Command::new("curl")
-            .args([
-                "-sfG",
-                &format!("http://127.0.0.1:{}/api/v1/query", self.port),
-                "--data-urlencode",
-            ])
-            .arg(format!("query={q}"))
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("{q}: {}", String::from_utf8_lossy(&out.stdout)));
-        let r = &v["data"]["result"];
-        assert!(r.as_array().is_some_and(|a| a.len() <= 1), "{q}: {v}");
-        r[0]["value"][1].as_str().and_then(|s| s.parse().ok())
-    }
-}
-
-/// `promtool check metrics` on an exposition: its report (empty when clean).
-fn promtool(text: &str) -> String {
-    let mut lint = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    lint.stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = lint.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        report.trim().to_string()
-    } else {
-        format!("exit {:?}: {report}", out.status.code())
-    }
 }
 
 #[test]
@@ -143,7 +50,8 @@ fn twenty_thousand_endpoints_give_the_cap_plus_one_overflow_series_and_exact_tot
         "--endpoint-budget",
         "32768",
     ]);
-    let prom = Prometheus::start(agent.metrics);
+    let prom = Prometheus::start(&[agent.metrics], false);
+    let native = Prometheus::start(&[agent.metrics], true);
     // One request to each of 20 000 addresses, a new connection each, in rounds: the kernel
     // allocates a new key's per-CPU entry from per-CPU memory it populates in the background,
     // which a burst of new keys runs dry (those requests are recorded in the cgroup's overflow
@@ -198,7 +106,7 @@ fn twenty_thousand_endpoints_give_the_cap_plus_one_overflow_series_and_exact_tot
     let count_q = "sum(http_server_request_duration_seconds_count)";
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let n = prom.query(count_q).unwrap_or(0.0) as u64;
+        let n = prom.scalar(count_q).unwrap_or(0.0) as u64;
         if n == requests {
             break;
         }
@@ -209,7 +117,10 @@ fn twenty_thousand_endpoints_give_the_cap_plus_one_overflow_series_and_exact_tot
         );
         thread::sleep(Duration::from_millis(500));
     }
-    let q = |q: &str| prom.query(q).unwrap_or_else(|| panic!("no result for {q}"));
+    let q = |q: &str| {
+        prom.scalar(q)
+            .unwrap_or_else(|| panic!("no result for {q}"))
+    };
     let endpoints = q("kite_map_entries{map=\"endpoints\"}") as usize;
     // Label sets many times the cap, whatever the kernel could allocate in the time.
     assert!(endpoints >= cap * 5, "only {endpoints} endpoints");
@@ -225,7 +136,7 @@ fn twenty_thousand_endpoints_give_the_cap_plus_one_overflow_series_and_exact_tot
         cap + 1
     );
     assert_eq!(
-        prom.query("count(http_client_request_duration_seconds_count)"),
+        prom.scalar("count(http_client_request_duration_seconds_count)"),
         None,
         "nginx sent no request"
     );
@@ -238,21 +149,18 @@ fn twenty_thousand_endpoints_give_the_cap_plus_one_overflow_series_and_exact_tot
         cap + 1
     );
     // The overflow series carries no endpoint labels (only the node's, which every series has).
-    let overflow_labels = {
-        let out = Command::new("curl")
-            .args([
-                "-sfG",
-                &format!("http://127.0.0.1:{}/api/v1/series", prom.port),
-                "--data-urlencode",
-                "match[]=http_server_request_duration_seconds_count{otel_metric_overflow=\"true\"}",
-            ])
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let mut names: Vec<String> = v["data"][0].as_object().unwrap().keys().cloned().collect();
-        names.sort();
-        names
-    };
+    let overflow_labels: Vec<String> = prom.api(
+        "series",
+        &[(
+            "match[]",
+            "http_server_request_duration_seconds_count{otel_metric_overflow=\"true\"}",
+        )],
+    )[0]
+    .as_object()
+    .unwrap()
+    .keys()
+    .cloned()
+    .collect();
     for l in &overflow_labels {
         assert!(
             [
@@ -298,13 +206,37 @@ fn twenty_thousand_endpoints_give_the_cap_plus_one_overflow_series_and_exact_tot
     eprintln!(
         "  {series} series, {folded} label sets folded holding {in_overflow} requests; Prometheus sum {requests}"
     );
+    // The same through the protobuf format, parsed by Prometheus itself: one native histogram
+    // per exported label set, the overflow one included, their counts summing to the traffic.
+    native.wait_for_value(
+        "histogram_count(sum(http_server_request_duration_seconds))",
+        requests as f64,
+        Duration::from_secs(30),
+    );
+    let nq = |q: &str| {
+        native
+            .scalar(q)
+            .unwrap_or_else(|| panic!("no native result for {q}"))
+    };
+    assert_eq!(
+        nq("count(http_server_request_duration_seconds)") as usize,
+        cap + 1
+    );
+    assert_eq!(
+        nq("histogram_count(http_server_request_duration_seconds{otel_metric_overflow=\"true\"})"),
+        in_overflow
+    );
+    assert_eq!(
+        nq("sum(kite_http_request_bytes_total{kite_side=\"server\"})") as u64,
+        request_bytes
+    );
     // The classic text stays small and lint-clean; the exported series do not change
     // between scrapes (no label set flaps in or out).
     let (code, text) = http_get(agent.metrics, "/metrics").unwrap();
     assert_eq!(code, 200);
     eprintln!("  /metrics: {:.1} MB", text.len() as f64 / 1e6);
     assert!(text.len() <= 10_000_000, "{} bytes", text.len());
-    assert_eq!(promtool(&text), "");
+    promtool_check(&text).unwrap();
     let ports = |text: &str| -> Vec<String> {
         text.lines()
             .filter(|l| l.starts_with("http_server_request_duration_seconds_count{"))
@@ -324,7 +256,7 @@ fn twenty_thousand_endpoints_give_the_cap_plus_one_overflow_series_and_exact_tot
     })
     .requests();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while prom.query(count_q).unwrap_or(0.0) as u64 != requests + again {
+    while prom.scalar(count_q).unwrap_or(0.0) as u64 != requests + again {
         assert!(
             Instant::now() < deadline,
             "Prometheus never saw the second round"
