@@ -2,6 +2,7 @@
 //!
 //! * [`maps`]: keys and values of the eBPF maps, read by the agent.
 //! * [`hist`]: the log-linear latency histogram layout.
+//! * [`h2`]: the per-socket HTTP/2 state machine (groundwork, not yet used by the kernel).
 //! * [`http`]: the per-socket HTTP/1.x state machine. It runs inside the `cgroup_skb` programs
 //!   and is unit- and property-tested in user space with the very same code.
 //!
@@ -13,6 +14,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod h2;
 pub mod hist;
 pub mod http;
 pub mod maps;

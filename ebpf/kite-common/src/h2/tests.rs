@@ -1,0 +1,962 @@
+//! The HTTP/2 machine against real HTTP/2 peers: the `h2` crate's client and server (hyper's
+//! HTTP/2, with its own HPACK encoder and dynamic table) talk over an in-memory pipe, and
+//! every byte each side writes is tapped, with the time it was written, then replayed into a
+//! server-side and a client-side [`H2Conn`] cut into segments at random. What the machine
+//! records is compared with what the client and server themselves saw: each stream's id,
+//! method, `:status`, `grpc-status`, path, how it ended, and its latency between the
+//! server's and the client's own clocks.
+
+use std::{
+    boxed::Box,
+    collections::BTreeMap,
+    format, io,
+    pin::Pin,
+    string::String,
+    string::ToString,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    vec,
+    vec::Vec,
+};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+
+use super::huffman::{Bit, Bits, CODES, LENS};
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// The machine as the kernel programs would drive it.
+
+#[derive(Default)]
+struct Rec {
+    done: Vec<H2Done>,
+    stats: [u64; H2_STAT_COUNT],
+}
+
+impl H2Sink for Rec {
+    fn record(&mut self, _conn: &H2Conn, done: &H2Done) {
+        self.done.push(*done);
+    }
+    fn add(&mut self, stat: H2Stat, n: u64) {
+        self.stats[stat as usize] += n;
+    }
+}
+
+impl Rec {
+    fn stat(&self, s: H2Stat) -> u64 {
+        self.stats[s as usize]
+    }
+}
+
+struct Bytes0<'a>(&'a [u8]);
+
+impl Payload for Bytes0<'_> {
+    fn load(&mut self, off: u32, dst: &mut Scratch, len: u32) -> bool {
+        let (off, len) = (off as usize, len as usize);
+        assert!((1..=WINDOW).contains(&len), "load of {len} bytes");
+        if off + len > self.0.len() {
+            return false;
+        }
+        dst.bytes[..len].copy_from_slice(&self.0[off..off + len]);
+        true
+    }
+}
+
+struct Side {
+    conn: Box<H2Conn>,
+    sink: Rec,
+    scratch: Scratch,
+    steps_max: u32,
+}
+
+impl Side {
+    fn new(role: u8) -> Self {
+        let mut conn = Box::new(H2Conn::ZERO);
+        conn.init(role, 7, [0; 16], 50051);
+        Self {
+            conn,
+            sink: Rec::default(),
+            scratch: Scratch::ZERO,
+            steps_max: 0,
+        }
+    }
+
+    fn segment(&mut self, rx: bool, seq: u32, data: &[u8], now_ns: u64) {
+        let mut seg = Segment::new(rx, data.len() as u32, now_ns);
+        if self.conn.begin(&mut seg, seq, &mut self.sink) {
+            let mut steps = 0;
+            while steps < H2_MAX_STEPS
+                && self.conn.step(
+                    &mut seg,
+                    &mut self.scratch,
+                    &mut Bytes0(data),
+                    &mut self.sink,
+                )
+            {
+                steps += 1;
+            }
+            self.steps_max = self.steps_max.max(steps);
+        }
+        self.conn.end(&mut seg, &mut self.sink);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Huffman and sizes.
+
+/// RFC 7541's encoder (the tests' own, to check the decoder against the code table).
+fn huffman(s: &[u8]) -> Vec<u8> {
+    let (mut acc, mut n, mut out) = (0u64, 0u32, Vec::new());
+    for &c in s {
+        acc = (acc << LENS[c as usize]) | CODES[c as usize] as u64;
+        n += LENS[c as usize] as u32;
+        while n >= 8 {
+            out.push((acc >> (n - 8)) as u8);
+            n -= 8;
+        }
+    }
+    if n > 0 {
+        out.push(((acc << (8 - n)) | (0xff >> n)) as u8);
+    }
+    out
+}
+
+#[test]
+fn every_huffman_symbol_decodes_and_eos_is_refused() {
+    for c in 0..=255u8 {
+        let code = CODES[c as usize];
+        let len = LENS[c as usize];
+        let mut b = Bits::default();
+        let mut got = None;
+        for i in (0..len).rev() {
+            match b.push(code >> i) {
+                Bit::Sym(s) => {
+                    assert_eq!(i, 0, "symbol {c} decoded early");
+                    got = Some(s);
+                }
+                Bit::Bad => panic!("symbol {c} refused"),
+                Bit::More => {}
+            }
+        }
+        assert_eq!(got, Some(c));
+    }
+    let mut b = Bits::default();
+    let r: Vec<Bit> = (0..30).rev().map(|i| b.push(0x3fff_ffff >> i)).collect();
+    assert_eq!(r.last(), Some(&Bit::Bad));
+}
+
+#[test]
+fn state_size_is_stated() {
+    // DESIGN.md ("HTTP/2 (issue 13, groundwork)") states these; socket storage takes values up
+    // to ≈ 64 KiB, the HTTP/1 `Conn` is ≈ 450 bytes.
+    std::eprintln!(
+        "sizes: HpackDir {} H2Dir {} Slot {} H2Conn {}",
+        core::mem::size_of::<hpack::HpackDir>(),
+        core::mem::size_of::<H2Dir>(),
+        core::mem::size_of::<Slot>(),
+        core::mem::size_of::<H2Conn>()
+    );
+    assert_eq!(core::mem::size_of::<hpack::HpackDir>(), 460);
+    assert_eq!(core::mem::size_of::<H2Dir>(), 536);
+    assert_eq!(core::mem::size_of::<Slot>(), 40);
+    assert_eq!(core::mem::size_of::<H2Conn>(), 6_224);
+    assert_eq!(
+        core::mem::size_of::<H2Conn>(),
+        8 + 2 * 536 + H2_STREAMS * 40 + 24
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real peers over a tapped in-memory pipe.
+
+struct Chunk {
+    c2s: bool,
+    t: u64,
+    bytes: Vec<u8>,
+}
+
+#[derive(Clone)]
+struct Clock(Arc<AtomicU64>);
+
+impl Clock {
+    fn tick(&self) -> u64 {
+        self.0.fetch_add(1_000, Ordering::SeqCst) + 1_000
+    }
+}
+
+struct Tap {
+    inner: DuplexStream,
+    c2s: bool,
+    log: Arc<Mutex<Vec<Chunk>>>,
+    clock: Clock,
+}
+
+impl AsyncRead for Tap {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tap {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                let mut log = this.log.lock().unwrap();
+                let t = this.clock.tick();
+                log.push(Chunk {
+                    c2s: this.c2s,
+                    t,
+                    bytes: buf[..n].to_vec(),
+                });
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reset {
+    No,
+    /// The server refuses the stream before answering.
+    BeforeResponse,
+    /// The server cancels after its response headers.
+    AfterHeaders,
+}
+
+#[derive(Clone, Debug)]
+struct Call {
+    method: &'static str,
+    path: String,
+    grpc: bool,
+    status: u16,
+    grpc_status: u8,
+    trailers_only: bool,
+    reset: Reset,
+    req_body: usize,
+    resp_body: usize,
+    /// Metadata headers on request and response (they fill and churn the dynamic table).
+    meta: Vec<(String, String)>,
+}
+
+/// What the client and server saw of one stream.
+#[derive(Clone, Debug, Default)]
+struct Truth {
+    call: usize,
+    cli_send: u64,
+    cli_recv: u64,
+    srv_recv: u64,
+    srv_send: u64,
+    status: Option<u16>,
+    grpc_status: Option<u8>,
+}
+
+struct Conversation {
+    chunks: Vec<Chunk>,
+    /// By stream id.
+    truth: BTreeMap<u32, Truth>,
+}
+
+fn converse(calls: &[Call], concurrency: usize) -> Conversation {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let calls = Arc::new(calls.to_vec());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let clock = Clock(Arc::new(AtomicU64::new(1_000_000)));
+    let srv_truth: Arc<Mutex<BTreeMap<u32, (u64, u64)>>> = Arc::default();
+    let cli_truth: Arc<Mutex<BTreeMap<u32, Truth>>> = Arc::default();
+    rt.block_on(async {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let cli_io = Tap {
+            inner: a,
+            c2s: true,
+            log: log.clone(),
+            clock: clock.clone(),
+        };
+        let srv_io = Tap {
+            inner: b,
+            c2s: false,
+            log: log.clone(),
+            clock: clock.clone(),
+        };
+        let server = tokio::spawn(serve(
+            srv_io,
+            calls.clone(),
+            clock.clone(),
+            srv_truth.clone(),
+        ));
+        let run = client(
+            cli_io,
+            calls.clone(),
+            clock.clone(),
+            cli_truth.clone(),
+            concurrency,
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(60), run)
+            .await
+            .expect("conversation timed out");
+        tokio::time::timeout(std::time::Duration::from_secs(10), server)
+            .await
+            .expect("server did not finish")
+            .unwrap();
+    });
+    let mut truth = cli_truth.lock().unwrap().clone();
+    for (sid, (r, s)) in srv_truth.lock().unwrap().iter() {
+        let t = truth
+            .get_mut(sid)
+            .expect("server saw a stream the client did not send");
+        t.srv_recv = *r;
+        t.srv_send = *s;
+    }
+    let mut chunks = std::mem::take(&mut *log.lock().unwrap());
+    chunks.sort_by_key(|c| c.t);
+    Conversation { chunks, truth }
+}
+
+async fn serve(
+    io: Tap,
+    calls: Arc<Vec<Call>>,
+    clock: Clock,
+    truth: Arc<Mutex<BTreeMap<u32, (u64, u64)>>>,
+) {
+    let mut conn = h2::server::handshake(io).await.unwrap();
+    let mut tasks = Vec::new();
+    while let Some(r) = conn.accept().await {
+        let (req, respond) = r.unwrap();
+        tasks.push(tokio::spawn(handle(
+            req,
+            respond,
+            calls.clone(),
+            clock.clone(),
+            truth.clone(),
+        )));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+async fn handle(
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    calls: Arc<Vec<Call>>,
+    clock: Clock,
+    truth: Arc<Mutex<BTreeMap<u32, (u64, u64)>>>,
+) {
+    let recv = clock.tick();
+    let sid = u32::from(respond.stream_id());
+    let i: usize = req.headers()["x-call"].to_str().unwrap().parse().unwrap();
+    let c = &calls[i];
+    let mut body = req.into_body();
+    while let Some(d) = body.data().await {
+        let d = d.unwrap();
+        let _ = body.flow_control().release_capacity(d.len());
+    }
+    if c.reset == Reset::BeforeResponse {
+        respond.send_reset(h2::Reason::REFUSED_STREAM);
+        return;
+    }
+    let mut resp = http::Response::builder().status(c.status);
+    for (k, v) in &c.meta {
+        resp = resp.header(k.as_str(), v.as_str());
+    }
+    if c.grpc {
+        resp = resp.header("content-type", "application/grpc");
+        if c.trailers_only {
+            resp = resp.header("grpc-status", c.grpc_status.to_string());
+        }
+    }
+    let resp = resp.body(()).unwrap();
+    let ends = (c.grpc && c.trailers_only) || (!c.grpc && c.resp_body == 0);
+    let send = clock.tick();
+    truth.lock().unwrap().insert(sid, (recv, send));
+    let mut s = respond
+        .send_response(resp, ends && c.reset == Reset::No)
+        .unwrap();
+    if c.reset == Reset::AfterHeaders {
+        // Let the headers leave first.
+        tokio::task::yield_now().await;
+        s.send_reset(h2::Reason::CANCEL);
+        return;
+    }
+    if ends {
+        return;
+    }
+    if c.resp_body > 0 {
+        s.send_data(Bytes::from(vec![b'r'; c.resp_body]), !c.grpc)
+            .unwrap();
+    }
+    if c.grpc {
+        let mut t = http::HeaderMap::new();
+        t.insert("grpc-status", c.grpc_status.to_string().parse().unwrap());
+        if c.grpc_status != 0 {
+            t.insert("grpc-message", "it went wrong".parse().unwrap());
+        }
+        s.send_trailers(t).unwrap();
+    }
+}
+
+async fn client(
+    io: Tap,
+    calls: Arc<Vec<Call>>,
+    clock: Clock,
+    truth: Arc<Mutex<BTreeMap<u32, Truth>>>,
+    concurrency: usize,
+) {
+    let (send, conn) = h2::client::handshake(io).await.unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut tasks = Vec::new();
+    for i in 0..calls.len() {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let mut send = send.clone().ready().await.unwrap();
+        let (calls, clock, truth) = (calls.clone(), clock.clone(), truth.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = &calls[i];
+            let mut req = http::Request::builder()
+                .method(c.method)
+                .uri(format!("http://kite.test{}", c.path))
+                .header("x-call", i.to_string());
+            for (k, v) in &c.meta {
+                req = req.header(k.as_str(), v.as_str());
+            }
+            if c.grpc {
+                req = req
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers");
+            }
+            let req = req.body(()).unwrap();
+            let cli_send = clock.tick();
+            let (resp, mut body_tx) = send.send_request(req, c.req_body == 0).unwrap();
+            let sid = u32::from(resp.stream_id());
+            if c.req_body > 0 {
+                body_tx
+                    .send_data(Bytes::from(vec![b'q'; c.req_body]), true)
+                    .unwrap();
+            }
+            let mut t = Truth {
+                call: i,
+                cli_send,
+                ..Truth::default()
+            };
+            if let Ok(resp) = resp.await {
+                t.cli_recv = clock.tick();
+                t.status = Some(resp.status().as_u16());
+                let gs = |h: &http::HeaderMap| {
+                    h.get("grpc-status")
+                        .map(|v| v.to_str().unwrap().parse::<u8>().unwrap())
+                };
+                t.grpc_status = gs(resp.headers());
+                let mut body = resp.into_body();
+                let mut reset = false;
+                while let Some(d) = body.data().await {
+                    match d {
+                        Ok(d) => {
+                            let _ = body.flow_control().release_capacity(d.len());
+                        }
+                        Err(_) => {
+                            reset = true;
+                            break;
+                        }
+                    }
+                }
+                if !reset && let Ok(Some(tr)) = body.trailers().await {
+                    t.grpc_status = gs(&tr);
+                }
+            }
+            truth.lock().unwrap().insert(sid, t);
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    drop(send);
+    let _ = driver.await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replay and check.
+
+const C2S_ISN: u32 = 0xffff_f000;
+const S2C_ISN: u32 = 0x7fff_ff00;
+
+/// How each tapped write is cut into segments: `max` 0 keeps it whole, 1 is byte at a time,
+/// otherwise random cuts of 1..=`max` bytes (from `seed`).
+#[derive(Clone, Copy, Debug)]
+struct Cuts {
+    seed: u64,
+    max: usize,
+}
+
+fn replay(conv: &Conversation, cuts: Cuts) -> (Side, Side) {
+    let mut server = Side::new(H2_SERVER);
+    let mut client = Side::new(H2_CLIENT);
+    let mut rng = SplitMix(cuts.seed);
+    let (mut c2s, mut s2c) = (0usize, 0usize);
+    for ch in &conv.chunks {
+        let mut off = 0;
+        while off < ch.bytes.len() {
+            let n = if cuts.max == 0 {
+                ch.bytes.len()
+            } else {
+                (1 + rng.below(cuts.max as u64) as usize).min(ch.bytes.len() - off)
+            };
+            let data = &ch.bytes[off..off + n];
+            let pos = if ch.c2s { &mut c2s } else { &mut s2c };
+            let seq = if ch.c2s { C2S_ISN } else { S2C_ISN }.wrapping_add(*pos as u32);
+            *pos += n;
+            // Server: requests arrive (rx); client: requests leave (tx).
+            server.segment(ch.c2s, seq, data, ch.t);
+            client.segment(!ch.c2s, seq, data, ch.t);
+            off += n;
+        }
+    }
+    let end = conv.chunks.last().map_or(0, |c| c.t) + 1;
+    server.conn.release(end, &mut server.sink);
+    client.conn.release(end, &mut client.sink);
+    (server, client)
+}
+
+fn method_u8(m: &str) -> u8 {
+    match m {
+        "GET" => Method::Get as u8,
+        "POST" => Method::Post as u8,
+        "PUT" => Method::Put as u8,
+        "DELETE" => Method::Delete as u8,
+        "PATCH" => Method::Patch as u8,
+        "HEAD" => Method::Head as u8,
+        "OPTIONS" => Method::Options as u8,
+        _ => Method::Other as u8,
+    }
+}
+
+/// Every stream the server answered is recorded once, exactly as the peers saw it; nothing
+/// else is recorded.
+fn check(side: &Side, conv: &Conversation, calls: &[Call]) -> Result<(), TestCaseError> {
+    let mut seen = BTreeMap::new();
+    for d in &side.sink.done {
+        prop_assert!(
+            seen.insert(d.stream_id, *d).is_none(),
+            "stream {} recorded twice",
+            d.stream_id
+        );
+    }
+    let mut answered = 0;
+    let mut refused = 0;
+    for (sid, t) in &conv.truth {
+        let c = &calls[t.call];
+        if c.reset == Reset::BeforeResponse {
+            refused += 1;
+            prop_assert!(!seen.contains_key(sid), "refused stream {sid} recorded");
+            continue;
+        }
+        answered += 1;
+        let d = seen.get(sid);
+        prop_assert!(
+            d.is_some(),
+            "stream {sid} ({c:?}) not recorded; stats {:?}",
+            side.sink.stats
+        );
+        let d = d.unwrap();
+        let ctx = format!("stream {sid} {c:?} {t:?} recorded {d:?}");
+        prop_assert_eq!(d.method, method_u8(c.method), "{}", ctx);
+        prop_assert_eq!(d.path_id, hpack::path_id(c.path.as_bytes()), "{}", ctx);
+        prop_assert_eq!(d.grpc, if c.grpc { GRPC_YES } else { GRPC_NO }, "{}", ctx);
+        if c.reset == Reset::AfterHeaders {
+            // The client may or may not have read the headers before the reset; the server
+            // sent them, and its status is what Kite saw on the wire.
+            prop_assert_eq!(d.status, c.status, "{}", ctx);
+            prop_assert_eq!(d.end, END_RESET, "{}", ctx);
+            prop_assert_eq!(
+                d.grpc_status,
+                if c.grpc && c.trailers_only {
+                    c.grpc_status
+                } else {
+                    GRPC_STATUS_NONE
+                },
+                "{}",
+                ctx
+            );
+            continue;
+        }
+        prop_assert_eq!(Some(d.status), t.status, "{}", ctx);
+        prop_assert_eq!(d.end, END_STREAM, "{}", ctx);
+        let gs = t.grpc_status.unwrap_or(GRPC_STATUS_NONE);
+        prop_assert_eq!(d.grpc_status, gs, "{}", ctx);
+        // Latency between the server's own receive and send, and the client's own send and
+        // receive.
+        prop_assert!(
+            d.latency_ns > t.srv_send - t.srv_recv && d.latency_ns < t.cli_recv - t.cli_send,
+            "{}",
+            ctx
+        );
+        prop_assert!(d.duration_ns >= d.latency_ns, "{}", ctx);
+        let body = if c.grpc && c.trailers_only {
+            0
+        } else {
+            c.resp_body
+        };
+        prop_assert!(d.resp_bytes >= 9 + body as u64, "{}", ctx);
+        prop_assert!(d.req_bytes >= 9 + c.req_body as u64, "{}", ctx);
+    }
+    prop_assert_eq!(
+        seen.len(),
+        answered,
+        "records {} for {} answered streams",
+        seen.len(),
+        answered
+    );
+    prop_assert_eq!(side.sink.stat(H2Stat::ResetUnanswered), refused);
+    prop_assert_eq!(side.sink.stat(H2Stat::Streams), answered as u64);
+    for s in [
+        H2Stat::StreamTableFull,
+        H2Stat::HpackDesync,
+        H2Stat::UnknownRefs,
+        H2Stat::Lost,
+        H2Stat::OrphanResponses,
+        H2Stat::StepBudget,
+        H2Stat::Unanswered,
+    ] {
+        prop_assert_eq!(side.sink.stat(s), 0, "{:?}; stats {:?}", s, side.sink.stats);
+    }
+    prop_assert!(side.steps_max < H2_MAX_STEPS);
+    prop_assert_eq!(side.conn.open_streams(), 0);
+    Ok(())
+}
+
+/// A small deterministic generator (as in the HTTP/1 tests).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generated calls.
+
+const GRPC_CODES: [u8; 8] = [0, 0, 0, 5, 14, 3, 13, 16];
+const STATUSES: [u16; 8] = [200, 200, 201, 204, 302, 404, 500, 503];
+const METHODS: [&str; 6] = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+
+fn call() -> impl Strategy<Value = Call> {
+    (
+        any::<bool>(),
+        0usize..12,
+        0usize..8,
+        0usize..8,
+        0u8..10,
+        0usize..6,
+        0usize..3000,
+        0usize..3000,
+        0usize..3,
+        any::<u16>(),
+    )
+        .prop_map(
+            |(grpc, path, st, gs, shape, m, req_body, resp_body, meta, v)| {
+                let reset = match shape {
+                    0 => Reset::BeforeResponse,
+                    1 => Reset::AfterHeaders,
+                    _ => Reset::No,
+                };
+                let meta = (0..meta)
+                    .map(|k| (format!("x-meta-{k}"), format!("value-{}", v % 7)))
+                    .collect();
+                if grpc {
+                    Call {
+                        method: "POST",
+                        path: format!("/kite.test.v{}.Echo/Method{path}", path % 3),
+                        grpc: true,
+                        status: 200,
+                        grpc_status: GRPC_CODES[gs],
+                        trailers_only: shape == 2 || shape == 3,
+                        reset,
+                        req_body,
+                        resp_body,
+                        meta,
+                    }
+                } else {
+                    Call {
+                        method: METHODS[m],
+                        path: format!("/items/{path}?q={}", v % 5),
+                        grpc: false,
+                        status: STATUSES[st],
+                        grpc_status: 0,
+                        trailers_only: false,
+                        reset,
+                        req_body: if m == 0 { 0 } else { req_body },
+                        resp_body: if STATUSES[st] == 204 { 0 } else { resp_body },
+                        meta,
+                    }
+                }
+            },
+        )
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(48),
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Streams of a real client and server, interleaved (up to 20 at once), in any
+    /// segmentation.
+    #[test]
+    fn real_h2_conversations_are_measured_exactly(
+        calls in proptest::collection::vec(call(), 1..40),
+        concurrency in 1usize..20,
+        seed in any::<u64>(),
+        max in prop_oneof![Just(0usize), Just(1usize), 1usize..40, 1usize..1500],
+    ) {
+        let conv = converse(&calls, concurrency);
+        prop_assert_eq!(conv.truth.len(), calls.len());
+        let (server, client) = replay(&conv, Cuts { seed, max });
+        check(&server, &conv, &calls).map_err(|e| TestCaseError::fail(format!("server: {e}")))?;
+        check(&client, &conv, &calls).map_err(|e| TestCaseError::fail(format!("client: {e}")))?;
+    }
+}
+
+#[test]
+fn frame_headers_split_at_every_byte() {
+    let calls: Vec<Call> = (0..6)
+        .map(|i| Call {
+            method: "POST",
+            path: format!("/kite.Echo/M{i}"),
+            grpc: true,
+            status: 200,
+            grpc_status: [0, 5, 14][i % 3],
+            trailers_only: i == 4,
+            reset: Reset::No,
+            req_body: 5,
+            resp_body: 7,
+            meta: vec![],
+        })
+        .collect();
+    let conv = converse(&calls, 3);
+    let (server, client) = replay(&conv, Cuts { seed: 0, max: 1 });
+    check(&server, &conv, &calls).unwrap();
+    check(&client, &conv, &calls).unwrap();
+    assert_eq!(server.sink.done.len(), 6);
+}
+
+/// A frame as a peer would write it.
+fn frame(ftype: u8, flags: u8, sid: u32, payload: &[u8]) -> Vec<u8> {
+    let n = payload.len() as u32;
+    let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, ftype, flags];
+    f.extend_from_slice(&sid.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn upgraded_connection_answers_stream_one_and_resolves_dynamic_statuses() {
+    // After `Upgrade: h2c` → `101`: the HTTP/1 request is stream 1, its response comes as
+    // HEADERS on stream 1 (here a literal `:status` 503, Huffman-coded and inserted), and a
+    // later response refers to that insertion by index 62.
+    let mut s = Side::new(H2_SERVER);
+    *s.conn = H2Conn::ZERO;
+    s.conn
+        .init_upgraded(H2_SERVER, 7, [0; 16], 80, 100, 500, 1_000, Method::Get);
+    let mut rx = PREFACE.to_vec();
+    rx.extend(frame(FT_SETTINGS, 0, 0, &[]));
+    s.segment(true, 100, &rx, 2_000);
+    let mut v = vec![0x48, 0x80 | huffman(b"503").len() as u8];
+    v.extend(huffman(b"503"));
+    let mut tx = frame(FT_SETTINGS, 0, 0, &[]);
+    tx.extend(frame(FT_HEADERS, FL_END_HEADERS, 1, &v));
+    tx.extend(frame(FT_DATA, FL_END_STREAM, 1, b"sorry"));
+    s.segment(false, 500, &tx, 3_000);
+    assert_eq!(s.sink.done.len(), 1);
+    let d = s.sink.done[0];
+    assert_eq!(
+        (d.stream_id, d.status, d.method, d.latency_ns),
+        (1, 503, Method::Get as u8, 2_000)
+    );
+    // Stream 3: GET / (static 2 and 4), answered by index 62 (the 503 inserted above).
+    let rx2 = frame(
+        FT_HEADERS,
+        FL_END_HEADERS | FL_END_STREAM,
+        3,
+        &[0x82, 0x84, 0x86],
+    );
+    s.segment(true, 100 + rx.len() as u32, &rx2, 4_000);
+    let tx2 = frame(FT_HEADERS, FL_END_HEADERS | FL_END_STREAM, 3, &[0xbe]);
+    s.segment(false, 500 + tx.len() as u32, &tx2, 4_500);
+    assert_eq!(s.sink.done.len(), 2);
+    let d = s.sink.done[1];
+    assert_eq!((d.stream_id, d.status, d.latency_ns), (3, 503, 500));
+    assert_eq!(d.path_id, hpack::path_id(b"/"));
+    // A reference beyond every insertion Kite counted: the count is wrong somewhere, so the
+    // status is unknown (never a guess) and the direction's dynamic references stay unknown.
+    let rx3 = frame(FT_HEADERS, FL_END_HEADERS | FL_END_STREAM, 5, &[0x82, 0x84]);
+    s.segment(true, 100 + (rx.len() + rx2.len()) as u32, &rx3, 5_000);
+    let tx3 = frame(FT_HEADERS, FL_END_HEADERS | FL_END_STREAM, 5, &[0xbf]);
+    s.segment(false, 500 + (tx.len() + tx2.len()) as u32, &tx3, 5_100);
+    let d = s.sink.done[2];
+    assert_eq!((d.stream_id, d.status), (5, STATUS_UNKNOWN));
+    assert_eq!(s.sink.stat(H2Stat::HpackDesync), 1);
+    // Static and literal statuses are still exact.
+    let rx4 = frame(FT_HEADERS, FL_END_HEADERS | FL_END_STREAM, 7, &[0x82, 0x84]);
+    s.segment(
+        true,
+        100 + (rx.len() + rx2.len() + rx3.len()) as u32,
+        &rx4,
+        6_000,
+    );
+    let tx4 = frame(FT_HEADERS, FL_END_HEADERS | FL_END_STREAM, 7, &[0x8d]);
+    s.segment(
+        false,
+        500 + (tx.len() + tx2.len() + tx3.len()) as u32,
+        &tx4,
+        6_100,
+    );
+    assert_eq!(s.sink.done[3].status, 404);
+}
+
+#[test]
+fn padded_and_priority_frames_and_a_bad_preface() {
+    let mut s = Side::new(H2_SERVER);
+    let mut rx = PREFACE.to_vec();
+    // HEADERS with PADDED and PRIORITY: pad length 3, 5 priority bytes, block, padding.
+    let mut p = vec![3, 0, 0, 0, 1, 16, 0x83, 0x84];
+    p.extend([0; 3]);
+    rx.extend(frame(
+        FT_HEADERS,
+        FL_END_HEADERS | FL_PADDED | FL_PRIORITY,
+        1,
+        &p,
+    ));
+    // DATA with padding that ends the request.
+    rx.extend(frame(
+        FT_DATA,
+        FL_END_STREAM | FL_PADDED,
+        1,
+        &[2, b'x', 0, 0],
+    ));
+    s.segment(true, 1, &rx, 10);
+    let tx = frame(FT_HEADERS, FL_END_HEADERS | FL_END_STREAM, 1, &[0x88]);
+    s.segment(false, 1, &tx, 30);
+    assert_eq!(s.sink.done.len(), 1);
+    let d = s.sink.done[0];
+    assert_eq!(
+        (d.method, d.status, d.latency_ns),
+        (Method::Post as u8, 200, 20)
+    );
+    // Not HTTP/2: the direction is given up at its first wrong byte.
+    let mut t = Side::new(H2_SERVER);
+    t.segment(true, 1, b"PRI * HTTP/1.1\r\n", 10);
+    assert_eq!(t.sink.stat(H2Stat::Lost), 1);
+    assert!(opens_h2(b"PRI * HTTP/2", 12));
+    assert!(opens_h2(b"PRI\0\0\0\0\0\0\0\0\0", 3));
+    assert!(!opens_h2(b"GET / HTTP/1", 12));
+}
+
+/// `n` calls on one connection with metadata that fills and churns the peers' 4 KiB dynamic
+/// tables (h2 evicts, re-inserts `content-type` and the statuses again and again).
+fn long_lived(n: usize, seed: u64) -> Vec<Call> {
+    let mut r = SplitMix(seed);
+    (0..n)
+        .map(|i| {
+            let grpc = r.below(4) != 0;
+            let meta = (0..r.below(4))
+                .map(|k| {
+                    (
+                        format!("x-trace-{k}"),
+                        format!("{:060}", r.below(if k == 0 { 1_000_000 } else { 20 })),
+                    )
+                })
+                .collect();
+            let reset = match r.below(40) {
+                0 => Reset::BeforeResponse,
+                1 => Reset::AfterHeaders,
+                _ => Reset::No,
+            };
+            Call {
+                method: if grpc {
+                    "POST"
+                } else {
+                    METHODS[r.below(6) as usize]
+                },
+                path: format!("/svc{}.Api/Call{}", r.below(5), r.below(50)),
+                grpc,
+                status: if grpc {
+                    200
+                } else {
+                    STATUSES[r.below(8) as usize]
+                },
+                grpc_status: GRPC_CODES[r.below(8) as usize],
+                trailers_only: grpc && r.below(5) == 0,
+                reset,
+                req_body: if i % 3 == 0 { 0 } else { r.below(200) as usize },
+                resp_body: r.below(300) as usize,
+                meta,
+            }
+        })
+        .map(|mut c| {
+            if c.status == 204 || c.method == "GET" {
+                c.resp_body = if c.status == 204 { 0 } else { c.resp_body };
+                c.req_body = if c.method == "GET" { 0 } else { c.req_body };
+            }
+            c
+        })
+        .collect()
+}
+
+#[test]
+fn thousands_of_calls_through_filling_and_evicting_tables_stay_exact() {
+    let calls = long_lived(3_000, 42);
+    let conv = converse(&calls, 16);
+    assert_eq!(conv.truth.len(), calls.len());
+    let (server, client) = replay(&conv, Cuts { seed: 7, max: 700 });
+    check(&server, &conv, &calls).unwrap();
+    check(&client, &conv, &calls).unwrap();
+    // The tables did churn: far more insertions than a 4 KiB table holds.
+    for side in [&server, &client] {
+        for d in [&side.conn.rx, &side.conn.tx] {
+            assert!(d.hp.ins > 500, "only {} insertions", d.hp.ins);
+        }
+    }
+    std::eprintln!(
+        "insertions: server rx {} tx {}; cache evictions {}",
+        server.conn.rx.hp.ins,
+        server.conn.tx.hp.ins,
+        server.sink.stat(H2Stat::CacheEvictions)
+    );
+}
