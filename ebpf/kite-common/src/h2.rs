@@ -365,6 +365,15 @@ impl H2Conn {
         s.flags = SL_USED | SL_REQ_END;
     }
 
+    /// The direction's next byte is at `seq` (the kernel knows it from `rcv_nxt` / `snd_una`
+    /// when a connection's first segment seen is not its first byte): what arrives beyond it
+    /// waits for it.
+    pub fn start_at(&mut self, rx: bool, seq: u32) {
+        let d = self.dir(rx);
+        d.next_seq = seq;
+        d.qflags |= QF_SEQ;
+    }
+
     #[inline(always)]
     fn hp_init(&mut self) {
         self.rx.hp.init();
@@ -967,14 +976,16 @@ impl H2Conn {
             return;
         }
         if (d.ahead_end.wrapping_sub(d.next_seq) as i32) <= 0 {
+            // Parsed past them (they were sent again).
             d.qflags &= !QF_WAIT;
             return;
         }
-        if d.next_seq != d.ahead_seq {
+        if (d.next_seq.wrapping_sub(d.ahead_seq) as i32) < 0 {
             return;
         }
-        // The parser reached bytes it saw beyond a gap: placed if they are payload it skips.
-        let n = d.ahead_end.wrapping_sub(d.ahead_seq);
+        // The parser reached bytes it saw beyond a gap, which TCP will not deliver again (the
+        // receiver holds them): placed if they are payload it skips.
+        let n = d.ahead_end.wrapping_sub(d.next_seq);
         d.qflags &= !QF_WAIT;
         if self.skip_gap(rx, n, sink) {
             sink.stat(H2Stat::SeqGaps);
@@ -991,29 +1002,24 @@ impl H2Conn {
 }
 
 impl H2Dir {
-    /// `len` bytes at `seq`, beyond a gap, were seen and not parsed (the HTTP/1 machine's
-    /// rule: one range, the one nearest the parser).
+    /// `len` bytes at `seq`, beyond a gap, were seen and not parsed. Unlike the HTTP/1
+    /// machine (which keeps the range nearest the parser), this keeps the hull of all such
+    /// ranges: HTTP/2 has no later boundary to wait for, so what matters is the first seen
+    /// byte the parser will reach and how far unparsed bytes may go.
     #[inline(always)]
     fn note_ahead(&mut self, seq: u32, len: u32) {
         let end = seq.wrapping_add(len);
-        if self.qflags & QF_WAIT == 0
-            || (end.wrapping_sub(self.ahead_seq) as i32) < 0
-            || (self.ahead_end.wrapping_sub(self.next_seq) as i32) <= 0
-        {
+        if self.qflags & QF_WAIT == 0 || (self.ahead_end.wrapping_sub(self.next_seq) as i32) <= 0 {
             self.ahead_seq = seq;
             self.ahead_end = end;
             self.qflags |= QF_WAIT;
             return;
         }
-        if (seq.wrapping_sub(self.ahead_end) as i32) <= 0
-            && (end.wrapping_sub(self.ahead_seq) as i32) >= 0
-        {
-            if (seq.wrapping_sub(self.ahead_seq) as i32) < 0 {
-                self.ahead_seq = seq;
-            }
-            if (end.wrapping_sub(self.ahead_end) as i32) > 0 {
-                self.ahead_end = end;
-            }
+        if (seq.wrapping_sub(self.ahead_seq) as i32) < 0 {
+            self.ahead_seq = seq;
+        }
+        if (end.wrapping_sub(self.ahead_end) as i32) > 0 {
+            self.ahead_end = end;
         }
     }
 }
