@@ -41,6 +41,17 @@ pub const H2_MAX_STEPS: u32 = 8192;
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// [`PREFACE`] in 32 bytes (indexed with a mask, which the verifier can bound).
+const PREFACE_PADDED: [u8; 32] = {
+    let mut t = [0u8; 32];
+    let mut i = 0;
+    while i < PREFACE.len() {
+        t[i] = PREFACE[i];
+        i += 1;
+    }
+    t
+};
+
 /// Frame types (RFC 9113 §6).
 pub const FT_DATA: u8 = 0;
 /// HEADERS.
@@ -266,8 +277,8 @@ pub struct H2Dir {
     pub fs: u8,
     /// `QF_*`.
     pub qflags: u8,
-    /// The frame header being read.
-    pub hdr: [u8; 9],
+    /// The frame header being read (9 bytes; 16 for a mask the verifier can bound).
+    pub hdr: [u8; 16],
     /// Bytes of it (or of the preface) read.
     pub hdr_len: u8,
     /// Current frame's type.
@@ -586,7 +597,7 @@ impl H2Conn {
                     if d.hdr_len == 0 {
                         d.hdr_ns = seg.now_ns;
                     }
-                    d.hdr[d.hdr_len as usize % 9] = b;
+                    d.hdr[d.hdr_len as usize & 15] = b;
                     d.hdr_len += 1;
                     if d.hdr_len == 9 {
                         d.hdr_len = 0;
@@ -597,7 +608,7 @@ impl H2Conn {
                 }
                 FS_PREFACE => {
                     let d = self.dir(rx);
-                    if b != PREFACE[d.hdr_len as usize % 24] {
+                    if b != PREFACE_PADDED[d.hdr_len as usize & 31] {
                         d.fs = FS_LOST;
                         sink.stat(H2Stat::Lost);
                         seg.pos = seg.end;
@@ -733,7 +744,7 @@ impl H2Conn {
                     d.fs = FS_PAD_LEN;
                 }
                 if let Some(i) = self.find(sid) {
-                    let s = &mut self.slots[i];
+                    let s = &mut self.slots[i & (H2_STREAMS - 1)];
                     if req {
                         s.req_bytes = s.req_bytes.saturating_add(len + 9);
                     } else {
@@ -801,7 +812,7 @@ impl H2Conn {
                         sink.stat(H2Stat::StreamTableFull);
                         return;
                     };
-                    let s = &mut self.slots[i];
+                    let s = &mut self.slots[i & (H2_STREAMS - 1)];
                     s.start_ns = ns;
                     s.method = r.method();
                     s.path_id = r.path();
@@ -810,7 +821,7 @@ impl H2Conn {
                     i
                 }
             };
-            let s = &mut self.slots[i];
+            let s = &mut self.slots[i & (H2_STREAMS - 1)];
             s.req_bytes = s.req_bytes.saturating_add(bytes);
             if es {
                 s.flags |= SL_REQ_END;
@@ -821,7 +832,7 @@ impl H2Conn {
             sink.stat(H2Stat::OrphanResponses);
             return;
         };
-        let s = &mut self.slots[i];
+        let s = &mut self.slots[i & (H2_STREAMS - 1)];
         s.resp_bytes = s.resp_bytes.saturating_add(bytes);
         if s.flags & SL_RESP == 0 {
             let status = r.status();
@@ -848,10 +859,10 @@ impl H2Conn {
             return;
         };
         if req {
-            self.slots[i].flags |= SL_REQ_END;
+            self.slots[i & (H2_STREAMS - 1)].flags |= SL_REQ_END;
             return;
         }
-        if self.slots[i].flags & SL_RESP != 0 {
+        if self.slots[i & (H2_STREAMS - 1)].flags & SL_RESP != 0 {
             self.finish(i, END_STREAM, now_ns, sink);
         }
     }
@@ -861,10 +872,10 @@ impl H2Conn {
         let Some(i) = self.find(sid) else {
             return;
         };
-        if self.slots[i].flags & SL_RESP != 0 {
+        if self.slots[i & (H2_STREAMS - 1)].flags & SL_RESP != 0 {
             self.finish(i, END_RESET, now_ns, sink);
         } else {
-            self.slots[i] = Slot::default();
+            self.slots[i & (H2_STREAMS - 1)] = Slot::default();
             sink.stat(H2Stat::ResetUnanswered);
         }
     }
@@ -873,7 +884,7 @@ impl H2Conn {
     fn goaway<S: H2Sink>(&mut self, last: u32, sink: &mut S) {
         let mut i = 0;
         while i < H2_STREAMS {
-            let s = &mut self.slots[i];
+            let s = &mut self.slots[i & (H2_STREAMS - 1)];
             if s.flags & SL_USED != 0 && s.id > last && s.id & 1 == 1 {
                 *s = Slot::default();
                 sink.stat(H2Stat::GoawayUnprocessed);
@@ -1022,6 +1033,16 @@ impl H2Dir {
             self.ahead_end = end;
         }
     }
+}
+
+/// `v & mask`, with the mask kept in the program: a volatile read hides `v` from LLVM, which
+/// would otherwise drop the mask where it knows a bound from an earlier check on another
+/// register — a bound the BPF verifier does not see (what the kernel program's `Payload::load`
+/// does for lengths).
+#[inline(always)]
+pub(crate) fn masked(v: usize, mask: usize) -> usize {
+    // SAFETY: reading a local.
+    unsafe { core::ptr::read_volatile(&v) & mask }
 }
 
 /// Home slot of a stream id.

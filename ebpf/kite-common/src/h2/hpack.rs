@@ -120,8 +120,9 @@ pub const fn path_id(path: &[u8]) -> u32 {
     if h == PATH_UNKNOWN { 1 } else { h }
 }
 
-/// Name lengths of the static table (RFC 7541 Appendix A), index 1..=61.
-const STATIC_NAME_LENS: [u8; 62] = {
+/// Name lengths of the static table (RFC 7541 Appendix A), index 1..=61 (64 entries: indexed
+/// with a mask, which the verifier can bound).
+const STATIC_NAME_LENS: [u8; 64] = {
     const N: [&str; 62] = [
         "",
         ":authority",
@@ -186,7 +187,7 @@ const STATIC_NAME_LENS: [u8; 62] = {
         "via",
         "www-authenticate",
     ];
-    let mut t = [0u8; 62];
+    let mut t = [0u8; 64];
     let mut i = 0;
     while i < 62 {
         t[i] = N[i].len() as u8;
@@ -195,8 +196,8 @@ const STATIC_NAME_LENS: [u8; 62] = {
     t
 };
 
-/// The `:status` values of static entries 8..=14.
-const STATIC_STATUS: [u16; 7] = [200, 204, 206, 304, 400, 404, 500];
+/// The `:status` values of static entries 8..=14 (and a pad for the mask).
+const STATIC_STATUS: [u16; 8] = [200, 204, 206, 304, 400, 404, 500, 0];
 
 /// A cached insertion.
 #[repr(C)]
@@ -559,7 +560,7 @@ impl HpackDir {
             T_NAME => {
                 let mut k = 0;
                 while k < 5 {
-                    if n >= NAME_LENS[k] as usize || NAMES[k][n & 15] != c {
+                    if n >= NAME_LENS[k] as usize || NAMES[k][super::masked(n, 15)] != c {
                         self.s_mask &= !(1 << k);
                     }
                     k += 1;
@@ -568,7 +569,7 @@ impl HpackDir {
             T_METHOD => {
                 let mut k = 0;
                 while k < 9 {
-                    if n >= METHOD_LENS[k] as usize || METHODS[k][n & 7] != c {
+                    if n >= METHOD_LENS[k] as usize || METHODS[k][super::masked(n, 7)] != c {
                         self.s_mask &= !(1 << k);
                     }
                     k += 1;
@@ -584,7 +585,7 @@ impl HpackDir {
             T_CTYPE => {
                 let l = if c.is_ascii_uppercase() { c | 0x20 } else { c };
                 if n < GRPC_CT.len() {
-                    if GRPC_CT[n & 15] != l {
+                    if GRPC_CT[super::masked(n, 15)] != l {
                         self.s_mask = 0;
                     }
                 } else if n == GRPC_CT.len() && c != b'+' && c != b';' {
@@ -739,7 +740,12 @@ impl HpackDir {
         if lo > self.max_size {
             // Larger than the table: it empties the table and is not inserted (§4.4). Nothing
             // inserted so far can be referenced again.
-            self.cache = [CacheEntry::default(); CACHE];
+            // (A loop, not an array assignment: no 384-byte temporary on a BPF stack.)
+            let mut i = 0;
+            while i < CACHE {
+                self.cache[i].kind = NK_NONE;
+                i += 1;
+            }
             self.lost_below = self.ins;
             return;
         }
@@ -793,6 +799,7 @@ impl HpackDir {
             }
             i += 1;
         }
+        let victim = victim & (CACHE - 1);
         let old = self.cache[victim];
         if old.kind != NK_NONE {
             sink.stat(H2Stat::CacheEvictions);
@@ -859,7 +866,7 @@ impl HpackDir {
             5 => self.apply(NK_PATH, path_id(b"/index.html"), sink),
             8..=14 => self.apply(
                 NK_STATUS,
-                STATIC_STATUS[(idx - 8) as usize % 7] as u32,
+                STATIC_STATUS[super::masked((idx - 8) as usize, 7)] as u32,
                 sink,
             ),
             31 => self.apply(NK_CTYPE, GRPC_NO as u32, sink),
@@ -884,7 +891,7 @@ impl HpackDir {
     /// A literal field's name is table entry `idx`.
     fn resolve_name<S: H2Sink>(&mut self, idx: u32, sink: &mut S) {
         if idx <= 61 {
-            let len = STATIC_NAME_LENS[idx as usize % 62] as u32;
+            let len = STATIC_NAME_LENS[super::masked(idx as usize, 63)] as u32;
             self.name_lo = len;
             self.name_hi = len;
             self.f_kind = match idx {

@@ -78,8 +78,9 @@ const RFC_LENS: [u8; 256] = [
 pub(crate) const MAX_LEN: usize = 30;
 
 /// Symbols sorted by (code length, symbol): the canonical order.
-pub(crate) const SORTED: [u16; 257] = {
-    let mut t = [0u16; 257];
+/// (512 entries: indexed with a mask, which the verifier can bound.)
+pub(crate) const SORTED: [u16; 512] = {
+    let mut t = [0u16; 512];
     let mut n = 0;
     let mut len = 1;
     while len <= MAX_LEN {
@@ -97,8 +98,8 @@ pub(crate) const SORTED: [u16; 257] = {
 };
 
 /// Number of codes of each length.
-pub(crate) const COUNT: [u16; MAX_LEN + 1] = {
-    let mut t = [0u16; MAX_LEN + 1];
+pub(crate) const COUNT: [u16; 32] = {
+    let mut t = [0u16; 32];
     let mut s = 0;
     while s < 257 {
         t[LENS[s] as usize] += 1;
@@ -108,8 +109,8 @@ pub(crate) const COUNT: [u16; MAX_LEN + 1] = {
 };
 
 /// Index in [`SORTED`] of the first code of each length.
-pub(crate) const OFFSET: [u16; MAX_LEN + 1] = {
-    let mut t = [0u16; MAX_LEN + 1];
+pub(crate) const OFFSET: [u16; 32] = {
+    let mut t = [0u16; 32];
     let mut len = 1;
     while len <= MAX_LEN {
         t[len] = t[len - 1] + COUNT[len - 1];
@@ -119,8 +120,8 @@ pub(crate) const OFFSET: [u16; MAX_LEN + 1] = {
 };
 
 /// The first (smallest) code of each length.
-pub(crate) const FIRST: [u32; MAX_LEN + 1] = {
-    let mut t = [0u32; MAX_LEN + 1];
+pub(crate) const FIRST: [u32; 32] = {
+    let mut t = [0u32; 32];
     let mut code = 0u32;
     let mut len = 1;
     while len <= MAX_LEN {
@@ -163,9 +164,10 @@ impl Bits {
         if len > MAX_LEN {
             return Bit::Bad;
         }
-        let d = self.code.wrapping_sub(FIRST[len & 31]);
-        if d < COUNT[len & 31] as u32 {
-            let sym = SORTED[(OFFSET[len & 31] as u32 + d) as usize & 511];
+        let l = super::masked(len, 31);
+        let d = self.code.wrapping_sub(FIRST[l]);
+        if d < COUNT[l] as u32 {
+            let sym = SORTED[super::masked((OFFSET[l] as u32 + d) as usize, 511)];
             self.code = 0;
             self.len = 0;
             if sym > 255 {
