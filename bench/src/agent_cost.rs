@@ -149,31 +149,36 @@ struct ScrapeRow {
     native: Option<(usize, f64)>,
 }
 
-/// Scrapes one second apart (each one a new poll, so each is encoded, not served from the
-/// cache); returns the agent CPU per scrape beyond what the same seconds cost unscraped
-/// (measured just before), ms, and the last answer.
-fn scrape_cpu(agent: &Agent, accept: Option<&str>, n: usize, idle_ms_per_s: f64) -> (f64, Scrape) {
+/// Agent CPU over one second that ends with a scrape (`Some(accept)`, `None` in it: no
+/// `Accept` header) or without one (`None`), ms, and the scrape.
+fn second(agent: &Agent, scrape_with: Option<Option<&str>>) -> (f64, Option<Scrape>) {
     let cpu0 = cpu_time(agent.pid());
-    let t0 = Instant::now();
-    let mut last = None;
-    for _ in 0..n {
-        thread::sleep(Duration::from_millis(1000));
-        last = Some(scrape(agent.metrics, accept));
-    }
-    let cpu = (cpu_time(agent.pid()) - cpu0).as_secs_f64() * 1e3;
-    let idle = idle_ms_per_s * t0.elapsed().as_secs_f64();
-    ((cpu - idle).max(0.0) / n as f64, last.expect("n > 0"))
+    thread::sleep(Duration::from_millis(1000));
+    let got = scrape_with.map(|accept| scrape(agent.metrics, accept));
+    ((cpu_time(agent.pid()) - cpu0).as_secs_f64() * 1e3, got)
 }
 
-/// Scrape cost at the agent's current endpoints, classic text and native (protobuf).
+/// Scrape cost at the agent's current endpoints, classic text and native (protobuf): `n`
+/// rounds of three seconds, one without a scrape, one ending in a text scrape, one in a
+/// protobuf scrape (each a poll apart, so each scrape is encoded, not served from the cache).
+/// CPU per scrape is the mean of its seconds minus the mean of the unscraped ones; the
+/// rounds interleave them so a drift of the polls' own cost (histories filling up after new
+/// endpoints) falls on all three alike.
 fn scrape_cost(agent: &Agent, n: usize) -> ScrapeRow {
-    // The agent's own CPU per second without scrapes (polls), over as many seconds.
-    let cpu0 = cpu_time(agent.pid());
-    let t0 = Instant::now();
-    thread::sleep(Duration::from_secs(n as u64));
-    let idle = (cpu_time(agent.pid()) - cpu0).as_secs_f64() * 1e3 / t0.elapsed().as_secs_f64();
-    let (text_ms, text) = scrape_cpu(agent, None, n, idle);
-    let (native_ms, native) = scrape_cpu(agent, Some(ACCEPT_PROTOBUF), n, idle);
+    let (mut idle, mut text_ms, mut native_ms) = (0.0, 0.0, 0.0);
+    let (mut text, mut native) = (None, None);
+    for _ in 0..n {
+        idle += second(agent, None).0;
+        let (ms, got) = second(agent, Some(None));
+        text_ms += ms;
+        text = got;
+        let (ms, got) = second(agent, Some(Some(ACCEPT_PROTOBUF)));
+        native_ms += ms;
+        native = got;
+    }
+    let per = |ms: f64| ((ms - idle) / n as f64).max(0.0);
+    let (text_ms, native_ms) = (per(text_ms), per(native_ms));
+    let (text, native) = (text.expect("n > 0"), native.expect("n > 0"));
     let endpoints = agent.endpoint_entries().0;
     let series = text
         .body
@@ -396,10 +401,11 @@ fn scrape_section(rows: &[ScrapeRow], n: usize) -> String {
         md,
         "### Scrape cost\n\n\
          `/metrics` as Prometheus asks for it: classic text (no `Accept`), and native histograms \
-         in the protobuf format (`Accept: {ACCEPT_PROTOBUF}`). CPU per scrape: the agent's CPU \
-         over {n} scrapes one second apart (each one a new poll, so each is encoded, not served \
-         from the cache), minus what as many seconds cost it unscraped just before, divided by \
-         {n}. Series: exported `http_server_request_duration` label sets, at most \
+         in the protobuf format (`Accept: {ACCEPT_PROTOBUF}`). CPU per scrape: {n} rounds of \
+         three seconds, one unscraped, one ending in a text scrape, one in a protobuf scrape \
+         (each a poll apart, so each is encoded, not served from the cache); the agent's mean \
+         CPU over a scraped second minus its mean over an unscraped one (interleaved, so the \
+         polls' own drift falls on all alike). Series: exported `http_server_request_duration` label sets, at most \
          `--max-series` ({}) plus one `otel_metric_overflow=\"true\"` series (before the cap: \
          64.2 MB of text at 10 000 endpoints). Every endpoint's label set is still built and \
          folded at each encoding, hence more CPU at 10 000 endpoints for the same output.\n",
