@@ -95,7 +95,7 @@ pub struct Config {
     /// an absolute path under it. For use without Kubernetes.
     #[arg(long = "cgroup", value_name = "PATH")]
     pub cgroups: Vec<PathBuf>,
-    /// How often the kernel maps are read (one window of the statistics).
+    /// How often the kernel maps are read (one window of the statistics); 100ms to 10m.
     #[arg(long, env = "KITE_INTERVAL", default_value = "1s", value_parser = flags::interval)]
     pub interval: Duration,
     /// Node name reported with every endpoint (default: the host name).
@@ -108,57 +108,61 @@ pub struct Config {
     /// Follow pod metadata (labels, owners) through the Kubernetes API.
     #[arg(long, value_enum, env = "KITE_KUBE", default_value = "auto")]
     pub kube: KubeMode,
-    /// Intervals of history kept per endpoint (for sparklines).
+    /// Intervals of history kept per endpoint (for sparklines); 1 to 3600.
     #[arg(long, default_value_t = crate::stats::DEFAULT_HISTORY, value_parser = flags::history)]
     pub history: usize,
-    /// How long the series of a pod that went away stay visible.
+    /// How long the series of a pod that went away stay visible; 0s to 1day.
     #[arg(long, default_value = "2m", value_parser = flags::gone_grace)]
     pub gone_grace: Duration,
     /// Endpoints without a request for this long are evicted when their cgroup holds its
-    /// whole --endpoint-budget in that direction (its budget comes back); 0: never.
+    /// whole --endpoint-budget in that direction (its budget comes back); 1s to 30days, or 0:
+    /// never.
     #[arg(long, default_value = "10m", value_parser = flags::endpoint_idle)]
     pub endpoint_idle: Duration,
     /// Where enrolled pods are remembered across restarts.
     #[arg(long, env = "KITE_STATE_DIR", default_value = "/var/run/kite")]
     pub state_dir: PathBuf,
-    /// Most connections tracked at once.
+    /// Most connections tracked at once; 1 to 16777216.
     #[arg(long, default_value_t = Options::default().max_sockets, value_parser = flags::max_sockets)]
     pub max_sockets: u32,
     /// What to do with a `--cgroup` that does not exist at start: wait for it (attached when it
     /// appears) or refuse to start.
     #[arg(long, value_enum, default_value = "wait")]
     pub missing_cgroup: MissingCgroup,
-    /// Most (cgroup, endpoint, method, status) histograms.
+    /// Most (cgroup, endpoint, method, status) histograms; 16 to 262144.
     #[arg(long, default_value_t = Options::default().max_endpoints, value_parser = flags::max_endpoints)]
     pub max_endpoints: u32,
     /// Most distinct endpoint histograms one cgroup may hold in one direction (requests beyond
-    /// are shown as one `_OTHER` endpoint); 0: an eighth of --max-endpoints, none below 2048.
+    /// are shown as one `_OTHER` endpoint), at most --max-endpoints; 0: an eighth of
+    /// --max-endpoints, none below 2048.
     #[arg(long, default_value_t = 0, value_parser = flags::endpoint_budget)]
     pub endpoint_budget: u32,
     /// Most label sets the http_* Prometheus families export (server and client together);
     /// label sets beyond, in the order they appear, are folded into one series per family
-    /// labelled `otel_metric_overflow="true"` and counted in `kite_series_overflow_total`.
+    /// labelled `otel_metric_overflow="true"` and counted in `kite_series_overflow_total`;
+    /// 1 to 262144.
     #[arg(long, default_value_t = metrics::DEFAULT_MAX_SERIES, value_parser = flags::max_series)]
     pub max_series: usize,
-    /// Most Watch streams open at once; more are refused with RESOURCE_EXHAUSTED.
+    /// Most Watch streams open at once (1 to 1024); more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 8, value_parser = flags::max_watch_streams)]
     pub max_watch_streams: usize,
     /// Most /metrics expositions alive at once (the newest and those slow scrapers are still
-    /// reading); beyond it scrapers get the newest one even if a poll old.
+    /// reading), 1 to 64; beyond it scrapers get the newest one even if a poll old.
     #[arg(long, default_value_t = 2, value_parser = flags::max_scrapes)]
     pub max_scrapes: usize,
-    /// Most connections open at once on each of the gRPC and Prometheus listeners.
+    /// Most connections open at once on each of the gRPC and Prometheus listeners; 1 to 65536.
     #[arg(long, default_value_t = 256, value_parser = flags::max_connections)]
     pub max_connections: usize,
     /// A gRPC or Prometheus connection the agent wrote nothing to for this long is closed
-    /// (idle clients, slowloris, clients that stopped reading).
+    /// (idle clients, slowloris, clients that stopped reading); 1s to 1h.
     #[arg(long, default_value = "30s", value_parser = flags::idle_timeout)]
     pub idle_timeout: Duration,
-    /// An HTTP request's headers (Prometheus listener) must arrive within this long.
+    /// An HTTP request's headers (Prometheus listener) must arrive within this long; 100ms to
+    /// 10m.
     #[arg(long, default_value = "5s", value_parser = flags::header_timeout)]
     pub header_timeout: Duration,
     /// On SIGTERM, how long open requests may take to finish before the agent exits anyway
-    /// (a second signal exits at once).
+    /// (a second signal exits at once); 0s to 10m.
     #[arg(long, default_value = "5s", value_parser = flags::shutdown_timeout)]
     pub shutdown_timeout: Duration,
 }

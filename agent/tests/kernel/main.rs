@@ -11,5 +11,5 @@ mod loader;
 mod network;
 mod robustness;
 mod semconv;
-mod verdict;
 mod series;
+mod verdict;
