@@ -16,7 +16,7 @@ use std::{
 use kite_agent::ebpf::EmptyProgram;
 use kite_testkit::{Place, Proc, TestCgroup, free_port, nginx, spawn, wait_for_port, wrk_for};
 
-use crate::{cpu_time, kite_bpf_stats, median, report};
+use crate::{cpu_time, median, report};
 
 /// Options.
 #[derive(clap::Args, Clone)]
@@ -37,6 +37,10 @@ pub struct Opts {
     /// Leave out the haproxy sidecar mode.
     #[arg(long)]
     pub no_proxy: bool,
+    /// Another kite-loader build (e.g. a copy made before a change to the eBPF code): one more
+    /// mode, on nginx's cgroup, alternating with the others, for an A/B comparison in one run.
+    #[arg(long)]
+    pub compare_loader: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,15 +50,17 @@ enum Mode {
     Kite,
     KiteRoot,
     Proxy,
+    KiteB,
 }
 
 impl Mode {
-    const ALL: [Mode; 5] = [
+    const ALL: [Mode; 6] = [
         Mode::Baseline,
         Mode::Empty,
         Mode::Kite,
         Mode::KiteRoot,
         Mode::Proxy,
+        Mode::KiteB,
     ];
 
     fn name(self) -> &'static str {
@@ -64,6 +70,7 @@ impl Mode {
             Mode::Kite => "Kite on nginx's cgroup",
             Mode::KiteRoot => "Kite on the root cgroup",
             Mode::Proxy => "haproxy sidecar (no Kite)",
+            Mode::KiteB => "Kite (--compare-loader build)",
         }
     }
 }
@@ -99,7 +106,11 @@ struct Loader {
 
 impl Loader {
     fn start(cgroup: Option<&str>) -> Self {
-        let mut cmd = Command::new(sibling("kite-loader"));
+        Self::start_from(&sibling("kite-loader"), cgroup)
+    }
+
+    fn start_from(exe: &std::path::Path, cgroup: Option<&str>) -> Self {
+        let mut cmd = Command::new(exe);
         cmd.args(["-s", "1", "bench"]);
         if let Some(c) = cgroup {
             cmd.args(["--cgroup", c]);
@@ -211,6 +222,31 @@ impl Drop for Haproxy {
     }
 }
 
+/// Ids of the loaded programs whose name starts with `kite_`, the empty one left out.
+fn kite_programs() -> std::collections::BTreeSet<u32> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .filter(|p| {
+            let n = p.name_as_str().unwrap_or_default();
+            n.starts_with("kite_") && n != "kite_empty"
+        })
+        .map(|p| p.id())
+        .collect()
+}
+
+/// Run time and run count of the programs `ids`, per the kernel's BPF statistics.
+fn bpf_stats(ids: &std::collections::BTreeSet<u32>) -> (Duration, u64) {
+    let mut t = Duration::ZERO;
+    let mut n = 0;
+    for p in aya::programs::loaded_programs().flatten() {
+        if ids.contains(&p.id()) {
+            t += p.run_time();
+            n += p.run_count();
+        }
+    }
+    (t, n)
+}
+
 fn run_shape(
     o: &Opts,
     cg: &TestCgroup,
@@ -223,6 +259,7 @@ fn run_shape(
     let modes: Vec<Mode> = Mode::ALL
         .into_iter()
         .filter(|m| *m != Mode::Proxy || proxy.is_some())
+        .filter(|m| *m != Mode::KiteB || o.compare_loader.is_some())
         .collect();
     let mut out: BTreeMap<Mode, Samples> = BTreeMap::new();
     for round in 0..o.rounds {
@@ -230,14 +267,24 @@ fn run_shape(
             let mode = modes[(k + round) % modes.len()];
             let mut empty = None;
             let mut loader = None;
+            // The programs this mode loaded (other people's Kite instances on the machine
+            // are not counted).
+            let mut ours = std::collections::BTreeSet::new();
             let mut url = url.clone();
             match mode {
                 Mode::Baseline => {}
                 Mode::Empty => {
                     empty = Some(EmptyProgram::attach(&cg.cgroup).expect("empty program"))
                 }
-                Mode::Kite => loader = Some(Loader::start(Some(&cg.cgroup.path))),
-                Mode::KiteRoot => loader = Some(Loader::start(None)),
+                Mode::Kite | Mode::KiteRoot | Mode::KiteB => {
+                    let before = kite_programs();
+                    let cgroup = (mode != Mode::KiteRoot).then_some(cg.cgroup.path.as_str());
+                    loader = Some(match (&o.compare_loader, mode) {
+                        (Some(exe), Mode::KiteB) => Loader::start_from(exe, cgroup),
+                        _ => Loader::start(cgroup),
+                    });
+                    ours = kite_programs().difference(&before).copied().collect();
+                }
                 Mode::Proxy => {
                     url = format!("http://127.0.0.1:{}/", proxy.unwrap().port);
                 }
@@ -247,7 +294,7 @@ fn run_shape(
                     let s = e.stats();
                     (s.run_time, s.run_count)
                 }
-                None => kite_bpf_stats(),
+                None => bpf_stats(&ours),
             };
             let (t0, n0) = bpf(&empty);
             let monitor = match (&loader, mode) {
