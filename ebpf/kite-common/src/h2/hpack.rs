@@ -288,6 +288,11 @@ pub struct HpackDir {
     pub r_unknown: u8,
     /// Explicit padding.
     pub _pad: u8,
+    /// Loop accumulators kept in map memory (volatile): the verifier does not track map
+    /// memory, so each iteration starts from the same state and paths do not multiply.
+    pub tmp_a: u32,
+    /// Second accumulator.
+    pub tmp_b: u32,
     /// Huffman decoder.
     pub bits: Bits,
     /// Cached insertions.
@@ -557,23 +562,31 @@ impl HpackDir {
     fn on_char(&mut self, c: u8) {
         let n = self.s_n as usize;
         match self.s_target {
+            // Candidates are dropped without branches: BPF has no conditional move, and a
+            // branch per candidate would multiply the verifier's states.
             T_NAME => {
+                vset(&mut self.tmp_a, 0);
                 let mut k = 0;
                 while k < 5 {
                     if n >= NAME_LENS[k] as usize || NAMES[k][super::masked(n, 15)] != c {
-                        self.s_mask &= !(1 << k);
+                        let v = vget(&self.tmp_a) | 1 << k;
+                        vset(&mut self.tmp_a, v);
                     }
                     k += 1;
                 }
+                self.s_mask &= !(vget(&self.tmp_a) as u16);
             }
             T_METHOD => {
+                vset(&mut self.tmp_a, 0);
                 let mut k = 0;
                 while k < 9 {
                     if n >= METHOD_LENS[k] as usize || METHODS[k][super::masked(n, 7)] != c {
-                        self.s_mask &= !(1 << k);
+                        let v = vget(&self.tmp_a) | 1 << k;
+                        vset(&mut self.tmp_a, v);
                     }
                     k += 1;
                 }
+                self.s_mask &= !(vget(&self.tmp_a) as u16);
             }
             T_DIGITS => {
                 if c.is_ascii_digit() && n < 3 {
@@ -622,15 +635,16 @@ impl HpackDir {
             self.f_kind = if self.s_bad != 0 {
                 NK_UNKNOWN
             } else {
-                let mut kind = NK_NONE;
+                // At most one candidate is left at its own length.
+                vset(&mut self.tmp_a, 0);
                 let mut k = 0;
                 while k < 5 {
                     if self.s_mask & (1 << k) != 0 && NAME_LENS[k] as usize == n {
-                        kind = k as u8 + 1;
+                        vset(&mut self.tmp_a, k as u32 + 1);
                     }
                     k += 1;
                 }
-                kind
+                vget(&self.tmp_a) as u8
             };
             self.st = HP_STRHDR;
             return;
@@ -639,14 +653,16 @@ impl HpackDir {
         let bad = self.s_bad != 0;
         let val = match self.f_kind {
             NK_METHOD => {
-                let mut m = Method::Other as u8;
+                // Method::Other is 0: no hit leaves it.
+                vset(&mut self.tmp_a, 0);
                 let mut k = 0;
                 while k < 9 {
                     if self.s_mask & (1 << k) != 0 && METHOD_LENS[k] as usize == n {
-                        m = METHOD_VALUES[k];
+                        vset(&mut self.tmp_a, METHOD_VALUES[k] as u32);
                     }
                     k += 1;
                 }
+                let m = vget(&self.tmp_a);
                 if bad { METHOD_UNKNOWN as u32 } else { m as u32 }
             }
             NK_PATH => {
@@ -783,8 +799,8 @@ impl HpackDir {
             i += 1;
         }
         // Free slot, else the least recently used.
-        let mut victim = 0;
-        let mut best = u32::MAX;
+        vset(&mut self.tmp_a, u32::MAX);
+        vset(&mut self.tmp_b, 0);
         let mut i = 0;
         while i < CACHE {
             let e = &self.cache[i];
@@ -793,13 +809,14 @@ impl HpackDir {
             } else {
                 e.last.saturating_add(1)
             };
+            let best = vget(&self.tmp_a);
             if age < best {
-                best = age;
-                victim = i;
+                vset(&mut self.tmp_a, age);
+                vset(&mut self.tmp_b, i as u32);
             }
             i += 1;
         }
-        let victim = victim & (CACHE - 1);
+        let victim = super::masked(vget(&self.tmp_b) as usize, CACHE - 1);
         let old = self.cache[victim];
         if old.kind != NK_NONE {
             sink.stat(H2Stat::CacheEvictions);
@@ -839,18 +856,15 @@ impl HpackDir {
     #[inline(always)]
     fn lookup(&mut self, n: u32) -> Option<usize> {
         let mut i = 0;
-        let mut found = None;
         while i < CACHE {
-            let e = &self.cache[i];
+            let e = &mut self.cache[i];
             if e.kind != NK_NONE && (e.ins == n || (e.has_prev != 0 && e.prev == n)) {
-                found = Some(i);
+                e.last = self.ins;
+                return Some(i);
             }
             i += 1;
         }
-        if let Some(i) = found {
-            self.cache[i & (CACHE - 1)].last = self.ins;
-        }
-        found
+        None
     }
 
     /// A fully indexed field.
@@ -919,6 +933,20 @@ impl HpackDir {
             },
         };
     }
+}
+
+/// A volatile read of map memory (see [`HpackDir::tmp_a`]).
+#[inline(always)]
+fn vget<T: Copy>(p: &T) -> T {
+    // SAFETY: a reference is valid to read.
+    unsafe { core::ptr::read_volatile(p) }
+}
+
+/// A volatile write of map memory.
+#[inline(always)]
+fn vset<T>(p: &mut T, v: T) {
+    // SAFETY: a reference is valid to write.
+    unsafe { core::ptr::write_volatile(p, v) }
 }
 
 #[inline(always)]
