@@ -663,7 +663,7 @@ impl HpackDir {
                     k += 1;
                 }
                 let m = vget(&self.tmp_a);
-                if bad { METHOD_UNKNOWN as u32 } else { m as u32 }
+                if bad { METHOD_UNKNOWN as u32 } else { m }
             }
             NK_PATH => {
                 if bad {
