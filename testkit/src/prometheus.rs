@@ -47,12 +47,18 @@ impl Prometheus {
     /// Scrapes `targets` at 1 s; with `native`, native histograms are enabled (Prometheus then
     /// asks for the protobuf format first).
     pub fn start(targets: &[SocketAddr], native: bool) -> Self {
+        Self::start_every(targets, native, Duration::from_secs(1))
+    }
+
+    /// Scrapes `targets` every `interval` (also the scrape timeout), whole seconds.
+    pub fn start_every(targets: &[SocketAddr], native: bool, interval: Duration) -> Self {
         let dir = TempDir::new("kite-prom");
         let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let every = interval.as_secs().max(1);
         std::fs::write(
             dir.path().join("prometheus.yml"),
             format!(
-                "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
+                "global: {{ scrape_interval: {every}s, scrape_timeout: {every}s, evaluation_interval: 1s }}\n\
                  scrape_configs:\n  - job_name: kite\n    static_configs:\n      - targets: [{}]\n",
                 list.join(", ")
             ),
