@@ -33,7 +33,7 @@ pub const H2_STREAMS: usize = 128;
 /// Slots probed for a stream id (client ids are odd and increase, so `id >> 1` spreads them).
 pub const H2_PROBES: usize = 4;
 /// Bytes looked at per [`H2Conn::step`] (each may be a Huffman byte: 8 decoder bits).
-pub const H2_ACTIONS: u32 = 1;
+pub const H2_ACTIONS: u32 = 4;
 /// Upper bound of [`H2Conn::step`] calls per segment for the kernel programs: a 64 KiB
 /// segment of header blocks needs 8 192; DATA payloads are skipped in one step.
 pub const H2_MAX_STEPS: u32 = 8192;
