@@ -73,11 +73,12 @@ impl Cap {
     /// Keeps at most `max` label sets over both families of `by_family` and replaces the rest
     /// with one overflow series per family (present once anything was folded in it).
     pub fn apply(&mut self, max: usize, by_family: &mut [BTreeMap<Labels, Agg>; 2]) -> [Folded; 2] {
-        if let Some(node) = by_family
-            .iter()
-            .flat_map(BTreeMap::keys)
-            .next()
-            .and_then(|l| l.iter().find(|(k, _)| k == "k8s_node_name"))
+        // Pods' series carry the node, a host cgroup's may not: any one that does.
+        if self.node.is_none()
+            && let Some(node) = by_family
+                .iter()
+                .flat_map(BTreeMap::keys)
+                .find_map(|l| l.iter().find(|(k, _)| k == "k8s_node_name"))
         {
             self.node = Some(node.clone());
         }
@@ -236,6 +237,26 @@ mod tests {
                 now: 1,
                 requests: 503
             }
+        );
+    }
+
+    #[test]
+    fn the_overflow_series_takes_the_node_from_any_series() {
+        let mut cap = Cap::default();
+        let mut by = [BTreeMap::new(), BTreeMap::new()];
+        by[0].insert(vec![("cgroup".to_string(), "/a".to_string())], agg(5));
+        by[0].insert(vec![("cgroup".to_string(), "/b".to_string())], agg(1));
+        by[0].insert(labels(1), agg(3));
+        cap.apply(1, &mut by);
+        assert_eq!(
+            by[0][&cap.overflow_labels()].series.count,
+            4,
+            "{:?}",
+            by[0].keys()
+        );
+        assert!(
+            cap.overflow_labels()
+                .contains(&("k8s_node_name".into(), "n".into()))
         );
     }
 
