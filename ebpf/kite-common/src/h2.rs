@@ -34,9 +34,11 @@ pub const H2_STREAMS: usize = 128;
 pub const H2_PROBES: usize = 4;
 /// Bytes looked at per [`H2Conn::step`] (each may be a Huffman byte: 8 decoder bits).
 pub const H2_ACTIONS: u32 = 4;
-/// Upper bound of [`H2Conn::step`] calls per segment for the kernel programs: a 64 KiB
-/// segment of header blocks needs 8 192; DATA payloads are skipped in one step.
-pub const H2_MAX_STEPS: u32 = 8192;
+/// Upper bound of [`H2Conn::step`] calls per segment for the kernel programs (`bpf_loop`
+/// takes up to 2^23): a 64 KiB segment whose every byte is looked at needs 16 384; skipped
+/// strings, DATA payloads and other skipped payloads take one step each. Beyond it the
+/// direction is lost ([`H2Stat::StepBudget`]).
+pub const H2_MAX_STEPS: u32 = 16_384;
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
