@@ -87,7 +87,8 @@ fn agent_refuses_zero_and_absurd_durations_and_sizes() {
             "--shutdown-timeout",
             "between 0s and 10m",
         ),
-        (&["--history", "0"], "--history", "between 1 and 3600"),
+        (&["--history", "0"], "--history", "between 1 and 60"),
+        (&["--history", "61"], "--history", "between 1 and 60"),
         (
             &["--max-sockets", "0"],
             "--max-sockets",
@@ -158,7 +159,7 @@ fn agent_accepts_the_bounds_themselves() {
             "--gone-grace=0s",
             "--endpoint-idle=0",
             "--idle-timeout=1h",
-            "--history=3600",
+            "--history=60",
             "--max-endpoints=16",
             "--endpoint-budget=16",
             "--max-series=1",

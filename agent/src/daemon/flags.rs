@@ -24,8 +24,9 @@ pub const MAX_SOCKETS: RangeInclusive<u32> = 1..=16_777_216;
 pub const MAX_ENDPOINTS: RangeInclusive<u32> = 16..=262_144;
 /// `--endpoint-budget` (0: the default).
 pub const ENDPOINT_BUDGET: RangeInclusive<u32> = 0..=262_144;
-/// `--history`.
-pub const HISTORY: RangeInclusive<usize> = 1..=3_600;
+/// `--history`: the worst-case memory ([`super::Config::worst_case_memory`]) counts 60 points
+/// per endpoint in the state and in every Watch snapshot; more would multiply both.
+pub const HISTORY: RangeInclusive<usize> = 1..=crate::stats::DEFAULT_HISTORY;
 /// `--max-series`.
 pub const MAX_SERIES: RangeInclusive<usize> = 1..=262_144;
 /// `--max-watch-streams`.

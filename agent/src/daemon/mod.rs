@@ -108,7 +108,7 @@ pub struct Config {
     /// Follow pod metadata (labels, owners) through the Kubernetes API.
     #[arg(long, value_enum, env = "KITE_KUBE", default_value = "auto")]
     pub kube: KubeMode,
-    /// Intervals of history kept per endpoint (for sparklines); 1 to 3600.
+    /// Intervals of history kept per endpoint (for sparklines); 1 to 60.
     #[arg(long, default_value_t = crate::stats::DEFAULT_HISTORY, value_parser = flags::history)]
     pub history: usize,
     /// How long the series of a pod that went away stay visible; 0s to 1day.
