@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(short = 'c', long)]
     pub cgroup: Option<PathBuf>,
     /// Exit after this many reports.
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, value_parser = flags::loader_count)]
     pub count: Option<u64>,
     /// Also print endpoints without requests in the interval.
     #[arg(long)]

@@ -180,6 +180,7 @@ fn loader_refuses_zero_and_absurd_values() {
             "between 0.1 and 3600",
         ),
         (&["--interval", "NaN"], "--interval", "between 0.1 and 3600"),
+        (&["-n", "0"], "--count", "between 1 and 4294967295"),
         (
             &["--max-endpoints", "0"],
             "--max-endpoints",

@@ -35,6 +35,8 @@ pub const MAX_WATCH_STREAMS: RangeInclusive<usize> = 1..=1_024;
 pub const MAX_SCRAPES: RangeInclusive<usize> = 1..=64;
 /// `--max-connections`.
 pub const MAX_CONNECTIONS: RangeInclusive<usize> = 1..=65_536;
+/// `kite-loader --count`.
+pub const LOADER_COUNT: RangeInclusive<u64> = 1..=u32::MAX as u64;
 /// `kite-loader --interval`, seconds.
 pub const LOADER_INTERVAL_SECS: RangeInclusive<f64> = 0.1..=3_600.0;
 
@@ -163,6 +165,11 @@ pub fn max_scrapes(s: &str) -> Result<usize, String> {
 /// Parses `--max-connections`.
 pub fn max_connections(s: &str) -> Result<usize, String> {
     count_in(s, &MAX_CONNECTIONS)
+}
+
+/// Parses `kite-loader --count`.
+pub fn loader_count(s: &str) -> Result<u64, String> {
+    count_in(s, &LOADER_COUNT)
 }
 
 /// Parses `kite-loader --interval` (seconds, fractions allowed).
