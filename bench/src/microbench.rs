@@ -130,7 +130,7 @@ impl Case {
     fn name(self) -> &'static str {
         match self {
             Case::Request => "request segment (41 B, keep-alive)",
-            Case::Response => "response segment (nginx's 6 header lines + 17 B body)",
+            Case::Response => "response segment (nginx's: status line, 5 header lines, 17 B body)",
             Case::ResponseMinimal => "response segment (status line, Content-Length, 17 B body)",
             Case::Ack => "bare ACK",
             Case::Body => "body continuation (1448 B)",
