@@ -31,7 +31,7 @@ pub use hpack::HpackDir;
 /// ([`H2Stat::StreamTableFull`]) and not measured.
 pub const H2_STREAMS: usize = 128;
 /// Slots probed for a stream id (client ids are odd and increase, so `id >> 1` spreads them).
-pub const H2_PROBES: usize = 4;
+pub const H2_PROBES: usize = 8;
 /// Bytes looked at per [`H2Conn::step`] (each may be a Huffman byte: 8 decoder bits).
 pub const H2_ACTIONS: u32 = 4;
 /// Upper bound of [`H2Conn::step`] calls per segment for the kernel programs (`bpf_loop`
