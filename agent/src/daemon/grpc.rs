@@ -291,18 +291,7 @@ pub fn info(st: &State) -> AgentInfo {
             value: st.counters[*s as usize],
         })
         .collect();
-    let a = &st.agent;
-    for (name, value) in [
-        ("enrolled", a.enrolled),
-        ("enroll_refused", a.enroll_refused),
-        ("enroll_bad", a.enroll_bad),
-        ("vanished_cgroups", a.vanished),
-        ("poll_errors", a.poll_errors),
-        ("expired_endpoints", a.expired_endpoints),
-        ("idle_endpoints", a.idle_endpoints),
-        ("static_cgroup_removed", a.static_removed),
-        ("static_cgroup_attached_later", a.static_attached_later),
-    ] {
+    for (name, value) in st.agent.named() {
         counters.push(v1::Counter {
             name: name.into(),
             value,

@@ -97,6 +97,23 @@ pub struct AgentCounters {
     pub static_attached_later: u64,
 }
 
+impl AgentCounters {
+    /// Each counter with the name Prometheus (`event` label) and gRPC (`Info`) give it.
+    pub fn named(&self) -> [(&'static str, u64); 9] {
+        [
+            ("enrolled", self.enrolled),
+            ("enroll_refused", self.enroll_refused),
+            ("enroll_bad", self.enroll_bad),
+            ("vanished_cgroups", self.vanished),
+            ("poll_errors", self.poll_errors),
+            ("expired_endpoints", self.expired_endpoints),
+            ("idle_endpoints", self.idle_endpoints),
+            ("static_cgroup_removed", self.static_removed),
+            ("static_cgroup_attached_later", self.static_attached_later),
+        ]
+    }
+}
+
 /// Counters of the bounds the agent keeps whatever its clients do (atomics: the listeners
 /// update them without taking the state's lock). Exported as `kite_listener_events`,
 /// `kite_watch_events` and `kite_scrape_events`.

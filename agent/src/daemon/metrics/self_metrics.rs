@@ -77,18 +77,7 @@ pub(super) fn self_metrics(st: &State, enc: &mut DescriptorEncoder) -> Result<()
             None,
             MetricType::Counter,
         )?;
-        let a = &st.agent;
-        for (name, v) in [
-            ("enrolled", a.enrolled),
-            ("enroll_refused", a.enroll_refused),
-            ("enroll_bad", a.enroll_bad),
-            ("vanished_cgroups", a.vanished),
-            ("poll_errors", a.poll_errors),
-            ("expired_endpoints", a.expired_endpoints),
-            ("idle_endpoints", a.idle_endpoints),
-            ("static_cgroup_removed", a.static_removed),
-            ("static_cgroup_attached_later", a.static_attached_later),
-        ] {
+        for (name, v) in st.agent.named() {
             ConstCounter::new(v)
                 .encode(m.encode_family(&vec![("event".to_string(), name.to_string())])?)?;
         }
