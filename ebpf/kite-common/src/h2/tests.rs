@@ -1390,9 +1390,7 @@ fn httlib_conversation(
     push(true, pre, &mut t);
     push(false, frame(FT_SETTINGS, 0, 0, &[]), &mut t);
     let mut exp = BTreeMap::new();
-    // Open streams: (id, started at, grpc, method, expected status, grpc status, trailers-only,
-    // reset).
-    let mut open: Vec<(u32, u64, bool, u8, u16, u8, bool, u8)> = Vec::new();
+    let mut open: Vec<Open> = Vec::new();
     let mut next_id = 1u32;
     let mut started = 0;
     while started < n || !open.is_empty() {
@@ -1421,19 +1419,14 @@ fn httlib_conversation(
                 fields.push(("content-type", "application/json".into()));
             }
             for k in (!churn) as u64..r.below(3) {
-                fields.push(
-                    if k == 0 { "x-request-id" } else { "x-tenant" }
-                        .into_tuple(format!("{:040}", r.below(if k == 0 { 1 << 40 } else { 6 }))),
-                );
+                let name = if k == 0 { "x-request-id" } else { "x-tenant" };
+                let v = r.below(if k == 0 { 1 << 40 } else { 6 });
+                fields.push((name, format!("{v:040}")));
             }
             let body = r.below(3) != 0;
             let block = req_enc.block(&fields, &mut r);
             let start = t + 1;
-            for (k, f) in header_frames(next_id, &block, !body, &mut r)
-                .into_iter()
-                .enumerate()
-            {
-                let _ = k;
+            for f in header_frames(next_id, &block, !body, &mut r) {
                 push(true, f, &mut t);
             }
             if body {
@@ -1471,14 +1464,30 @@ fn httlib_conversation(
                     latency: 0,
                 },
             );
-            open.push((next_id, start, grpc, 0, status, gs, r.below(4) == 0, reset));
+            open.push(Open {
+                sid: next_id,
+                start,
+                grpc,
+                status,
+                gs,
+                trailers_only: r.below(4) == 0,
+                reset,
+            });
             next_id += 2;
             started += 1;
             continue;
         }
         // Answer one open stream, chosen at random.
         let k = r.below(open.len() as u64) as usize;
-        let (sid, start, grpc, _, status, gs, trailers_only, reset) = open.swap_remove(k);
+        let Open {
+            sid,
+            start,
+            grpc,
+            status,
+            gs,
+            trailers_only,
+            reset,
+        } = open.swap_remove(k);
         if reset == 1 {
             push(false, frame(FT_RST_STREAM, 0, sid, &[0, 0, 0, 7]), &mut t);
             exp.remove(&sid);
@@ -1536,14 +1545,16 @@ fn httlib_conversation(
     (chunks, exp)
 }
 
-trait IntoTuple {
-    fn into_tuple(self, v: String) -> (&'static str, String);
-}
-
-impl IntoTuple for &'static str {
-    fn into_tuple(self, v: String) -> (&'static str, String) {
-        (self, v)
-    }
+/// A stream waiting for its response.
+struct Open {
+    sid: u32,
+    start: u64,
+    grpc: bool,
+    status: u16,
+    gs: u8,
+    trailers_only: bool,
+    /// 0: answered; 1: reset before its response; 2: reset after its headers.
+    reset: u8,
 }
 
 /// Every recorded stream is one of `exp`, its fields exact or (unless `strict`) explicitly
