@@ -232,10 +232,7 @@ pub fn run() -> String {
         let mut w = Watch::new(&cg);
         w.target(Direction::Outbound, port);
         let url = format!("http://127.0.0.1:{port}");
-        let place = Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        };
+        let place = Place::in_cgroup(&cg);
         let r = w.during(|| wrk(place, &url, 4, 400, &WRK_MIX, &[]));
         rows.push(row(
             "outbound (client in the cgroup), Python",

@@ -239,14 +239,7 @@ fn measure(agent: &Agent, secs: u64, load: impl FnOnce(Instant) -> f64 + Send) -
 pub fn run(o: &Opts) -> String {
     let cg = TestCgroup::new("bench-agent");
     let port = free_port();
-    let _nginx = nginx_on(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        port,
-        &["0.0.0.0"],
-    );
+    let _nginx = nginx_on(Place::in_cgroup(&cg), port, &["0.0.0.0"]);
     let agent = Agent::start(&cg.cgroup.path);
     let secs = o.agent_secs;
     let ten = addrs(10, port);

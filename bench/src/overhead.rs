@@ -366,13 +366,7 @@ fn run_shape(
 pub fn run(o: &Opts) -> String {
     let cg = TestCgroup::new("bench-overhead");
     let port = free_port();
-    let _nginx = nginx(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        port,
-    );
+    let _nginx = nginx(Place::in_cgroup(&cg), port);
     let proxy = (!o.no_proxy).then(|| Haproxy::start(&cg, port));
     let mut md = String::new();
     let _ = writeln!(

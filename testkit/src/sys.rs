@@ -166,6 +166,16 @@ pub struct Place<'a> {
     pub netns: Option<&'a Netns>,
 }
 
+impl<'a> Place<'a> {
+    /// In `cg`, in this network namespace.
+    pub fn in_cgroup(cg: &'a TestCgroup) -> Self {
+        Self {
+            cgroup: Some(cg),
+            ..Self::default()
+        }
+    }
+}
+
 /// A command placed in a cgroup (joined before exec, so every socket it makes belongs to the
 /// cgroup) and/or a network namespace.
 pub fn command(place: Place<'_>, args: &[&str]) -> Command {

@@ -132,13 +132,7 @@ fn keep_alive_nginx_with_wrk() {
     let _serial = serial();
     let cg = TestCgroup::new("ka-nginx");
     let port = free_port();
-    let _nginx = nginx(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        port,
-    );
+    let _nginx = nginx(Place::in_cgroup(&cg), port);
     let url = format!("http://127.0.0.1:{port}");
     let (w, r) = watched_wrk(&cg, Direction::Inbound, port, || {
         wrk(Place::default(), &url, 4, 400, &WRK_MIX, &[])
@@ -154,15 +148,7 @@ fn keep_alive_python_with_wrk() {
     let _serial = serial();
     let cg = TestCgroup::new("ka-py");
     let port = free_port();
-    let _srv = python_httpd(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        "127.0.0.1",
-        port,
-        false,
-    );
+    let _srv = python_httpd(Place::in_cgroup(&cg), "127.0.0.1", port, false);
     let url = format!("http://127.0.0.1:{port}");
     let (w, r) = watched_wrk(&cg, Direction::Inbound, port, || {
         wrk(Place::default(), &url, 4, 400, &WRK_MIX, &[])
@@ -178,13 +164,7 @@ fn keep_alive_wide_latency_mix_with_timing_client() {
     let _serial = serial();
     let cg = TestCgroup::new("ka-wide");
     let port = free_port();
-    let _nginx = nginx(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        port,
-    );
+    let _nginx = nginx(Place::in_cgroup(&cg), port);
     let mut w = Watch::new(&cg);
     w.target(Direction::Inbound, port);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -210,13 +190,7 @@ fn one_request_per_connection_nginx_with_wrk() {
     let _serial = serial();
     let cg = TestCgroup::new("close-nginx");
     let port = free_port();
-    let _nginx = nginx(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        port,
-    );
+    let _nginx = nginx(Place::in_cgroup(&cg), port);
     let url = format!("http://127.0.0.1:{port}");
     let (w, r) = watched_wrk(&cg, Direction::Inbound, port, || {
         wrk(
@@ -244,10 +218,7 @@ fn pipelining_depth_4() {
         eprintln!("server: {server}");
         let cg = TestCgroup::new("pipeline");
         let port = free_port();
-        let place = Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        };
+        let place = Place::in_cgroup(&cg);
         let (_n, _p) = if server == "nginx" {
             (Some(nginx(place, port)), None)
         } else {
@@ -280,15 +251,7 @@ fn fixed_50ms_delay() {
     let _serial = serial();
     let cg = TestCgroup::new("delay50");
     let port = free_port();
-    let _srv = python_httpd(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        "127.0.0.1",
-        port,
-        false,
-    );
+    let _srv = python_httpd(Place::in_cgroup(&cg), "127.0.0.1", port, false);
     let url = format!("http://127.0.0.1:{port}");
     // 800 requests, about 5 s: wrk's run also counts its start (threads, connects), which
     // against 320 requests (2 s) made its RPS 1.3–1.6 % lower than Kite's windows.
@@ -321,15 +284,7 @@ fn mixed_status_codes() {
     ];
     let cg = TestCgroup::new("status-py");
     let port = free_port();
-    let _srv = python_httpd(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        "127.0.0.1",
-        port,
-        false,
-    );
+    let _srv = python_httpd(Place::in_cgroup(&cg), "127.0.0.1", port, false);
     let url = format!("http://127.0.0.1:{port}");
     let (w, r) = watched_wrk(&cg, Direction::Inbound, port, || {
         wrk(Place::default(), &url, 4, 300, &paths, &[])
@@ -343,13 +298,7 @@ fn mixed_status_codes() {
     // nginx's own `return` codes: exact per-status counts.
     let cg = TestCgroup::new("status-nginx");
     let port = free_port();
-    let _nginx = nginx(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        port,
-    );
+    let _nginx = nginx(Place::in_cgroup(&cg), port);
     let url = format!("http://127.0.0.1:{port}");
     let paths = [
         "/status/200",
@@ -379,10 +328,7 @@ fn outbound_requests_from_a_client_in_the_cgroup() {
     // The server runs outside the cgroup; wrk inside it.
     let _srv = python_httpd(Place::default(), "127.0.0.1", port, false);
     let url = format!("http://127.0.0.1:{port}");
-    let place = Place {
-        cgroup: Some(&cg),
-        ..Place::default()
-    };
+    let place = Place::in_cgroup(&cg);
     // Like the other wrk shapes: run again while wrk's own figures are corrected.
     let (w, r) = watched_wrk(&cg, Direction::Outbound, port, || {
         wrk(place, &url, 4, 400, &WRK_MIX, &[])
@@ -406,15 +352,7 @@ fn keep_alive_long_run_has_stable_windows() {
     let _serial = serial();
     let cg = TestCgroup::new("windows");
     let port = free_port();
-    let _srv = python_httpd(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        "127.0.0.1",
-        port,
-        false,
-    );
+    let _srv = python_httpd(Place::in_cgroup(&cg), "127.0.0.1", port, false);
     let mut w = Watch::new(&cg);
     w.target(Direction::Inbound, port);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();

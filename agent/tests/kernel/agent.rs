@@ -209,13 +209,7 @@ fn grpc_watch_sees_real_traffic_with_exact_counts() {
     let _serial = serial();
     let cg = TestCgroup::new("agent-watch");
     let port = free_port();
-    let _nginx = nginx(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        port,
-    );
+    let _nginx = nginx(Place::in_cgroup(&cg), port);
     let agent = Agent::start(&["--cgroup", &cg.cgroup.path]);
     let url = agent.url();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -284,15 +278,7 @@ fn reflection_only_python_client_lists_and_health_is_serving() {
     let _serial = serial();
     let cg = TestCgroup::new("agent-reflect");
     let port = free_port();
-    let _srv = python_httpd(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        "127.0.0.1",
-        port,
-        false,
-    );
+    let _srv = python_httpd(Place::in_cgroup(&cg), "127.0.0.1", port, false);
     let agent = Agent::start(&["--cgroup", &cg.cgroup.path]);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     client(&Load {

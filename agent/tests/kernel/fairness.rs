@@ -113,13 +113,7 @@ fn one_cgroup_keeps_to_its_budget_and_cannot_blind_another() {
     let port_a = free_port();
     let _servers_a = nginx_on(Place::default(), port_a, &["0.0.0.0"]);
     let port_b = free_port();
-    let _server_b = nginx(
-        Place {
-            cgroup: Some(&b),
-            ..Place::default()
-        },
-        port_b,
-    );
+    let _server_b = nginx(Place::in_cgroup(&b), port_b);
     let mut w = Watch::with_options(
         &a,
         Options {

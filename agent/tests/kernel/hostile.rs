@@ -80,14 +80,7 @@ fn never_reading_watch_clients_and_concurrent_scrapes_stay_bounded() {
     let _serial = serial();
     let cg = TestCgroup::new("hostile-mem");
     let port = free_port();
-    let _nginx = nginx_on(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        port,
-        &["0.0.0.0"],
-    );
+    let _nginx = nginx_on(Place::in_cgroup(&cg), port, &["0.0.0.0"]);
     // One cgroup with many endpoints: its budget raised to the whole map for this test.
     let agent = Agent::start(&[
         "--cgroup",

@@ -233,15 +233,7 @@ fn deferred_accept_nginx_counts_every_first_request() {
     let _serial = serial();
     let cg = TestCgroup::new("deferred-nginx");
     let port = free_port();
-    let nginx = nginx_listen(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        port,
-        &["127.0.0.1"],
-        "deferred",
-    );
+    let nginx = nginx_listen(Place::in_cgroup(&cg), port, &["127.0.0.1"], "deferred");
     let mut w = Watch::new(&cg);
     w.target(Direction::Inbound, port);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -257,14 +249,7 @@ fn deferred_accept_python_counts_every_first_request() {
     let _serial = serial();
     let cg = TestCgroup::new("deferred-py");
     let port = free_port();
-    let srv = python(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        DEFER_SERVER,
-        port,
-    );
+    let srv = python(Place::in_cgroup(&cg), DEFER_SERVER, port);
     let mut w = Watch::new(&cg);
     w.target(Direction::Inbound, port);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -309,14 +294,7 @@ fn request_after_the_server_closed_leaves_no_state() {
     let _serial = serial();
     let cg = TestCgroup::new("close-race");
     let port = free_port();
-    let _srv = python(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        CLOSE_AFTER_ONE,
-        port,
-    );
+    let _srv = python(Place::in_cgroup(&cg), CLOSE_AFTER_ONE, port);
     let agent = Agent::start(&["--cgroup", &cg.cgroup.path]);
     let baseline = map_entries(&agent, "sockets");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -365,14 +343,7 @@ fn unaccepted_children_are_freed_when_the_listener_dies() {
     let _serial = serial();
     let cg = TestCgroup::new("unaccepted");
     let port = free_port();
-    let mut srv = python(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        NEVER_ACCEPTS,
-        port,
-    );
+    let mut srv = python(Place::in_cgroup(&cg), NEVER_ACCEPTS, port);
     let agent = Agent::start(&["--cgroup", &cg.cgroup.path]);
     let baseline = map_entries(&agent, "sockets");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -422,14 +393,7 @@ fn hundred_thousand_short_connections_return_to_baseline() {
     let _serial = serial();
     let cg = TestCgroup::new("100k");
     let port = free_port();
-    let _nginx = nginx_on(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        port,
-        &["0.0.0.0"],
-    );
+    let _nginx = nginx_on(Place::in_cgroup(&cg), port, &["0.0.0.0"]);
     let agent = Agent::start(&["--cgroup", &cg.cgroup.path]);
     let baseline = map_entries(&agent, "sockets");
     // Spread over 16 loopback addresses so no 4-tuple is reused while in TIME_WAIT.

@@ -19,10 +19,7 @@ fn loader_prints_a_line_per_endpoint_in_the_seed_format() {
     let _serial = serial();
     let cg = TestCgroup::new("loader");
     let (port_in, port_out) = (free_port(), free_port());
-    let place = Place {
-        cgroup: Some(&cg),
-        ..Place::default()
-    };
+    let place = Place::in_cgroup(&cg);
     let _nginx = nginx(place, port_in);
     // An upstream outside the cgroup, called from inside it.
     let _upstream = python_httpd(Place::default(), "127.0.0.1", port_out, false);

@@ -21,13 +21,7 @@ fn connection_churn_returns_socket_state_to_baseline() {
     let _serial = serial();
     let cg = TestCgroup::new("churn");
     let port = free_port();
-    let _nginx = nginx(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        port,
-    );
+    let _nginx = nginx(Place::in_cgroup(&cg), port);
     let mut w = Watch::new(&cg);
     w.target(Direction::Inbound, port);
     assert_eq!(w.kite.sockets().unwrap().len(), 0);
@@ -67,13 +61,7 @@ fn tiny_socket_map_overflows_counted_traffic_untouched() {
     let _serial = serial();
     let cg = TestCgroup::new("tiny-sockets");
     let port = free_port();
-    let _nginx = nginx(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        port,
-    );
+    let _nginx = nginx(Place::in_cgroup(&cg), port);
     let mut w = Watch::with_options(
         &cg,
         Options {
@@ -100,13 +88,7 @@ fn tiny_endpoint_map_overflows_counted_traffic_untouched() {
     let _serial = serial();
     let cg = TestCgroup::new("tiny-endpoints");
     let port = free_port();
-    let _nginx = nginx(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        port,
-    );
+    let _nginx = nginx(Place::in_cgroup(&cg), port);
     let mut w = Watch::with_options(
         &cg,
         Options {
@@ -160,10 +142,7 @@ fn garbage_is_echoed_byte_for_byte() {
     let port = free_port();
     let echo = dir().join("echo.py");
     let _srv = spawn(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
+        Place::in_cgroup(&cg),
         &[
             "python3",
             echo.to_str().unwrap(),
@@ -203,13 +182,7 @@ fn garbage_to_an_http_server_then_normal_traffic_is_exact() {
     let _serial = serial();
     let cg = TestCgroup::new("garbage-nginx");
     let port = free_port();
-    let _nginx = nginx(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        port,
-    );
+    let _nginx = nginx(Place::in_cgroup(&cg), port);
     let mut w = Watch::new(&cg);
     w.target(Direction::Inbound, port);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -243,15 +216,7 @@ fn requests_split_into_tiny_segments() {
     let _serial = serial();
     let cg = TestCgroup::new("split");
     let port = free_port();
-    let _srv = python_httpd(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        "127.0.0.1",
-        port,
-        false,
-    );
+    let _srv = python_httpd(Place::in_cgroup(&cg), "127.0.0.1", port, false);
     let mut w = Watch::new(&cg);
     w.target(Direction::Inbound, port);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -282,15 +247,7 @@ fn bodies_that_look_like_http_are_not_messages() {
     let _serial = serial();
     let cg = TestCgroup::new("traps");
     let port = free_port();
-    let _srv = python_httpd(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        "127.0.0.1",
-        port,
-        false,
-    );
+    let _srv = python_httpd(Place::in_cgroup(&cg), "127.0.0.1", port, false);
     let mut w = Watch::new(&cg);
     w.target(Direction::Inbound, port);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -388,10 +345,7 @@ fn ipv6_and_dual_stack_sockets() {
     let _serial = serial();
     let cg = TestCgroup::new("ipv6");
     let (p6, pdual) = (free_port(), free_port());
-    let place = Place {
-        cgroup: Some(&cg),
-        ..Place::default()
-    };
+    let place = Place::in_cgroup(&cg);
     let _v6 = python_httpd(place, "::1", p6, false);
     let _dual = python_httpd(place, "::", pdual, true);
     let mut w = Watch::new(&cg);

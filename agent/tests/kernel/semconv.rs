@@ -275,10 +275,7 @@ fn http_attributes_follow_the_semantic_conventions() {
     }
     let _serial = serial();
     let cg = TestCgroup::new("semconv");
-    let place = Place {
-        cgroup: Some(&cg),
-        ..Place::default()
-    };
+    let place = Place::in_cgroup(&cg);
     // Python's http.server answers in HTTP/1.0 (its default protocol_version), whatever the
     // request's version; the test server (anyhttpd.py: every method routed) in HTTP/1.1.
     let docs = TempDir::new("kite-semconv-docs");
@@ -507,15 +504,7 @@ fn agent_reports_its_build_its_process_and_ebpf_counters_that_add_up() {
     let _serial = serial();
     let cg = TestCgroup::new("selfmetrics");
     let port = free_port();
-    let _srv = python_httpd(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        SERVER_IP,
-        port,
-        false,
-    );
+    let _srv = python_httpd(Place::in_cgroup(&cg), SERVER_IP, port, false);
     let agent = Agent::start(&["--cgroup", &cg.cgroup.path]);
     // One connection and one request per curl, seen from both ends.
     let curls = 5u64;

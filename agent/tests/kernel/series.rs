@@ -50,14 +50,7 @@ fn twenty_thousand_endpoints_give_the_cap_plus_one_overflow_series_and_exact_tot
     let cap = kite_agent::daemon::metrics::DEFAULT_MAX_SERIES;
     let cg = TestCgroup::new("agent-series");
     let port = free_port();
-    let _nginx = nginx_on(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        port,
-        &["0.0.0.0"],
-    );
+    let _nginx = nginx_on(Place::in_cgroup(&cg), port, &["0.0.0.0"]);
     // A kernel map and budget with room for every endpoint: the cap under test is the
     // agent's, not the kernel's.
     let agent = Agent::start(&[

@@ -39,10 +39,7 @@ fn non_http_connection_is_judged_once_http_beside_it_measured() {
     }
     let _serial = serial();
     let cg = TestCgroup::new("verdict");
-    let place = Place {
-        cgroup: Some(&cg),
-        ..Place::default()
-    };
+    let place = Place::in_cgroup(&cg);
     let http = free_port();
     let _nginx = nginx(place, http);
     let sink = free_port();
@@ -104,13 +101,7 @@ fn connection_joined_midway_is_measured_at_its_next_request() {
     let _serial = serial();
     let cg = TestCgroup::new("verdict-midway");
     let http = free_port();
-    let _nginx = nginx(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        http,
-    );
+    let _nginx = nginx(Place::in_cgroup(&cg), http);
     // Before Kite attaches: a POST whose body is still to come.
     let mut c = TcpStream::connect(("127.0.0.1", http)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

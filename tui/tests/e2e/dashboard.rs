@@ -106,10 +106,7 @@ fn dashboard_sorts_filters_opens_details_and_restores_the_terminal() {
     let _serial = serial();
     let cg = TestCgroup::new("tui-e2e");
     let (busy_port, quiet_port) = (free_port(), free_port());
-    let place = Place {
-        cgroup: Some(&cg),
-        ..Place::default()
-    };
+    let place = Place::in_cgroup(&cg);
     let _busy_srv = nginx(place, busy_port);
     let _quiet_srv = nginx(place, quiet_port);
     let agent = InProcessAgent::start(&cg, "1s");

@@ -23,13 +23,7 @@ fn once_json_matches_the_agents_list_and_table_shows_the_endpoint() {
     let _serial = serial();
     let cg = TestCgroup::new("tui-once");
     let port = free_port();
-    let _srv = nginx(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        port,
-    );
+    let _srv = nginx(Place::in_cgroup(&cg), port);
     let agent = InProcessAgent::start(&cg, "500ms");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let report = client(&Load {

@@ -35,15 +35,7 @@ fn native_histogram_quantiles_agree_with_the_tui_and_the_client() {
     let _serial = serial();
     let cg = TestCgroup::new("tui-prom");
     let port = free_port();
-    let _srv = python_httpd(
-        Place {
-            cgroup: Some(&cg),
-            ..Place::default()
-        },
-        "127.0.0.1",
-        port,
-        false,
-    );
+    let _srv = python_httpd(Place::in_cgroup(&cg), "127.0.0.1", port, false);
     let agent = InProcessAgent::start(&cg, "500ms");
     let native = Prometheus::start(&[agent.metrics], true);
     let classic = Prometheus::start(&[agent.metrics], false);
