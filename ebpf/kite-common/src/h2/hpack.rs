@@ -212,6 +212,11 @@ pub struct CacheEntry {
     /// The previous insertion of the same field (valid with `has_prev`): an encoder inserts a
     /// field again once its old entry was evicted, and either number names the same value.
     pub prev: u32,
+    /// [`HpackDir::cum_lo`] before its insertion: the insertions from it on take at least
+    /// `cum_lo - cum_at` bytes, so beyond the table size it is surely evicted.
+    pub cum_at: u32,
+    /// The same for `prev`.
+    pub prev_cum: u32,
     /// Bounds of its name's decoded length.
     pub name_lo: u16,
     /// Upper bound.
@@ -236,6 +241,13 @@ pub struct HpackDir {
     pub max_name: u32,
     /// Uncached insertions numbered below this may have mattered.
     pub lost_below: u32,
+    /// Sum of the lower bounds of every insertion's size (wrapping): what the table must at
+    /// least hold of the insertions since any point.
+    pub cum_lo: u32,
+    /// Whether each of the last 128 insertions mattered (bit `n & 127`). An entry takes at
+    /// least 32 bytes, so a 4 KiB table holds at most 128: any reference an encoder can make
+    /// into such a table is classified exactly (irrelevant, cached, or mattered and unknown).
+    pub mattered: [u64; 2],
     /// Integer being read.
     pub int_val: u32,
     /// String bytes left.
@@ -621,7 +633,11 @@ impl HpackDir {
         } else if self.s_target != T_SKIP {
             (self.s_n as u32, self.s_n as u32)
         } else {
-            ((self.str_len >> 2).saturating_sub(1), self.str_len * 2)
+            // Each symbol takes 5 to 30 bits, the padding under 8.
+            (
+                (self.str_len * 8).saturating_sub(7) / 30,
+                self.str_len * 8 / 5,
+            )
         }
     }
 
@@ -774,6 +790,15 @@ impl HpackDir {
         }
         let n = self.ins;
         self.ins = n.wrapping_add(1);
+        let cum_at = self.cum_lo;
+        self.cum_lo = cum_at.wrapping_add(lo);
+        let w = super::masked((n >> 6) as usize, 1);
+        let bit = 1u64 << (n & 63);
+        if kind == NK_NONE {
+            self.mattered[w] &= !bit;
+        } else {
+            self.mattered[w] |= bit;
+        }
         if kind == NK_NONE {
             return;
         }
@@ -787,12 +812,15 @@ impl HpackDir {
         while i < CACHE {
             let e = &mut self.cache[i];
             if e.kind == kind && e.val == val {
-                if e.has_prev != 0 && e.prev.wrapping_add(1) > self.lost_below {
+                let prev_dead = self.cum_lo.wrapping_sub(e.prev_cum) > self.max_size;
+                if e.has_prev != 0 && !prev_dead && e.prev.wrapping_add(1) > self.lost_below {
                     self.lost_below = e.prev.wrapping_add(1);
                 }
                 e.prev = e.ins;
+                e.prev_cum = e.cum_at;
                 e.has_prev = 1;
                 e.ins = n;
+                e.cum_at = cum_at;
                 e.last = n;
                 return;
             }
@@ -804,7 +832,7 @@ impl HpackDir {
         let mut i = 0;
         while i < CACHE {
             let e = &self.cache[i];
-            let age = if e.kind == NK_NONE {
+            let age = if e.kind == NK_NONE || self.dead(e.cum_at) {
                 0
             } else {
                 e.last.saturating_add(1)
@@ -818,7 +846,7 @@ impl HpackDir {
         }
         let victim = super::masked(vget(&self.tmp_b) as usize, CACHE - 1);
         let old = self.cache[victim];
-        if old.kind != NK_NONE {
+        if old.kind != NK_NONE && !self.dead(old.cum_at) {
             sink.stat(H2Stat::CacheEvictions);
             if old.ins.wrapping_add(1) > self.lost_below {
                 self.lost_below = old.ins.wrapping_add(1);
@@ -830,11 +858,35 @@ impl HpackDir {
             last: n,
             name_lo: clamp16(self.name_lo),
             name_hi: clamp16(name_hi),
+            cum_at,
+            prev_cum: 0,
             prev: 0,
             kind,
             has_prev: 0,
             _pad: [0; 2],
         };
+    }
+
+    /// Whether the insertion whose [`CacheEntry::cum_at`] is `cum_at` is surely evicted by now
+    /// (what followed it takes more than the table). Checked where it pays — choosing a cache
+    /// victim, dropping an alias — not swept: a 16-entry sweep at every insertion more than
+    /// doubled the verifier's work. (An entry evicted by a table shrunk and grown again is not
+    /// seen as evicted: conservative.)
+    #[inline(always)]
+    fn dead(&self, cum_at: u32) -> bool {
+        self.cum_lo.wrapping_sub(cum_at) > self.max_size
+    }
+
+    /// Whether uncached insertion `n` may have been one that matters: exact for the last 128
+    /// insertions, `lost_below` for older ones (only a table over 4 KiB can still hold them).
+    #[inline(always)]
+    fn maybe_mattered(&self, n: u32) -> bool {
+        if self.ins.wrapping_sub(n) <= 128 {
+            let w = super::masked((n >> 6) as usize, 1);
+            (self.mattered[w] >> (n & 63)) & 1 != 0
+        } else {
+            n < self.lost_below
+        }
     }
 
     /// The insertion a dynamic index names: `Some(insertion number)`, or `None` (unknowable).
@@ -893,7 +945,7 @@ impl HpackDir {
                             let e = self.cache[i & (CACHE - 1)];
                             (e.kind, e.val)
                         }
-                        None if n < self.lost_below => (NK_UNKNOWN, 0),
+                        None if self.maybe_mattered(n) => (NK_UNKNOWN, 0),
                         None => (NK_NONE, 0),
                     },
                 };
@@ -928,7 +980,7 @@ impl HpackDir {
                     self.name_hi = e.name_hi as u32;
                     e.kind
                 }
-                None if n < self.lost_below => NK_UNKNOWN,
+                None if self.maybe_mattered(n) => NK_UNKNOWN,
                 None => NK_NONE,
             },
         };
