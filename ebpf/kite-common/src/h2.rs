@@ -831,7 +831,11 @@ impl H2Conn {
             return;
         }
         let Some(i) = found else {
-            sink.stat(H2Stat::OrphanResponses);
+            // Server-pushed streams (even ids) have no request: not measured (their
+            // PUSH_PROMISE blocks were still counted for HPACK).
+            if sid & 1 == 1 {
+                sink.stat(H2Stat::OrphanResponses);
+            }
             return;
         };
         let s = &mut self.slots[i & (H2_STREAMS - 1)];

@@ -5,6 +5,10 @@
 //! records is compared with what the client and server themselves saw: each stream's id,
 //! method, `:status`, `grpc-status`, path, how it ended, and its latency between the
 //! server's and the client's own clocks.
+//!
+//! A second real encoder (`httlib-hpack`, below) covers what h2's does not do: indexed
+//! `:path`, plain strings, table size updates, CONTINUATION. A lossy, reordering link replays
+//! the h2 conversations as the HTTP/1 tests' simulator does.
 
 use std::{
     boxed::Box,
