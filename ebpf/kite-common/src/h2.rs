@@ -378,6 +378,33 @@ impl H2Conn {
         s.flags = SL_USED | SL_REQ_END;
     }
 
+    /// Starts following a connection Kite joined midway (an agent restarted under a
+    /// connection pool): `req_seq` and `resp_seq` must be frame starts (found, in the kernel,
+    /// by recognising a frame header's shape; not done yet). Each direction's HPACK count is
+    /// unknowable, so dynamic references are unknown; static entries and literals are exact;
+    /// responses to requests sent before the join are orphans.
+    #[allow(clippy::too_many_arguments)]
+    pub fn init_joined(
+        &mut self,
+        role: u8,
+        cgroup_id: u64,
+        addr: [u8; 16],
+        port: u16,
+        req_seq: u32,
+        resp_seq: u32,
+    ) {
+        self.role = role;
+        self.cgroup_id = cgroup_id;
+        self.addr = addr;
+        self.port = port;
+        self.hp_init();
+        self.rx.hp.desync = 1;
+        self.tx.hp.desync = 1;
+        let server = role == H2_SERVER;
+        self.start_at(server, req_seq);
+        self.start_at(!server, resp_seq);
+    }
+
     /// The direction's next byte is at `seq` (the kernel knows it from `rcv_nxt` / `snd_una`
     /// when a connection's first segment seen is not its first byte): what arrives beyond it
     /// waits for it.

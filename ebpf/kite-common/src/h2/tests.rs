@@ -1676,3 +1676,111 @@ fn another_encoder_over_thousands_of_streams_resolves_dynamic_paths() {
     );
     assert!(paths_unknown < server.sink.done.len() / 2);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A connection joined midway.
+
+/// Offsets of the frame starts of a direction's bytes (after the preface for the client's).
+fn frame_starts(bytes: &[u8], preface: bool) -> Vec<usize> {
+    let mut v = Vec::new();
+    let mut at = if preface { PREFACE.len() } else { 0 };
+    while at + 9 <= bytes.len() {
+        v.push(at);
+        let len =
+            ((bytes[at] as usize) << 16) | ((bytes[at + 1] as usize) << 8) | bytes[at + 2] as usize;
+        at += 9 + len;
+    }
+    v
+}
+
+#[test]
+fn a_connection_joined_midway_is_counted_and_never_wrong() {
+    let calls = long_lived(400, 3);
+    let conv = converse(&calls, 8);
+    let (mut c2s, mut s2c) = (Vec::new(), Vec::new());
+    let mut when = (Vec::new(), Vec::new());
+    for ch in &conv.chunks {
+        let (buf, at) = if ch.c2s {
+            (&mut c2s, &mut when.0)
+        } else {
+            (&mut s2c, &mut when.1)
+        };
+        at.extend(std::iter::repeat_n(ch.t, ch.bytes.len()));
+        buf.extend_from_slice(&ch.bytes);
+    }
+    for join in [1usize, 4, 9] {
+        // Join both directions at their first frame start after a tenth of the conversation.
+        let t_join = conv.chunks[conv.chunks.len() * join / 10].t;
+        let pick = |bytes: &[u8], at: &[u64], preface: bool| {
+            *frame_starts(bytes, preface)
+                .iter()
+                .find(|&&o| at[o] >= t_join)
+                .unwrap()
+        };
+        let (rq, rs) = (pick(&c2s, &when.0, true), pick(&s2c, &when.1, false));
+        let mut sides = [Side::new(H2_SERVER), Side::new(H2_CLIENT)];
+        for (k, side) in sides.iter_mut().enumerate() {
+            let role = if k == 0 { H2_SERVER } else { H2_CLIENT };
+            *side.conn = H2Conn::ZERO;
+            side.conn.init_joined(
+                role,
+                1,
+                [0; 16],
+                80,
+                C2S_ISN.wrapping_add(rq as u32),
+                S2C_ISN.wrapping_add(rs as u32),
+            );
+        }
+        let (mut pos_c, mut pos_s) = (0usize, 0usize);
+        for ch in &conv.chunks {
+            let pos = if ch.c2s { &mut pos_c } else { &mut pos_s };
+            let (from, to) = (*pos, *pos + ch.bytes.len());
+            *pos = to;
+            let skip = if ch.c2s { rq } else { rs };
+            if to <= skip {
+                continue;
+            }
+            let off = skip.saturating_sub(from);
+            let seq = if ch.c2s { C2S_ISN } else { S2C_ISN }.wrapping_add((from + off) as u32);
+            sides[0].segment(ch.c2s, seq, &ch.bytes[off..], ch.t);
+            sides[1].segment(!ch.c2s, seq, &ch.bytes[off..], ch.t);
+        }
+        for side in &mut sides {
+            side.conn.release(u64::MAX / 2, &mut side.sink);
+            let mut unknown = 0;
+            for d in &side.sink.done {
+                let t = &conv.truth[&d.stream_id];
+                let c = &calls[t.call];
+                let ctx = format!("join {join}: {c:?} recorded {d:?}");
+                assert!(
+                    d.method == method_u8(c.method) || d.method == METHOD_UNKNOWN,
+                    "{ctx}"
+                );
+                assert!(d.status == c.status || d.status == STATUS_UNKNOWN, "{ctx}");
+                let path = hpack::path_id(c.path.as_bytes());
+                assert!(d.path_id == path || d.path_id == PATH_UNKNOWN, "{ctx}");
+                let grpc = if c.grpc { GRPC_YES } else { GRPC_NO };
+                assert!(d.grpc == grpc || d.grpc == GRPC_UNKNOWN, "{ctx}");
+                if d.end == END_STREAM {
+                    let gs = t.grpc_status.unwrap_or(GRPC_STATUS_NONE);
+                    assert!(
+                        d.grpc_status == gs || d.grpc_status == GRPC_STATUS_UNKNOWN,
+                        "{ctx}"
+                    );
+                    unknown += (d.grpc_status != gs) as usize;
+                }
+                unknown += (d.status != c.status) as usize + (d.path_id != path) as usize;
+            }
+            // Streams whose request came after the join are recorded; responses to earlier
+            // ones are counted as orphans.
+            assert!(!side.sink.done.is_empty(), "{join}: {:?}", side.sink.stats);
+            std::eprintln!(
+                "joined at {join}/10: {} recorded, {} orphan responses, {} unknown fields, {} unknown references",
+                side.sink.done.len(),
+                side.sink.stat(H2Stat::OrphanResponses),
+                unknown,
+                side.sink.stat(H2Stat::UnknownRefs),
+            );
+        }
+    }
+}
