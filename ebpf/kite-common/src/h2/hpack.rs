@@ -14,8 +14,9 @@
 //!   mattered from that one on is still cached (`lost_below`); otherwise the field is unknown;
 //! * an entry larger than the table is not inserted (RFC 7541 §4.4). Entry sizes are decoded
 //!   lengths, which Kite bounds instead of decoding skipped strings (a Huffman string of `L`
-//!   bytes holds `L/4 - 1` to `2L` symbols); when the bounds straddle the table size the count
-//!   is unknowable from then on (`desync`), as after a header block with bytes never seen.
+//!   bytes holds `(8L - 7) / 30` to `8L / 5` symbols); when the bounds straddle the table size
+//!   the count of what came before is unknowable (`desync`), as after a header block with bytes
+//!   never seen: the newest entries, inserted since, still resolve (`floor`).
 
 use super::huffman::Bits;
 use super::{
@@ -241,6 +242,11 @@ pub struct HpackDir {
     pub max_name: u32,
     /// Uncached insertions numbered below this may have mattered.
     pub lost_below: u32,
+    /// Insertions numbered from here on are placed exactly (with `desync`): after Kite lost
+    /// count (a damaged block, an ambiguous size, a connection joined midway) the newest
+    /// `ins - floor` entries are still the ones it saw, so references to them resolve and
+    /// only older ones are unknown — the count heals as the encoder inserts.
+    pub floor: u32,
     /// Sum of the lower bounds of every insertion's size (wrapping): what the table must at
     /// least hold of the insertions since any point.
     pub cum_lo: u32,
@@ -376,12 +382,11 @@ impl HpackDir {
         self.max_size = DEFAULT_TABLE_SIZE;
     }
 
-    /// The count became unknowable.
+    /// The count of the insertions so far became unknowable.
     pub(crate) fn desync<S: H2Sink>(&mut self, sink: &mut S) {
-        if self.desync == 0 {
-            self.desync = 1;
-            sink.stat(H2Stat::HpackDesync);
-        }
+        self.desync = 1;
+        self.floor = self.ins;
+        sink.stat(H2Stat::HpackDesync);
     }
 
     /// The rest of the block cannot be parsed.
@@ -766,9 +771,6 @@ impl HpackDir {
         name_hi: u32,
         sink: &mut S,
     ) {
-        if self.desync != 0 {
-            return;
-        }
         if lo > self.max_size {
             // Larger than the table: it empties the table and is not inserted (§4.4). Nothing
             // inserted so far can be referenced again.
@@ -893,15 +895,14 @@ impl HpackDir {
     #[inline(always)]
     fn dynamic<S: H2Sink>(&mut self, idx: u32, sink: &mut S) -> Option<u32> {
         let k = idx - 62;
-        if self.desync != 0 {
-            return None;
+        if k < self.ins.wrapping_sub(self.floor) {
+            return Some(self.ins - 1 - k);
         }
-        if k >= self.ins {
+        if self.desync == 0 {
             // No such entry: Kite's count is wrong somewhere.
             self.desync(sink);
-            return None;
         }
-        Some(self.ins - 1 - k)
+        None
     }
 
     /// The cached entry of insertion `n`.
