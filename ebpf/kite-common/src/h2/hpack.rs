@@ -26,7 +26,7 @@ use super::{
 use crate::maps::Method;
 
 /// Cached insertions per direction.
-pub const CACHE: usize = 16;
+pub const CACHE: usize = 32;
 /// The table size every encoder starts with (SETTINGS_HEADER_TABLE_SIZE's initial value).
 pub const DEFAULT_TABLE_SIZE: u32 = 4096;
 

@@ -165,13 +165,13 @@ fn state_size_is_stated() {
         core::mem::size_of::<Slot>(),
         core::mem::size_of::<H2Conn>()
     );
-    assert_eq!(core::mem::size_of::<hpack::HpackDir>(), 624);
-    assert_eq!(core::mem::size_of::<H2Dir>(), 704);
+    assert_eq!(core::mem::size_of::<hpack::HpackDir>(), 1_136);
+    assert_eq!(core::mem::size_of::<H2Dir>(), 1_216);
     assert_eq!(core::mem::size_of::<Slot>(), 40);
-    assert_eq!(core::mem::size_of::<H2Conn>(), 6_560);
+    assert_eq!(core::mem::size_of::<H2Conn>(), 7_584);
     assert_eq!(
         core::mem::size_of::<H2Conn>(),
-        8 + 2 * 704 + H2_STREAMS * 40 + 24
+        8 + 2 * 1_216 + H2_STREAMS * 40 + 24
     );
 }
 
