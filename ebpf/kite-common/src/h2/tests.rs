@@ -261,6 +261,9 @@ struct Call {
     resp_body: usize,
     /// Metadata headers on request and response (they fill and churn the dynamic table).
     meta: Vec<(String, String)>,
+    /// The server pushes a resource before answering (PUSH_PROMISE: its header block goes
+    /// through the response direction's table; the pushed stream is not measured).
+    push: bool,
 }
 
 /// What the client and server saw of one stream.
@@ -393,6 +396,23 @@ async fn handle(
         }
     }
     let resp = resp.body(()).unwrap();
+    if c.push {
+        let req = http::Request::builder()
+            .uri(format!("http://kite.test/static/{}.css", c.path.len()))
+            .header("x-pushed-by", "kite-test")
+            .body(())
+            .unwrap();
+        if let Ok(mut pushed) = respond.push_request(req) {
+            let r = http::Response::builder()
+                .status(200)
+                .header("content-type", "text/css")
+                .body(())
+                .unwrap();
+            if let Ok(mut s) = pushed.send_response(r, false) {
+                let _ = s.send_data(Bytes::from_static(b"body{}"), true);
+            }
+        }
+    }
     let ends = (c.grpc && c.trailers_only) || (!c.grpc && c.resp_body == 0);
     let send = clock.tick();
     truth.lock().unwrap().insert(sid, (recv, send));
@@ -429,7 +449,11 @@ async fn client(
     truth: Arc<Mutex<BTreeMap<u32, Truth>>>,
     concurrency: usize,
 ) {
-    let (send, conn) = h2::client::handshake(io).await.unwrap();
+    let (send, conn) = h2::client::Builder::new()
+        .enable_push(true)
+        .handshake::<_, Bytes>(io)
+        .await
+        .unwrap();
     let driver = tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -708,6 +732,7 @@ fn call() -> impl Strategy<Value = Call> {
                         req_body,
                         resp_body,
                         meta,
+                        push: false,
                     }
                 } else {
                     Call {
@@ -721,6 +746,7 @@ fn call() -> impl Strategy<Value = Call> {
                         req_body: if m == 0 { 0 } else { req_body },
                         resp_body: if STATUSES[st] == 204 { 0 } else { resp_body },
                         meta,
+                        push: v % 5 == 0,
                     }
                 }
             },
@@ -771,6 +797,7 @@ fn frame_headers_split_at_every_byte() {
             req_body: 5,
             resp_body: 7,
             meta: vec![],
+            push: i == 2,
         })
         .collect();
     let conv = converse(&calls, 3);
@@ -931,6 +958,7 @@ fn long_lived(n: usize, seed: u64) -> Vec<Call> {
                 req_body: if i % 3 == 0 { 0 } else { r.below(200) as usize },
                 resp_body: r.below(300) as usize,
                 meta,
+                push: !grpc && r.below(10) == 0,
             }
         })
         .map(|mut c| {
@@ -951,6 +979,18 @@ fn thousands_of_calls_through_filling_and_evicting_tables_stay_exact() {
     let (server, client) = replay(&conv, Cuts { seed: 7, max: 700 });
     check(&server, &conv, &calls).unwrap();
     check(&client, &conv, &calls).unwrap();
+    // The server did push (PUSH_PROMISE blocks count in the response direction's table).
+    let s2c: Vec<u8> = conv
+        .chunks
+        .iter()
+        .filter(|c| !c.c2s)
+        .flat_map(|c| c.bytes.iter().copied())
+        .collect();
+    let pushes = frame_starts(&s2c, false)
+        .iter()
+        .filter(|&&o| s2c[o + 3] == FT_PUSH_PROMISE)
+        .count();
+    assert!(pushes > 50, "{pushes} pushes");
     // The tables did churn: far more insertions than a 4 KiB table holds.
     for side in [&server, &client] {
         for d in [&side.conn.rx, &side.conn.tx] {
