@@ -1824,3 +1824,48 @@ fn a_connection_joined_midway_is_counted_and_never_wrong() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Whatever the bytes: no panic (user-space builds check overflow and bounds), bounded steps.
+
+/// Bytes that look like frames often enough to reach deep states.
+fn frameish() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(
+        (
+            0u8..12,
+            any::<u8>(),
+            0u32..8,
+            proptest::collection::vec(any::<u8>(), 0..80),
+        )
+            .prop_map(|(ftype, flags, sid, payload)| frame(ftype, flags, sid, &payload)),
+        0..20,
+    )
+    .prop_map(|frames| frames.concat())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn arbitrary_bytes_never_panic_or_overrun(
+        c2s in prop_oneof![frameish(), proptest::collection::vec(any::<u8>(), 0..600)],
+        s2c in prop_oneof![frameish(), proptest::collection::vec(any::<u8>(), 0..600)],
+        preface in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let mut rq = if preface { PREFACE.to_vec() } else { Vec::new() };
+        rq.extend(c2s);
+        let conv = Conversation {
+            chunks: vec![
+                Chunk { c2s: true, t: 10, bytes: rq },
+                Chunk { c2s: false, t: 20, bytes: s2c },
+            ],
+            truth: BTreeMap::new(),
+        };
+        for max in [0usize, 1, 7, 100] {
+            let (server, client) = replay(&conv, Cuts { seed, max });
+            prop_assert!(server.steps_max < H2_MAX_STEPS && client.steps_max < H2_MAX_STEPS);
+        }
+        let (_s, _c) = replay_lossy(&conv, Net { seed, loss: 10, reorder: 20, dup: 5 });
+    }
+}
