@@ -751,6 +751,15 @@ mod tests {
     }
 
     #[test]
+    fn minimal_response_case_records_one_get_200() {
+        let (conn, r) = play(Case::ResponseMinimal);
+        assert_eq!(conn.unwrap().waiting(), 0);
+        assert_eq!(r.done.len(), 1);
+        assert_eq!(r.done[0].status, 200);
+        assert_eq!(r.stats[Stat::SyncLost as usize], 0);
+    }
+
+    #[test]
     fn body_case_records_nothing_and_stays_in_the_body() {
         let c = canned(0);
         let (conn, r) = play(Case::Body);
