@@ -451,5 +451,112 @@ pub fn run(o: &Opts) -> String {
             &rows,
         );
     }
+    md += &bulk(o, &cg);
+    md
+}
+
+/// Accepts connections forever; each is read to its end, then answered with its byte count.
+const SINK: &str = "import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(sys.argv[1])))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    n = 0
+    while True:
+        b = c.recv(1 << 20)
+        if not b:
+            break
+        n += len(b)
+    c.sendall(str(n).encode())
+    c.close()
+";
+
+/// Bytes of one bulk transfer.
+const BULK: usize = 64 << 20;
+
+/// A non-HTTP bulk transfer into the measured cgroup (a sink in nginx's cgroup; the stream
+/// starts like TLS): Kite's ns per program run against the empty program's.
+fn bulk(o: &Opts, cg: &TestCgroup) -> String {
+    let port = free_port();
+    let p = port.to_string();
+    let _sink = spawn(Place::in_cgroup(cg), &["python3", "-c", SINK, &p]);
+    wait_for_port(&format!("127.0.0.1:{port}"), None);
+    let transfer = || {
+        use std::io::{Read as _, Write as _};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut chunk = vec![0x5a_u8; 64 << 10];
+        chunk[..3].copy_from_slice(&[0x16, 0x03, 0x01]);
+        for _ in 0..BULK / chunk.len() {
+            c.write_all(&chunk).unwrap();
+        }
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
+        assert_eq!(reply, BULK.to_string(), "the sink got every byte");
+    };
+    let modes = [Mode::Empty, Mode::Kite];
+    let mut per_run: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut runs: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    for round in 0..o.rounds {
+        for k in 0..modes.len() {
+            let mode = modes[(k + round) % modes.len()];
+            let (mut empty, mut loader, mut ours) = (None, None, Default::default());
+            if mode == Mode::Empty {
+                empty = Some(EmptyProgram::attach(&cg.cgroup).expect("empty program"));
+            } else {
+                let before = kite_programs();
+                loader = Some(Loader::start(Some(&cg.cgroup.path)));
+                ours = kite_programs().difference(&before).copied().collect();
+            }
+            let stats = |empty: &Option<EmptyProgram>| match empty {
+                Some(e) => {
+                    let s = e.stats();
+                    (s.run_time, s.run_count)
+                }
+                None => bpf_stats(&ours),
+            };
+            let (t0, n0) = stats(&empty);
+            transfer();
+            let (t1, n1) = stats(&empty);
+            let n = (n1 - n0).max(1) as f64;
+            per_run
+                .entry(mode)
+                .or_default()
+                .push((t1 - t0).as_nanos() as f64 / n);
+            runs.entry(mode)
+                .or_default()
+                .push(n / (BULK as f64 / f64::from(1 << 20)));
+            drop(loader);
+            drop(empty);
+        }
+    }
+    let empty = median(&mut per_run[&Mode::Empty].clone());
+    let rows: Vec<Vec<String>> = modes
+        .iter()
+        .map(|m| {
+            let ns = median(&mut per_run[m].clone());
+            vec![
+                m.name().to_string(),
+                format!("{ns:.0}"),
+                format!("{:.2}×", ns / empty),
+                format!("{:.0}", median(&mut runs[m].clone())),
+            ]
+        })
+        .collect();
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "### A non-HTTP connection (bulk transfer)\n\n\
+         One connection a round carrying {} MiB in 64 KiB writes into a sink in nginx's cgroup \
+         (the stream starts like a TLS record, so Kite judges it not HTTP at its first byte); \
+         {} rounds alternating; ns per program run (data segments and the sink's ACKs), \
+         medians.\n",
+        BULK >> 20,
+        o.rounds
+    );
+    md += &report::table(&["mode", "ns/run", "× empty", "program runs/MiB"], &rows);
     md
 }
