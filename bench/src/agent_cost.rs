@@ -445,17 +445,20 @@ pub fn worst_case_section() -> String {
     let _ = writeln!(
         md,
         "\n### Worst-case memory\n\n\
-         Whatever clients do, `kite-agent` holds at most `BASE + E × (STATE + EXPOSITION × (S + 1) \
-         + SNAPSHOT × 2W) + 2C × CONN + 1024 × ENROLL` bytes: E `--max-endpoints`, S \
-         `--max-scrapes` (expositions alive, plus one being encoded), W `--max-watch-streams` \
-         (a snapshot being built and one in the HTTP/2 buffer each), C `--max-connections` per \
-         TCP listener; BASE {} MiB, STATE {} KiB, EXPOSITION {} KiB (6.6 KB measured), SNAPSHOT \
-         {} KiB (0.2 KB encoded measured with sparse histograms), CONN {} KiB, ENROLL {} KiB \
-         (`kite_agent::daemon::sizes`). The DaemonSet's limit is checked against it \
-         (`webhook/tests/manifests.rs`).\n",
+         Whatever clients do, `kite-agent` holds at most `BASE + E × (STATE + ENCODING + \
+         SNAPSHOT × 2W) + EXPOSITION × (min(E, M) + 2) × (S + 3) + 2C × CONN + 1024 × ENROLL` \
+         bytes: E `--max-endpoints`, M `--max-series` (plus an overflow series per family), S \
+         `--max-scrapes` (expositions alive, plus one per format when none of it is cached), \
+         W `--max-watch-streams` (a snapshot being built and one in the HTTP/2 buffer each), C \
+         `--max-connections` per TCP listener; BASE {} MiB, STATE {} KiB, ENCODING {} KiB, \
+         EXPOSITION {} KiB per label set (5.8 KB measured with a cgroup label, 10.2 KB with \
+         Kubernetes names), SNAPSHOT {} KiB (0.2 KB encoded measured with sparse histograms), \
+         CONN {} KiB, ENROLL {} KiB (`kite_agent::daemon::sizes`). The DaemonSet's limit is \
+         checked against it (`webhook/tests/manifests.rs`).\n",
         sizes::BASE >> 20,
         sizes::STATE_PER_ENDPOINT >> 10,
-        sizes::EXPOSITION_PER_ENDPOINT >> 10,
+        sizes::ENCODING_PER_ENDPOINT >> 10,
+        sizes::EXPOSITION_PER_SERIES >> 10,
         sizes::SNAPSHOT_PER_ENDPOINT >> 10,
         sizes::PER_CONNECTION >> 10,
         sizes::PER_ENROLLMENT >> 10,

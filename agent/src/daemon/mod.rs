@@ -177,9 +177,12 @@ pub mod sizes {
     pub const BASE: u64 = 16 << 20;
     /// State of one kernel endpoint entry (totals, last interval, 60-point history, paths).
     pub const STATE_PER_ENDPOINT: u64 = 3 * 1024;
-    /// `/metrics` text of one endpoint entry (a histogram of 24 buckets plus byte counters,
-    /// 6.6 KB measured).
-    pub const EXPOSITION_PER_ENDPOINT: u64 = 7 * 1024;
+    /// `/metrics` text of one exported label set (a histogram of 21 buckets plus byte
+    /// counters: 5.8 KB measured with a cgroup label, 10.2 KB with typical Kubernetes names).
+    pub const EXPOSITION_PER_SERIES: u64 = 11 * 1024;
+    /// The label sets and aggregates built for one endpoint entry while an exposition is
+    /// encoded (one encoding at a time), before the series cap folds them.
+    pub const ENCODING_PER_ENDPOINT: u64 = 2 * 1024;
     /// One endpoint in one Watch snapshot with histograms and history (0.2 KB encoded
     /// measured with sparse histograms; the in-memory message is a few times that).
     pub const SNAPSHOT_PER_ENDPOINT: u64 = 1024;
@@ -195,21 +198,26 @@ impl Config {
     /// The most memory this configuration can take whatever clients do, bytes:
     ///
     /// ```text
-    /// BASE + E × (STATE + EXPOSITION × (S + 1) + SNAPSHOT × 2W) + 2C × PER_CONNECTION
-    ///      + 1024 × PER_ENROLLMENT
+    /// BASE + E × (STATE + ENCODING + SNAPSHOT × 2W) + EXPOSITION × (min(E, M) + 2) × (S + 3)
+    ///      + 2C × PER_CONNECTION + 1024 × PER_ENROLLMENT
     /// ```
     ///
-    /// E `--max-endpoints` plus the overflow endpoints' map (`DEFAULT_MAX_OVERFLOW`), S `--max-scrapes` (expositions alive, plus the one being
-    /// encoded), W `--max-watch-streams` (each holds one snapshot being built and one in its
+    /// E `--max-endpoints` plus the overflow endpoints' map (`DEFAULT_MAX_OVERFLOW`), M
+    /// `--max-series` (label sets exported, plus an overflow series per family), S
+    /// `--max-scrapes` (expositions alive, plus one per format of the three when none of it is
+    /// cached), W `--max-watch-streams` (each holds one snapshot being built and one in its
     /// HTTP/2 buffer), C `--max-connections` (gRPC and Prometheus each). The DaemonSet's memory
     /// limit is checked against it (webhook/tests/manifests.rs).
     pub fn worst_case_memory(&self) -> u64 {
         use sizes::*;
         let e = self.max_endpoints as u64 + kite_common::maps::DEFAULT_MAX_OVERFLOW as u64;
         let per_endpoint = STATE_PER_ENDPOINT
-            + EXPOSITION_PER_ENDPOINT * (self.max_scrapes as u64 + 1)
+            + ENCODING_PER_ENDPOINT
             + SNAPSHOT_PER_ENDPOINT * 2 * self.max_watch_streams as u64;
+        let series = e.min(self.max_series as u64) + 2;
+        let expositions = self.max_scrapes as u64 + 3;
         BASE + e * per_endpoint
+            + EXPOSITION_PER_SERIES * series * expositions
             + 2 * self.max_connections as u64 * PER_CONNECTION
             + ENROLLMENTS * PER_ENROLLMENT
     }

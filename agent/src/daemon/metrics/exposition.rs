@@ -101,7 +101,7 @@ pub fn render_sized(
 /// `/metrics` answers, bounded whatever scrapers do.
 ///
 /// The exposition is encoded at most once per poll (and format) and the same bytes go to every
-/// scraper of that poll. At most `max_alive` expositions exist at once: one still being read
+/// scraper of that poll. At most `max_alive` expositions (plus one per format) exist at once: one still being read
 /// by a slow scraper counts until it is done, and each answer must be read within a send
 /// deadline. When a new poll's exposition would exceed that, scrapers get the newest one
 /// already encoded (a poll older, counted as `stale`) instead of a new copy.
@@ -115,15 +115,26 @@ pub struct Exposition {
 
 #[derive(Default)]
 struct Cache {
-    newest: Option<Cached>,
+    /// The newest exposition of each format (by [`Format::slot`]).
+    newest: [Option<Cached>; 3],
     /// Every exposition handed out and maybe still being sent.
     alive: Vec<Weak<Body>>,
 }
 
 struct Cached {
     generation: u64,
-    format: Format,
     body: Arc<Body>,
+}
+
+impl Format {
+    /// Its place in the cache.
+    fn slot(self) -> usize {
+        match self {
+            Format::Prometheus => 0,
+            Format::OpenMetrics => 1,
+            Format::Protobuf => 2,
+        }
+    }
 }
 
 /// An encoded exposition, shared by its readers.
@@ -165,31 +176,34 @@ impl Exposition {
             (st.generation, st.guards.clone())
         };
         let mut cache = self.cache.lock().await;
-        if let Some(c) = cache.newest.as_ref()
+        let slot = format.slot();
+        if let Some(c) = cache.newest[slot].as_ref()
             && c.generation == generation
-            && c.format == format
         {
             Guards::inc(&guards.scrape_shared);
-            return Ok((c.format, c.body.clone()));
+            return Ok((format, c.body.clone()));
         }
-        let hint = cache
-            .newest
+        let hint = cache.newest[slot]
             .as_ref()
             .map_or(0, |c| c.body.0.len() + c.body.0.len() / 16);
-        // The cache's own reference does not count: it is dropped before encoding.
-        cache.newest = cache
-            .newest
-            .take()
-            .filter(|c| Arc::strong_count(&c.body) > 1);
+        // The cache's own references to older polls do not count: dropped before encoding
+        // unless a scraper still reads them.
+        for c in &mut cache.newest {
+            *c = c
+                .take()
+                .filter(|c| c.generation == generation || Arc::strong_count(&c.body) > 1);
+        }
         cache.alive.retain(|w| w.strong_count() > 0);
         if cache.alive.len() >= self.max_alive
-            && let Some(c) = cache.newest.as_ref()
+            && let Some(c) = cache.newest[slot].as_ref()
         {
-            // Slow readers still hold the previous expositions: no new copy.
+            // Slow readers still hold the previous expositions: no new copy. Only ever one of
+            // the format asked for; with none of it, one more is encoded (so at most
+            // `max_alive` plus one per format exist).
             Guards::inc(&guards.scrape_stale);
-            return Ok((c.format, c.body.clone()));
+            return Ok((format, c.body.clone()));
         }
-        cache.newest = None;
+        cache.newest[slot] = None;
         cache.alive.retain(|w| w.strong_count() > 0);
         let text = render_sized(&self.registry, format, hint)?;
         Guards::inc(&guards.scrape_encoded);
@@ -204,9 +218,8 @@ impl Exposition {
         }
         let body = Arc::new(Body(text));
         cache.alive.push(Arc::downgrade(&body));
-        cache.newest = Some(Cached {
+        cache.newest[slot] = Some(Cached {
             generation,
-            format,
             body: body.clone(),
         });
         Ok((format, body))
@@ -270,6 +283,56 @@ impl Exposition {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{daemon::state::State, ebpf::Options};
+
+    fn exposition(max_alive: usize) -> (Shared, Exposition) {
+        let shared = Shared::new(State::new(
+            "node-1".into(),
+            Duration::from_secs(1),
+            4,
+            Options::default(),
+        ));
+        let e = Exposition::new(shared.clone(), max_alive, Duration::from_secs(1));
+        (shared, e)
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn every_scraper_gets_the_format_it_asked_for_even_when_slow_readers_hold_others() {
+        rt().block_on(async {
+            let (shared, e) = exposition(1);
+            // A slow protobuf reader holds the only exposition allowed.
+            let (f, held) = e.body(Format::Protobuf).await.unwrap();
+            assert_eq!(f, Format::Protobuf);
+            shared.write().generation += 1;
+            let (f, text) = e.body(Format::Prometheus).await.unwrap();
+            assert_eq!(f, Format::Prometheus);
+            assert!(std::str::from_utf8(&text.0).unwrap().contains("# TYPE"));
+            // Same poll, same format: the same bytes, both formats cached side by side.
+            let (_, again) = e.body(Format::Prometheus).await.unwrap();
+            assert!(Arc::ptr_eq(&text, &again));
+            // At the bound, a protobuf scraper gets the protobuf exposition still being read
+            // (a poll old), never the text one.
+            let (f, proto) = e.body(Format::Protobuf).await.unwrap();
+            assert_eq!(f, Format::Protobuf);
+            assert!(Arc::ptr_eq(&proto, &held));
+            let g = shared.read().guards.clone();
+            let load =
+                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!((load(&g.scrape_encoded), load(&g.scrape_stale)), (2, 1));
+            // Once read, the next poll is encoded anew.
+            drop((held, proto, again));
+            shared.write().generation += 1;
+            let (_, fresh) = e.body(Format::Protobuf).await.unwrap();
+            assert!(!fresh.0.is_empty());
+            assert_eq!(load(&g.scrape_encoded), 3);
+        });
+    }
 
     #[test]
     fn accept_picks_the_best_supported_format() {
