@@ -6,6 +6,11 @@
 //! Both decisions are sticky for as long as the label set exists, so no series flaps in and
 //! out between scrapes and every exported counter, the overflow series' included, only grows:
 //! what an overflowed label set had recorded stays in the overflow series after it goes away.
+//!
+//! The overflow series is accounted by the kernel series under the label sets (endpoint ×
+//! method × status × version: their totals run on whatever labels they get), not by label set:
+//! a folded endpoint whose labels change (a pod confirmed by the API, a cgroup path learnt)
+//! stays folded and is counted once, and one that goes away leaves its last totals behind.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -48,11 +53,12 @@ fn add(to: &mut Series, s: &Series) {
 #[derive(Debug, Default)]
 pub(super) struct Cap {
     admitted: HashSet<Key>,
-    /// Folded label sets with what they had recorded at the last scrape.
-    folded: HashMap<Key, Series>,
-    /// Per family: what folded label sets that went away had recorded.
+    folded: HashSet<Key>,
+    /// Per family: the last totals of every kernel series in a folded label set, by its id.
+    parts: [HashMap<u64, Series>; 2],
+    /// Per family: what kernel series no longer in a folded label set had recorded.
     retired: [Series; 2],
-    /// Per family: label sets folded so far.
+    /// Per family: label sets folded so far (a folded endpoint's renamed label set not again).
     folded_total: [u64; 2],
     /// `k8s_node_name`, when the series carry it (the overflow series does too).
     node: Option<(String, String)>,
@@ -72,7 +78,11 @@ pub(super) struct Folded {
 impl Cap {
     /// Keeps at most `max` label sets over both families of `by_family` and replaces the rest
     /// with one overflow series per family (present once anything was folded in it).
-    pub fn apply(&mut self, max: usize, by_family: &mut [BTreeMap<Labels, Agg>; 2]) -> [Folded; 2] {
+    pub fn apply(
+        &mut self,
+        max: usize,
+        by_family: &mut [BTreeMap<Labels, Agg<'_>>; 2],
+    ) -> [Folded; 2] {
         // Pods' series carry the node, a host cgroup's may not: any one that does.
         if self.node.is_none()
             && let Some(node) = by_family
@@ -85,14 +95,22 @@ impl Cap {
         let keys: [Vec<Key>; 2] = [0, 1].map(|f| by_family[f].keys().map(|l| key(f, l)).collect());
         let seen: HashSet<Key> = keys.iter().flatten().copied().collect();
         self.admitted.retain(|k| seen.contains(k));
-        for (k, s) in self.folded.extract_if(|k, _| !seen.contains(k)) {
-            add(&mut self.retired[k.0], &s);
-        }
-        // New label sets, the busiest first (ties in label order: deterministic).
+        self.folded.retain(|k| seen.contains(k));
+        // New label sets, the busiest first (ties in label order: deterministic). One holding a
+        // kernel series that was folded is that series renamed: folded again, not counted.
         let mut new: Vec<(u64, Key)> = Vec::new();
         for f in 0..2 {
             for ((_, agg), k) in by_family[f].iter().zip(&keys[f]) {
-                if !self.admitted.contains(k) && !self.folded.contains_key(k) {
+                if self.admitted.contains(k) || self.folded.contains(k) {
+                    continue;
+                }
+                if agg
+                    .parts
+                    .iter()
+                    .any(|(id, _)| self.parts[f].contains_key(id))
+                {
+                    self.folded.insert(*k);
+                } else {
                     new.push((agg.series.count, *k));
                 }
             }
@@ -102,36 +120,48 @@ impl Cap {
             if self.admitted.len() < max {
                 self.admitted.insert(k);
             } else {
-                self.folded.insert(k, Series::default());
+                self.folded.insert(k);
                 self.folded_total[k.0] += 1;
             }
         }
         let mut out: [Folded; 2] = Default::default();
         for f in 0..2 {
+            let mut parts = HashMap::new();
+            let mut now = 0;
+            let map = std::mem::take(&mut by_family[f]);
+            for ((labels, agg), k) in map.into_iter().zip(&keys[f]) {
+                if self.folded.contains(k) {
+                    parts.extend(agg.parts.iter().map(|(id, s)| (*id, (*s).clone())));
+                    now += 1;
+                } else {
+                    by_family[f].insert(labels, agg);
+                }
+            }
+            for (id, last) in &self.parts[f] {
+                if !parts.contains_key(id) {
+                    add(&mut self.retired[f], last);
+                }
+            }
+            self.parts[f] = parts;
             if self.folded_total[f] == 0 {
                 continue;
             }
             let mut overflow = self.retired[f].clone();
-            let mut now = 0;
-            let map = std::mem::take(&mut by_family[f]);
-            for ((labels, agg), k) in map.into_iter().zip(&keys[f]) {
-                match self.folded.get_mut(k) {
-                    Some(last) => {
-                        add(&mut overflow, &agg.series);
-                        *last = agg.series;
-                        now += 1;
-                    }
-                    None => {
-                        by_family[f].insert(labels, agg);
-                    }
-                }
+            for s in self.parts[f].values() {
+                add(&mut overflow, s);
             }
             out[f] = Folded {
                 total: self.folded_total[f],
                 now,
                 requests: overflow.count,
             };
-            by_family[f].insert(self.overflow_labels(), Agg { series: overflow });
+            by_family[f].insert(
+                self.overflow_labels(),
+                Agg {
+                    series: overflow,
+                    parts: Vec::new(),
+                },
+            );
         }
         out
     }
@@ -155,7 +185,7 @@ mod tests {
         ]
     }
 
-    fn agg(count: u64) -> Agg {
+    fn series(count: u64) -> Series {
         let mut series = Series {
             count,
             latency_sum_ns: count * 1_000_000,
@@ -166,13 +196,27 @@ mod tests {
         for _ in 0..count {
             series.hist.record(1_000_000);
         }
-        Agg { series }
+        series
     }
 
-    fn scrape(cap: &mut Cap, max: usize, server: &[(u16, u64)]) -> (Vec<u16>, u64, [Folded; 2]) {
+    /// A label set holding one kernel series.
+    fn agg(id: u64, s: &Series) -> Agg<'_> {
+        Agg {
+            series: s.clone(),
+            parts: vec![(id, s)],
+        }
+    }
+
+    /// A scrape of server label sets `(port label, kernel series id, requests)`.
+    fn scrape_parts(
+        cap: &mut Cap,
+        max: usize,
+        server: &[(u16, u64, u64)],
+    ) -> (Vec<u16>, u64, [Folded; 2]) {
+        let owned: Vec<Series> = server.iter().map(|(_, _, n)| series(*n)).collect();
         let mut by = [BTreeMap::new(), BTreeMap::new()];
-        for (port, n) in server {
-            by[0].insert(labels(*port), agg(*n));
+        for ((port, id, _), s) in server.iter().zip(&owned) {
+            by[0].insert(labels(*port), agg(*id, s));
         }
         let folded = cap.apply(max, &mut by);
         let kept: Vec<u16> = by[0]
@@ -186,13 +230,37 @@ mod tests {
         let total: u64 = by[0].values().map(|a| a.series.count).sum();
         assert_eq!(
             total,
-            server.iter().map(|(_, n)| n).sum::<u64>() + cap.retired[0].count
+            server.iter().map(|(_, _, n)| n).sum::<u64>() + cap.retired[0].count
         );
         assert_eq!(
             by[0].values().map(|a| a.series.hist.count()).sum::<u64>(),
             total
         );
         (kept, overflow, folded)
+    }
+
+    /// A scrape where each label set is its own kernel series, named by its port.
+    fn scrape(cap: &mut Cap, max: usize, server: &[(u16, u64)]) -> (Vec<u16>, u64, [Folded; 2]) {
+        let parts: Vec<(u16, u64, u64)> = server.iter().map(|(p, n)| (*p, *p as u64, *n)).collect();
+        scrape_parts(cap, max, &parts)
+    }
+
+    #[test]
+    fn a_folded_endpoint_whose_labels_change_is_counted_once() {
+        let mut cap = Cap::default();
+        let (kept, overflow, _) = scrape_parts(&mut cap, 1, &[(1, 1, 5), (2, 2, 50)]);
+        assert_eq!((kept, overflow), (vec![2], 5));
+        // Kernel series 1 now carries other labels (the API confirmed its pod): still folded,
+        // its totals counted once, the counter of folded label sets unchanged.
+        let (kept, overflow, f) = scrape_parts(&mut cap, 1, &[(2, 2, 51), (3, 1, 6)]);
+        assert_eq!((kept, overflow), (vec![2], 6));
+        assert_eq!(f[0].total, 1);
+        // It goes away: its last totals stay in the overflow series.
+        let (_, overflow, _) = scrape_parts(&mut cap, 1, &[(2, 2, 52)]);
+        assert_eq!(overflow, 6);
+        // A new label set beyond the cap adds its own.
+        let (_, overflow, _) = scrape_parts(&mut cap, 1, &[(2, 2, 52), (4, 7, 1)]);
+        assert_eq!(overflow, 7);
     }
 
     #[test]
@@ -243,10 +311,17 @@ mod tests {
     #[test]
     fn the_overflow_series_takes_the_node_from_any_series() {
         let mut cap = Cap::default();
+        let s = [series(5), series(1), series(3)];
         let mut by = [BTreeMap::new(), BTreeMap::new()];
-        by[0].insert(vec![("cgroup".to_string(), "/a".to_string())], agg(5));
-        by[0].insert(vec![("cgroup".to_string(), "/b".to_string())], agg(1));
-        by[0].insert(labels(1), agg(3));
+        by[0].insert(
+            vec![("cgroup".to_string(), "/a".to_string())],
+            agg(1, &s[0]),
+        );
+        by[0].insert(
+            vec![("cgroup".to_string(), "/b".to_string())],
+            agg(2, &s[1]),
+        );
+        by[0].insert(labels(1), agg(3, &s[2]));
         cap.apply(1, &mut by);
         assert_eq!(
             by[0][&cap.overflow_labels()].series.count,
@@ -272,10 +347,12 @@ mod tests {
     #[test]
     fn the_cap_covers_both_families() {
         let mut cap = Cap::default();
+        let server: Vec<Series> = (0..10).map(|p| series(10 + p)).collect();
+        let client = series(1);
         let mut by = [BTreeMap::new(), BTreeMap::new()];
-        for p in 0..10 {
-            by[0].insert(labels(p), agg(10 + p as u64));
-            by[1].insert(labels(p), agg(1));
+        for p in 0..10u16 {
+            by[0].insert(labels(p), agg(p as u64, &server[p as usize]));
+            by[1].insert(labels(p), agg(100 + p as u64, &client));
         }
         let f = cap.apply(12, &mut by);
         // The 10 server label sets are busier: 10 kept, 2 client ones, 8 client ones folded.

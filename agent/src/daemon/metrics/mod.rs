@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeMap, fmt, sync::Mutex};
 
-use kite_common::maps::Direction;
+use kite_common::maps::{Direction, Method, Version};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
@@ -57,8 +57,19 @@ impl KiteCollector {
 }
 
 #[derive(Default)]
-struct Agg {
+struct Agg<'a> {
     series: Series,
+    /// The kernel series folded into it (endpoint × method × status × version), by an id
+    /// stable across scrapes: what the series cap accounts overflow by.
+    parts: Vec<(u64, &'a Series)>,
+}
+
+/// The id of one kernel series.
+fn part_id(ep: &crate::stats::EndpointId, key: &(Method, u16, Version)) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    (ep, key).hash(&mut h);
+    h.finish()
 }
 
 impl Collector for KiteCollector {
@@ -86,6 +97,8 @@ impl Collector for KiteCollector {
                     Direction::Outbound => &mut by_dir[1],
                 };
                 let agg = slot.entry(labels).or_default();
+                agg.parts
+                    .push((part_id(&ep.id, &(*method, *status, *version)), s));
                 agg.series.count += s.count;
                 agg.series.latency_sum_ns += s.latency_sum_ns;
                 agg.series.req_bytes += s.req_bytes;
