@@ -493,7 +493,13 @@ fn expect(case: Case) -> &'static [(Stat, u64)] {
             (Stat::PayloadPackets, 1),
             (Stat::Requests, 0),
         ],
-        Case::NotHttp | Case::NotHttpJudged => &[
+        // A judged socket's packets return before anything is counted.
+        Case::NotHttpJudged => &[
+            (Stat::Packets, 0),
+            (Stat::PayloadPackets, 0),
+            (Stat::Requests, 0),
+        ],
+        Case::NotHttp => &[
             (Stat::Packets, 1),
             (Stat::PayloadPackets, 0),
             (Stat::Requests, 0),

@@ -305,7 +305,8 @@ impl EndpointStats {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stat {
-    /// Packets the `cgroup_skb` programs ran on.
+    /// Packets the `cgroup_skb` programs ran on, except those of sockets judged not HTTP
+    /// (they return before anything is counted: see `kite_ingress`).
     Packets = 0,
     /// Packets with TCP payload on a tracked HTTP connection.
     PayloadPackets,
