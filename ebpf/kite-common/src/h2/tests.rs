@@ -57,19 +57,7 @@ impl Rec {
     }
 }
 
-struct Bytes0<'a>(&'a [u8]);
-
-impl Payload for Bytes0<'_> {
-    fn load(&mut self, off: u32, dst: &mut Scratch, len: u32) -> bool {
-        let (off, len) = (off as usize, len as usize);
-        assert!((1..=WINDOW).contains(&len), "load of {len} bytes");
-        if off + len > self.0.len() {
-            return false;
-        }
-        dst.bytes[..len].copy_from_slice(&self.0[off..off + len]);
-        true
-    }
-}
+use crate::testing::Slice as Bytes0;
 
 struct Side {
     conn: Box<H2Conn>,
