@@ -43,7 +43,14 @@ impl Format {
                 let (k, v) = p.split_once('=').unwrap_or((p, ""));
                 let v = v.trim().trim_matches('"');
                 match k.trim().to_ascii_lowercase().as_str() {
-                    "q" => q = v.parse().unwrap_or(0.0),
+                    // RFC 9110 qvalues are 0..=1; anything else is no preference.
+                    "q" => {
+                        q = v
+                            .parse()
+                            .ok()
+                            .filter(|q: &f32| (0.0..=1.0).contains(q))
+                            .unwrap_or(0.0)
+                    }
                     "proto" => proto = v == "io.prometheus.client.MetricFamily",
                     "encoding" => delimited = v == "delimited",
                     _ => {}
@@ -347,6 +354,11 @@ mod tests {
         // Protobuf only when it is the delimited MetricFamily stream.
         assert_eq!(
             Format::from_accept(Some("application/vnd.google.protobuf;q=1,text/plain;q=0.1")),
+            Format::Prometheus
+        );
+        // Not a quality: ignored.
+        assert_eq!(
+            Format::from_accept(Some("application/openmetrics-text;q=inf,text/plain;q=0.5")),
             Format::Prometheus
         );
         // Quality decides, not the order.

@@ -133,10 +133,12 @@ impl Collector for KiteCollector {
                 let s = &agg.series;
                 // Classic buckets in the text formats, native ones too in protobuf.
                 let sparse = Sparse::new(&s.hist);
+                // The count is the buckets' sum: a per-CPU read torn by a concurrent update
+                // must not leave `_count` below the buckets (Prometheus rejects that).
                 m.encode_family(labels)?
                     .encode_histogram_with_native::<Labels>(
                         s.latency_sum_ns as f64 / 1e9,
-                        s.count,
+                        s.hist.count(),
                         &buckets(&s.hist),
                         None,
                         sparse.native(),
