@@ -247,7 +247,7 @@ fn statuses(e: &Entry, area: Rect, buf: &mut Buffer) {
         .render(area, buf);
 }
 
-/// A row of the latency distribution: [lower, upper) seconds and a count.
+/// A row of the latency distribution: (lower, upper] seconds and a count.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Bin {
     pub lower: f64,
@@ -255,13 +255,14 @@ pub(crate) struct Bin {
     pub count: u64,
 }
 
-/// Groups Kite's fine log-linear buckets into power-of-two bins (empty ones in between
+/// Groups Kite's native-histogram buckets (16 per power of two of seconds) into
+/// power-of-two bins of seconds, so no bucket straddles two bins (empty ones in between
 /// included, so the shape is right), then merges neighbours until at most `rows` remain.
 pub(crate) fn bins(buckets: &[v1::Bucket], rows: usize) -> Vec<Bin> {
-    // Octaves of nanoseconds, clamped to 1 ns … 2^40 ns (18 min) so that odd bounds from the
-    // wire cannot ask for a huge or negative range.
+    // Octaves of seconds by a bucket's (exclusive) lower edge, clamped to 2^-30 s (≈ 1 ns) …
+    // 2^10 s (17 min) so that odd bounds from the wire cannot ask for a huge or negative range.
     let octave =
-        |secs: f64| -> i32 { (secs * 1e9).clamp(1.0, 2f64.powi(40)).log2().floor() as i32 };
+        |secs: f64| -> i32 { secs.clamp(2f64.powi(-30), 2f64.powi(10)).log2().floor() as i32 };
     let mut nonempty: Vec<&v1::Bucket> = buckets
         .iter()
         .filter(|b| b.count > 0 && b.lower_seconds.is_finite() && b.lower_seconds >= 0.0)
@@ -271,7 +272,7 @@ pub(crate) fn bins(buckets: &[v1::Bucket], rows: usize) -> Vec<Bin> {
         return Vec::new();
     };
     let (lo, hi) = (octave(first.lower_seconds), octave(last.lower_seconds));
-    let edge = |o: i32| 2f64.powi(o) / 1e9;
+    let edge = |o: i32| 2f64.powi(o);
     let mut out: Vec<Bin> = (lo..=hi)
         .map(|o| Bin {
             lower: edge(o),
@@ -486,7 +487,7 @@ mod tests {
 
     #[test]
     fn bins_group_by_power_of_two_and_fill_gaps() {
-        // 2^16 ns = 65.5 µs; 2^18 ns = 262 µs.
+        // Bins are powers of two of seconds: 2^-14 s = 61 µs, 2^-12 s = 244 µs.
         let b = [
             bucket(66.0, 68.0, 3),
             bucket(70.0, 72.0, 2),
@@ -495,7 +496,7 @@ mod tests {
         let bins = bins(&b, 10);
         assert_eq!(bins.len(), 3);
         assert_eq!(bins.iter().map(|b| b.count).collect::<Vec<_>>(), [5, 0, 5]);
-        assert!((bins[0].lower * 1e9 - 65_536.0).abs() < 1.0);
+        assert!((bins[0].lower - 2f64.powi(-14)).abs() < 1e-15);
         // Fewer rows: neighbours merge, nothing is lost.
         let merged = super::bins(&b, 2);
         assert_eq!(merged.len(), 2);

@@ -85,22 +85,20 @@ fn rich(port: u32) -> v1::Endpoint {
         p90_seconds: Some(0.0064),
         p99_seconds: Some(0.0172),
     });
-    // 16 buckets per power of two from 2^17 ns (131 µs); counts shaped like a latency mode
-    // near 2 ms with a slow tail.
+    // Native buckets (16 per power of two of seconds) from 2^-13 s (122 µs); counts shaped
+    // like a latency mode near 2 ms with a slow tail.
     let mut buckets = Vec::new();
-    for octave in 17..26 {
-        for sub in 0..16u32 {
-            let lower = 2f64.powi(octave) * (1.0 + f64::from(sub) / 16.0);
-            let upper = 2f64.powi(octave) * (1.0 + f64::from(sub + 1) / 16.0);
-            let d = (octave as f64 + f64::from(sub) / 16.0 - 21.0).abs();
-            let count = (400.0 / (1.0 + d * d * 4.0)) as u64;
-            if count > 0 {
-                buckets.push(v1::Bucket {
-                    lower_seconds: lower / 1e9,
-                    upper_seconds: upper / 1e9,
-                    count,
-                });
-            }
+    for k in -13 * 16..-4 * 16 {
+        let lower = 2f64.powf(f64::from(k - 1) / 16.0);
+        let upper = 2f64.powf(f64::from(k) / 16.0);
+        let d = (f64::from(k) / 16.0 + 9.0).abs();
+        let count = (400.0 / (1.0 + d * d * 4.0)) as u64;
+        if count > 0 {
+            buckets.push(v1::Bucket {
+                lower_seconds: lower,
+                upper_seconds: upper,
+                count,
+            });
         }
     }
     e.histogram = Some(v1::Histogram { buckets });
