@@ -14,7 +14,9 @@ use std::{
 };
 
 use kite_agent::ebpf::EmptyProgram;
-use kite_testkit::{Place, Proc, TestCgroup, free_port, nginx, spawn, wait_for_port, wrk_for};
+use kite_testkit::{
+    Place, Proc, TestCgroup, byte_sink, free_port, nginx, spawn, wait_for_port, wrk_for,
+};
 
 use crate::{cpu_time, median, report};
 
@@ -455,24 +457,6 @@ pub fn run(o: &Opts) -> String {
     md
 }
 
-/// Accepts connections forever; each is read to its end, then answered with its byte count.
-const SINK: &str = "import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('127.0.0.1', int(sys.argv[1])))
-s.listen(16)
-while True:
-    c, _ = s.accept()
-    n = 0
-    while True:
-        b = c.recv(1 << 20)
-        if not b:
-            break
-        n += len(b)
-    c.sendall(str(n).encode())
-    c.close()
-";
-
 /// Bytes of one bulk transfer.
 const BULK: usize = 64 << 20;
 
@@ -480,9 +464,7 @@ const BULK: usize = 64 << 20;
 /// starts like TLS): Kite's ns per program run against the empty program's.
 fn bulk(o: &Opts, cg: &TestCgroup) -> String {
     let port = free_port();
-    let p = port.to_string();
-    let _sink = spawn(Place::in_cgroup(cg), &["python3", "-c", SINK, &p]);
-    wait_for_port(&format!("127.0.0.1:{port}"), None);
+    let _sink = byte_sink(Place::in_cgroup(cg), port);
     let transfer = || {
         use std::io::{Read as _, Write as _};
         let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -33,6 +33,16 @@ pub fn python_httpd(place: Place<'_>, host: &str, port: u16, dualstack: bool) ->
     p
 }
 
+/// The byte sink (`servers/sink.py`) on 127.0.0.1:`port`: each connection is read to its
+/// end and answered with its byte count. Ready when this returns.
+pub fn byte_sink(place: Place<'_>, port: u16) -> Proc {
+    let script = dir().join("sink.py");
+    let port_s = port.to_string();
+    let p = spawn(place, &["python3", script.to_str().unwrap(), &port_s]);
+    wait_for_port(&format!("127.0.0.1:{port}"), place.netns);
+    p
+}
+
 /// Debian's nginx with a config made for the test: `/` small static answer, `/d/<ms>` delayed
 /// answers (echo module, chunked), `/status/<code>`.
 pub struct Nginx {

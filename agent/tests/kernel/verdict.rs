@@ -13,25 +13,6 @@ use kite_common::maps::{Direction, Stat};
 
 use kite_testkit::*;
 
-/// Accepts connections forever; each is read to its end, then answered with the number of
-/// bytes it carried.
-const SINK: &str = "import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('127.0.0.1', int(sys.argv[1])))
-s.listen(16)
-while True:
-    c, _ = s.accept()
-    n = 0
-    while True:
-        b = c.recv(65536)
-        if not b:
-            break
-        n += len(b)
-    c.sendall(str(n).encode())
-    c.close()
-";
-
 #[test]
 fn non_http_connection_is_judged_once_http_beside_it_measured() {
     if !ebpf_available("non_http_connection_is_judged_once_http_beside_it_measured") {
@@ -43,9 +24,7 @@ fn non_http_connection_is_judged_once_http_beside_it_measured() {
     let http = free_port();
     let _nginx = nginx(place, http);
     let sink = free_port();
-    let port = sink.to_string();
-    let _sink = spawn(place, &["python3", "-c", SINK, &port]);
-    wait_for_port(&format!("127.0.0.1:{sink}"), None);
+    let _sink = byte_sink(place, sink);
     let mut w = Watch::new(&cg);
     w.target(Direction::Inbound, http);
     let addr: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
