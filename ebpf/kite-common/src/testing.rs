@@ -1,5 +1,7 @@
 //! Test support shared by the protocol machines' tests.
 
+use proptest::test_runner::Config as ProptestConfig;
+
 use crate::http::{Payload, Scratch, WINDOW};
 
 /// A packet's payload as a byte slice: loads fail past its end, as the kernel's do.
@@ -14,5 +16,17 @@ impl Payload for Slice<'_> {
         }
         dst.bytes[..len].copy_from_slice(&self.0[off..off + len]);
         true
+    }
+}
+
+/// Generated cases per property: `default` unless `PROPTEST_CASES` says otherwise (e.g.
+/// `PROPTEST_CASES=100000` for a deep run).
+pub(crate) fn proptest_config(default: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default),
+        ..ProptestConfig::default()
     }
 }

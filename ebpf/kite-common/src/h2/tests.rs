@@ -741,14 +741,9 @@ fn call() -> impl Strategy<Value = Call> {
         )
 }
 
+/// Generated cases per property (`PROPTEST_CASES` overrides).
 fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(48),
-        ..ProptestConfig::default()
-    }
+    crate::testing::proptest_config(48)
 }
 
 proptest! {

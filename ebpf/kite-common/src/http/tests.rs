@@ -1128,15 +1128,9 @@ fn check(side: &Side, truth: &[Truth]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// Generated cases per property (`PROPTEST_CASES=100000` for a deep run).
+/// Generated cases per property (`PROPTEST_CASES` overrides).
 fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(600),
-        ..ProptestConfig::default()
-    }
+    crate::testing::proptest_config(600)
 }
 
 proptest! {
