@@ -119,15 +119,33 @@ impl Prometheus {
 
     /// Waits until `q` yields `want` (within `timeout`); panics with the last value otherwise.
     pub fn wait_for_value(&self, q: &str, want: f64, timeout: Duration) {
+        self.poll(q, timeout, |v| v == Some(want), &format!("want {want}"));
+    }
+
+    /// The value of `q` once it yields one (within `timeout`): a scrape that failed leaves the
+    /// target's series stale until the next one.
+    pub fn wait_for_scalar(&self, q: &str, timeout: Duration) -> f64 {
+        self.poll(q, timeout, |v| v.is_some(), "want a result")
+            .expect("a result")
+    }
+
+    /// Asks `q` every 300 ms until `done` accepts its value; panics at `timeout`.
+    fn poll(
+        &self,
+        q: &str,
+        timeout: Duration,
+        done: impl Fn(Option<f64>) -> bool,
+        want: &str,
+    ) -> Option<f64> {
         let deadline = Instant::now() + timeout;
         loop {
             let v = self.scalar(q);
-            if v == Some(want) {
-                return;
+            if done(v) {
+                return v;
             }
             assert!(
                 Instant::now() < deadline,
-                "Prometheus: {q} = {v:?}, want {want}; targets: {}",
+                "Prometheus: {q} = {v:?}, {want}; targets: {}",
                 self.api("targets", &[])
             );
             thread::sleep(Duration::from_millis(300));

@@ -25,18 +25,7 @@ fn addrs(n: usize, port: u16) -> Vec<SocketAddr> {
 /// 20 000 endpoints for two scrapers on a busy machine may miss the scrape timeout) leaves
 /// the target's series stale until the next one: asked again for up to 15 s.
 fn value(prom: &Prometheus, q: &str) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(v) = prom.scalar(q) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no result for {q}; targets: {}",
-            prom.api("targets", &[])
-        );
-        thread::sleep(Duration::from_millis(300));
-    }
+    prom.wait_for_scalar(q, Duration::from_secs(15))
 }
 
 #[test]
