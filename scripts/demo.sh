@@ -111,10 +111,16 @@ if [ "$mode" = tui ]; then
 fi
 
 echo "kite-loader measures cgroup $rel: nginx on 127.0.0.1:$web (in), calls to 127.0.0.1:$upstream (out)" >&2
-"$bin/kite-loader" -s 2 -n 10 --cgroup "$rel" DEMO &
+"$bin/kite-loader" -s 2 -n 10 --cgroup "$rel" DEMO > >(tee "$work/loader.out") &
 loader=$!
 pids+=($loader)
-sleep 3   # the verifier takes a moment; measuring starts when the first line appears
+# The verifier takes some seconds; measuring starts with the "measuring" line. Load starts
+# after it: keep-alive connections opened before the programs attach are not all followed.
+for _ in $(seq 600); do
+    grep -q 'measuring cgroup' "$work/loader.out" 2>/dev/null && break
+    kill -0 "$loader" 2>/dev/null || break
+    sleep 0.1
+done
 wrk -t2 -c8 -d16s -s "$work/mix.lua" "http://127.0.0.1:$web" >"$work/wrk.txt" 2>&1 &
 pids+=($!)
 sh -c "echo \$\$ > '$cg/cgroup.procs'; exec wrk -t1 -c2 -d12s http://127.0.0.1:$upstream/d/5" >"$work/wrk-out.txt" 2>&1 &

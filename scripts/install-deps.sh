@@ -38,9 +38,13 @@ llvm_major=$(/usr/bin/rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 need "llvm-${llvm_major}-dev"
 # Servers, clients and tools the tests and the demo run.
 for p in nginx-light libnginx-mod-http-echo wrk curl python3 python3-pip iproute2 iptables procps \
-    util-linux gcc libc6-dev bpftool prometheus tmux; do
+    util-linux gcc libc6-dev bpftool prometheus tmux nghttp2-client nghttp2-server golang-go \
+    golang-google-grpc-dev openssl; do
     need "$p"
 done
+# deploy/runtime-check.py (the agent under a real container runtime): runc, debootstrap for the
+# image's root filesystem, PyYAML to read the rendered manifests.
+for p in runc debootstrap python3-yaml; do need "$p"; done
 # `kubectl kustomize` renders deploy/ in the manifest tests. deploy/ needs kustomize v4 or
 # later (kubectl ≥ 1.22: a var taken from a list element, directories as resources). These
 # machines come with one; Debian's kubernetes-client (1.20, kustomize v2) is only a fallback

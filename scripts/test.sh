@@ -9,4 +9,4 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 # shellcheck disable=SC1091
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-exec cargo test --locked "$@"
+exec cargo test --locked --no-fail-fast "$@"

@@ -12,7 +12,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{
         Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
-        ProgramArray, SkStorage,
+        ProgramArray, RingBuf, SkStorage,
     },
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock,
@@ -24,9 +24,10 @@ use kite_common::{
     http::Conn,
     maps::{
         BUDGETS_MAP, BudgetKey, DEFAULT_BUDGET_DIVISOR, DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_SOCKETS,
-        ENDPOINT_BUDGET_GLOBAL, ENDPOINTS_MAP, EndpointKey, EndpointStats, LIVE_MAP, LIVE_PENDING,
-        LIVE_PENDING_SWEPT, LIVE_SOCKETS, MAX_SOCKETS_GLOBAL, OVERFLOW_MAP, PENDING_MAP,
-        PendingKey, SOCKETS_MAP, STAT_COUNT, STATS_MAP, Stat,
+        ENDPOINT_BUDGET_GLOBAL, ENDPOINTS_MAP, EndpointKey, EndpointStats, LIVE_H2_SOCKETS,
+        LIVE_MAP, LIVE_PENDING, LIVE_PENDING_SWEPT, LIVE_SOCKETS, MAX_SOCKETS_GLOBAL, OVERFLOW_MAP,
+        PENDING_MAP, PendingKey, ROUTES_GLOBAL, RPC_NAMES_MAP, SOCKETS_MAP, STAT_COUNT, STATS_MAP,
+        Stat,
     },
 };
 use log::{debug, warn};
@@ -45,8 +46,16 @@ const RELEASE: &str = "kite_sock_release";
 const EMPTY: &str = "kite_empty";
 const LISTENER: &str = "kite_listener";
 const SOCK_STATE: &str = "kite_sock_state";
-/// Program array through which `kite_ingress` reaches [`LISTENER`].
+/// The HTTP/2 parser of received packets (tail call from [`INGRESS`]).
+const H2_INGRESS: &str = "kite_h2_ingress";
+/// The HTTP/2 parser of sent packets (tail call from [`EGRESS`]).
+const H2_EGRESS: &str = "kite_h2_egress";
+/// Program array through which `kite_ingress` reaches [`LISTENER`] (slot 0) and
+/// [`H2_INGRESS`] (slot 1).
 const TAILS_MAP: &str = "TAILS";
+/// Program array through which `kite_egress` reaches [`H2_EGRESS`] (slot 0): a program may
+/// only tail-call programs of its own attach type.
+const TAILS_TX_MAP: &str = "TAILS_TX";
 /// The kernel tracepoint [`SOCK_STATE`] runs on.
 const SOCK_STATE_TP: &str = "inet_sock_set_state";
 
@@ -64,6 +73,9 @@ pub struct Options {
     /// Distinct endpoint keys one (cgroup, direction) may hold in the endpoint map; requests
     /// beyond go to its overflow endpoint. 0: [`Options::default_budget`].
     pub endpoint_budget: u32,
+    /// HTTP/1 requests get a route (`kite_common::route`): per-route histograms, at most
+    /// `MAX_RPC_PER_ENDPOINT` per endpoint. Off: one histogram per (method, status).
+    pub routes: bool,
 }
 
 impl Default for Options {
@@ -72,6 +84,7 @@ impl Default for Options {
             max_sockets: DEFAULT_MAX_SOCKETS,
             max_endpoints: DEFAULT_MAX_ENDPOINTS,
             endpoint_budget: 0,
+            routes: true,
         }
     }
 }
@@ -191,6 +204,45 @@ pub struct Kite {
     ebpf: Ebpf,
     attachments: BTreeMap<String, Attachment>,
     options: Options,
+    /// gRPC method names from the kernel ([`Kite::rpc_names`]).
+    rpc_names: RingBuf<MapData>,
+}
+
+/// A gRPC method name the kernel sent ([`Kite::rpc_names`]): once per method id, the first
+/// time it decoded a gRPC `:path` with that id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RpcName {
+    /// The method id ([`EndpointKey::rpc`]: `rpc_id` of the path's FNV-1a).
+    pub rpc: u32,
+    /// The path as sent (`/package.Service/Method`), at most
+    /// [`kite_common::h2::hpack::PATH_BUF`] bytes.
+    pub path: Vec<u8>,
+    /// The path was longer than that and is cut: its hash is not `rpc` (a name checked
+    /// against its id, as `rpc_names::RpcNames::learn` does, refuses it).
+    pub truncated: bool,
+    /// An HTTP/1 route's text (`kite_common::route`), not a gRPC `:path`.
+    pub route: bool,
+}
+
+impl RpcName {
+    /// Decodes one ring-buffer record (`maps::RPC_NAMES_MAP`); `None` if it is malformed.
+    pub fn parse(rec: &[u8]) -> Option<Self> {
+        use kite_common::h2::hpack::PATH_BUF;
+        if rec.len() < 8 + PATH_BUF {
+            return None;
+        }
+        use kite_common::maps::{NAME_CUT, NAME_ROUTE};
+        let id = u32::from_le_bytes(rec[0..4].try_into().ok()?);
+        let word = u32::from_le_bytes(rec[4..8].try_into().ok()?);
+        let len = (word & !(NAME_ROUTE | NAME_CUT)) as usize;
+        let kept = len.min(PATH_BUF);
+        Some(Self {
+            rpc: kite_common::maps::rpc_id(id),
+            path: rec[8..8 + kept].to_vec(),
+            truncated: len > PATH_BUF || word & NAME_CUT != 0,
+            route: word & NAME_ROUTE != 0,
+        })
+    }
 }
 
 fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -234,10 +286,11 @@ impl Kite {
         let mut ebpf = EbpfLoader::new()
             .override_global(MAX_SOCKETS_GLOBAL, &options.max_sockets, true)
             .override_global(ENDPOINT_BUDGET_GLOBAL, &options.budget(), true)
+            .override_global(ROUTES_GLOBAL, &u32::from(options.routes), true)
             .map_max_entries(ENDPOINTS_MAP, options.max_endpoints)
             .load(EBPF_OBJECT)
             .map_err(load_error)?;
-        for name in [INGRESS, EGRESS, LISTENER] {
+        for name in [INGRESS, EGRESS, LISTENER, H2_INGRESS, H2_EGRESS] {
             let prog: &mut CgroupSkb = program(&mut ebpf, name)?.try_into().map_err(load_error)?;
             prog.load().map_err(load_error)?;
             // The verifier's budget is one million instructions per program: say how much of
@@ -250,16 +303,10 @@ impl Kite {
                 debug!("{name}: {n} instructions verified");
             }
         }
-        let listener = skb(&mut ebpf, LISTENER)?
-            .fd()
-            .and_then(|fd| fd.try_clone().map_err(Into::into))
-            .map_err(load_error)?;
-        let mut tails: ProgramArray<&mut MapData> = ebpf
-            .map_mut(TAILS_MAP)
-            .ok_or_else(|| missing_map(TAILS_MAP))?
-            .try_into()
-            .map_err(map_error(TAILS_MAP))?;
-        tails.set(0, &listener, 0).map_err(map_error(TAILS_MAP))?;
+        // Tail calls: the listener's and the HTTP/2 parsers, each with its own budget.
+        set_tail(&mut ebpf, TAILS_MAP, 0, LISTENER)?;
+        set_tail(&mut ebpf, TAILS_MAP, 1, H2_INGRESS)?;
+        set_tail(&mut ebpf, TAILS_TX_MAP, 0, H2_EGRESS)?;
         let prog: &mut CgroupSock = program(&mut ebpf, RELEASE)?
             .try_into()
             .map_err(load_error)?;
@@ -277,11 +324,40 @@ impl Kite {
             cgroup: format!("tp_btf/{SOCK_STATE_TP}"),
             source: Box::new(e),
         })?;
+        let rpc_names = RingBuf::try_from(
+            ebpf.take_map(RPC_NAMES_MAP)
+                .ok_or_else(|| missing_map(RPC_NAMES_MAP))?,
+        )
+        .map_err(map_error(RPC_NAMES_MAP))?;
         Ok(Self {
             ebpf,
             attachments: BTreeMap::new(),
             options,
+            rpc_names,
         })
+    }
+
+    /// The gRPC method names the kernel sent since the last call (each method once in the
+    /// programs' life; at most ≈ 450 wait between two calls, more are counted as
+    /// `Stat::RpcNamesDropped` and sent again at the method's next literal `:path`). Never
+    /// blocks.
+    pub fn rpc_names(&mut self) -> Vec<RpcName> {
+        let mut out = Vec::new();
+        while let Some(rec) = self.rpc_names.next() {
+            match RpcName::parse(&rec) {
+                Some(n) => out.push(n),
+                None => warn!(
+                    "a malformed gRPC name record ({} bytes) was ignored",
+                    rec.len()
+                ),
+            }
+        }
+        out
+    }
+
+    /// The loaded object, for the programs attached elsewhere (the TLS uprobes, `crate::tls`).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// Map sizes this instance was loaded with.
@@ -493,6 +569,11 @@ impl Kite {
         self.live(LIVE_SOCKETS)
     }
 
+    /// Number of HTTP/2 connection states alive now (in their own socket storage).
+    pub fn h2_socket_count(&self) -> Result<u64, Error> {
+        self.live(LIVE_H2_SOCKETS)
+    }
+
     /// The connection state of one socket (e.g. a listener's, which must have none), if any.
     pub fn socket_state(&self, socket: &impl AsRawFd) -> Result<Option<Conn>, Error> {
         let map: SkStorage<&MapData, Conn> = self.map(SOCKETS_MAP)?;
@@ -569,7 +650,9 @@ impl Kite {
     /// Kernel run-time statistics of the programs, summed.
     pub fn program_stats(&self) -> ProgramStats {
         let mut out = ProgramStats::default();
-        for name in [INGRESS, EGRESS, LISTENER, RELEASE, SOCK_STATE] {
+        for name in [
+            INGRESS, EGRESS, LISTENER, H2_INGRESS, H2_EGRESS, RELEASE, SOCK_STATE,
+        ] {
             let info = match self.ebpf.program(name) {
                 Some(aya::programs::Program::CgroupSkb(p)) => p.info(),
                 Some(aya::programs::Program::CgroupSock(p)) => p.info(),
@@ -715,6 +798,20 @@ pub fn enable_run_time_stats() -> Result<OwnedFd, Error> {
     })
 }
 
+/// Puts the loaded `cgroup_skb` program `prog` at `index` of the program array `map`.
+fn set_tail(ebpf: &mut Ebpf, map: &'static str, index: u32, prog: &str) -> Result<(), Error> {
+    let fd = skb(ebpf, prog)?
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(Into::into))
+        .map_err(load_error)?;
+    let mut tails: ProgramArray<&mut MapData> = ebpf
+        .map_mut(map)
+        .ok_or_else(|| missing_map(map))?
+        .try_into()
+        .map_err(map_error(map))?;
+    tails.set(index, &fd, 0).map_err(map_error(map))
+}
+
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program, Error> {
     ebpf.program_mut(name)
         .ok_or_else(|| Error::Load(format!("program {name} missing from the eBPF object").into()))
@@ -726,4 +823,37 @@ fn skb<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSkb, Error> {
 
 fn sock(ebpf: &mut Ebpf) -> Result<&mut CgroupSock, Error> {
     program(ebpf, RELEASE)?.try_into().map_err(load_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use kite_common::{
+        h2::hpack::{PATH_BUF, path_id},
+        maps::rpc_id,
+    };
+
+    use super::RpcName;
+
+    fn record(path: &[u8]) -> Vec<u8> {
+        let mut r = path_id(path).to_le_bytes().to_vec();
+        r.extend((path.len() as u32).to_le_bytes());
+        let mut bytes = path[..path.len().min(PATH_BUF)].to_vec();
+        bytes.resize(PATH_BUF, 0);
+        r.extend(bytes);
+        r
+    }
+
+    #[test]
+    fn rpc_name_records_decode() {
+        let p = b"/kite.test.Echo/Unary";
+        let n = RpcName::parse(&record(p)).unwrap();
+        assert_eq!(n.rpc, rpc_id(path_id(p)));
+        assert_eq!(n.path, p);
+        assert!(!n.truncated);
+        let long = vec![b'a'; PATH_BUF + 10];
+        let n = RpcName::parse(&record(&long)).unwrap();
+        assert!(n.truncated);
+        assert_eq!(n.path.len(), PATH_BUF);
+        assert!(RpcName::parse(&[0; 8]).is_none());
+    }
 }

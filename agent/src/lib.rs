@@ -21,6 +21,9 @@ mod error;
 pub mod human;
 pub mod loader;
 pub mod pods;
+pub mod route_pattern;
+pub mod rpc_names;
 pub mod stats;
+pub mod tls;
 
 pub use error::Error;

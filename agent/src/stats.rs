@@ -18,7 +18,7 @@ use kite_common::{
         NUM_BUCKETS, Native, OVERFLOW_BUCKET, bucket_index, bucket_lower_ns, bucket_upper_ns,
         native_of,
     },
-    maps::{Direction, EndpointKey, Method, Version},
+    maps::{Direction, EndpointKey, Method, Protocol, TRANSPORT_TLS, Version},
 };
 
 use crate::ebpf::RawStats;
@@ -194,6 +194,11 @@ impl<K: Ord, V> SmallMap<K, V> {
         self.0.iter().map(|(_, v)| v)
     }
 
+    /// Values by key, to change.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.0.iter_mut().map(|(_, v)| v)
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.0.len()
@@ -230,7 +235,64 @@ impl<'a, K, V> IntoIterator for &'a SmallMap<K, V> {
 /// How the overflow endpoint's address is shown ([`EndpointId::is_overflow`]).
 pub const OVERFLOW_ADDRESS: &str = "_OTHER";
 
-/// One endpoint as the tables show it: a cgroup's view of one server address.
+/// What an endpoint's exchanges speak: the HTTP version of the responses, or gRPC.
+///
+/// Part of the endpoint's identity: a port answering HTTP/1.1 and HTTP/2 (an `h2c` upgrade)
+/// is two rows, so that a row's percentiles and errors describe one kind of exchange (a gRPC
+/// call's status is a grpc-status, not an HTTP one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AppProtocol {
+    /// HTTP/1.x whose version the key does not say (no kernel program writes that).
+    Http1,
+    /// `HTTP/1.0` responses.
+    Http10,
+    /// `HTTP/1.1` responses.
+    Http11,
+    /// HTTP/2 streams that are not gRPC calls.
+    Http2,
+    /// gRPC calls (HTTP/2, `content-type: application/grpc`).
+    Grpc,
+}
+
+impl AppProtocol {
+    /// From a kernel key.
+    pub fn of(key: &EndpointKey) -> Self {
+        if Protocol::from_u8(key.protocol) == Protocol::Grpc {
+            return Self::Grpc;
+        }
+        match Version::from_u8(key.version) {
+            Version::Http10 => Self::Http10,
+            Version::Http11 => Self::Http11,
+            Version::Http2 => Self::Http2,
+            Version::Unknown => Self::Http1,
+        }
+    }
+
+    /// `HTTP/1.1`, `HTTP/1.0`, `HTTP/2`, `gRPC` (`HTTP/1.x` when the version is unknown).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "HTTP/1.x",
+            Self::Http10 => "HTTP/1.0",
+            Self::Http11 => "HTTP/1.1",
+            Self::Http2 => "HTTP/2",
+            Self::Grpc => "gRPC",
+        }
+    }
+
+    /// Whether its calls carry a grpc-status and a method id instead of an HTTP status.
+    pub const fn is_grpc(self) -> bool {
+        matches!(self, Self::Grpc)
+    }
+}
+
+impl fmt::Display for AppProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One endpoint as the tables show it: a cgroup's view of one server address, speaking one
+/// protocol, in plaintext or TLS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointId {
     /// cgroup id of the sockets.
@@ -241,6 +303,10 @@ pub struct EndpointId {
     pub addr: IpAddr,
     /// Server port.
     pub port: u16,
+    /// HTTP version or gRPC.
+    pub protocol: AppProtocol,
+    /// Measured from TLS plaintext (issue 14): `url_scheme="https"`.
+    pub tls: bool,
 }
 
 impl EndpointId {
@@ -252,6 +318,17 @@ impl EndpointId {
             direction: Direction::from_u8(key.direction).unwrap_or(Direction::Inbound),
             addr: v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             port: key.port,
+            protocol: AppProtocol::of(key),
+            tls: key.transport == TRANSPORT_TLS,
+        }
+    }
+
+    /// The protocol as shown, with TLS: `HTTP/1.1`, `HTTP/2+TLS`, `gRPC+TLS`.
+    pub fn protocol_label(&self) -> String {
+        if self.tls {
+            format!("{}+TLS", self.protocol)
+        } else {
+            self.protocol.to_string()
         }
     }
 
@@ -299,7 +376,8 @@ pub struct Series {
 }
 
 impl Series {
-    fn add(&mut self, o: &Series) {
+    /// Adds another series' counts.
+    pub fn add(&mut self, o: &Series) {
         self.count += o.count;
         self.latency_sum_ns += o.latency_sum_ns;
         self.req_bytes += o.req_bytes;
@@ -391,16 +469,42 @@ pub struct Interval {
     pub latency_sum_ns: u64,
     /// Latency distribution.
     pub hist: Histogram,
-    /// Requests per status code.
+    /// Requests per status code (gRPC endpoints: per grpc-status code,
+    /// [`GRPC_STATUS_UNKNOWN`](kite_common::maps::GRPC_STATUS_UNKNOWN) when not known).
     pub by_status: SmallMap<u16, u64>,
     /// Requests per method.
     pub by_method: SmallMap<Method, u64>,
+    /// gRPC calls that ended with a known grpc-status other than `OK` (an error for the
+    /// caller, as OpenTelemetry's gRPC client conventions say).
+    pub rpc_errors: u64,
+    /// gRPC calls that ended with one of the statuses OpenTelemetry's gRPC server conventions
+    /// call errors (`UNKNOWN`, `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`, `INTERNAL`,
+    /// `UNAVAILABLE`, `DATA_LOSS`).
+    pub rpc_server_errors: u64,
+    /// gRPC endpoints: the same figures per method id ([`crate::rpc_names`]); HTTP/1 ones per
+    /// route id (`kite_common::route`); their own `by_rpc` stay empty. Bounded by the
+    /// kernel's bound of methods (routes) per endpoint.
+    pub by_rpc: SmallMap<u32, Interval>,
 }
 
 impl Interval {
-    fn add(&mut self, method: Method, status: u16, s: &Series) {
+    fn add(&mut self, method: Method, status: u16, grpc: bool, rpc: Option<u32>, s: &Series) {
+        self.add_one(method, status, grpc, s);
+        if let Some(id) = rpc {
+            self.by_rpc.entry(id).add_one(method, status, grpc, s);
+        }
+    }
+
+    fn add_one(&mut self, method: Method, status: u16, grpc: bool, s: &Series) {
         self.requests += s.count;
-        if (400..500).contains(&status) {
+        if grpc {
+            if crate::rpc_names::grpc_failed(status, false) {
+                self.rpc_errors += s.count;
+            }
+            if crate::rpc_names::grpc_failed(status, true) {
+                self.rpc_server_errors += s.count;
+            }
+        } else if (400..500).contains(&status) {
             self.status_4xx += s.count;
         } else if status >= 500 {
             self.status_5xx += s.count;
@@ -421,6 +525,8 @@ impl Interval {
         self.requests += o.requests;
         self.status_4xx += o.status_4xx;
         self.status_5xx += o.status_5xx;
+        self.rpc_errors += o.rpc_errors;
+        self.rpc_server_errors += o.rpc_server_errors;
         self.req_bytes += o.req_bytes;
         self.resp_bytes += o.resp_bytes;
         self.latency_sum_ns += o.latency_sum_ns;
@@ -431,14 +537,25 @@ impl Interval {
         for (k, v) in &o.by_method {
             *self.by_method.entry(*k) += v;
         }
-        self.secs = self.secs.max(o.secs);
+        for (k, v) in &o.by_rpc {
+            self.by_rpc.entry(*k).merge(v);
+        }
+        self.set_secs(self.secs.max(o.secs));
     }
 
     /// Appends the next window of the same endpoint (the result spans both).
     pub fn append(&mut self, later: &Interval) {
         let secs = self.secs + later.secs;
         self.merge(later);
+        self.set_secs(secs);
+    }
+
+    /// Sets the length of the interval and of its methods' intervals.
+    pub fn set_secs(&mut self, secs: f64) {
         self.secs = secs;
+        for m in self.by_rpc.values_mut() {
+            m.secs = secs;
+        }
     }
 
     /// Requests per second.
@@ -456,14 +573,19 @@ impl Interval {
         per_sec(self.resp_bytes, self.secs)
     }
 
-    /// Share of requests answered with 4xx or 5xx (0 when idle).
+    /// Share of requests answered with 4xx or 5xx, or gRPC calls that failed (any known
+    /// status but `OK`); 0 when idle.
     pub fn error_ratio(&self) -> f64 {
-        ratio(self.status_4xx + self.status_5xx, self.requests)
+        ratio(
+            self.status_4xx + self.status_5xx + self.rpc_errors,
+            self.requests,
+        )
     }
 
-    /// Share of requests answered with 5xx (0 when idle).
+    /// Share of requests answered with 5xx, or gRPC calls with a server error status (0 when
+    /// idle).
     pub fn server_error_ratio(&self) -> f64 {
-        ratio(self.status_5xx, self.requests)
+        ratio(self.status_5xx + self.rpc_server_errors, self.requests)
     }
 
     /// Latency quantile (0..=1).
@@ -508,6 +630,12 @@ pub struct Point {
     pub error_ratio: f32,
 }
 
+/// What tells an endpoint's kernel series apart: (method, status, HTTP version, gRPC method
+/// id). For gRPC endpoints the status is the grpc-status code and the id a
+/// [`crate::rpc_names`] id; for HTTP ones the id is
+/// [`RPC_NONE`](kite_common::maps::RPC_NONE).
+pub type SeriesKey = (Method, u16, Version, u32);
+
 /// Everything known about one endpoint.
 #[derive(Clone, Debug)]
 pub struct EndpointStats {
@@ -517,9 +645,8 @@ pub struct EndpointStats {
     pub last: Interval,
     /// Recent intervals, oldest first, at most the collector's history length.
     pub history: VecDeque<Point>,
-    /// Cumulative counters per (method, status, HTTP version) since the endpoint was first
-    /// seen.
-    pub totals: SmallMap<(Method, u16, Version), Series>,
+    /// Cumulative counters per kernel series since the endpoint was first seen.
+    pub totals: SmallMap<SeriesKey, Series>,
     /// When it last had a request.
     pub last_active: Instant,
 }
@@ -573,20 +700,23 @@ impl Collector {
                 last_active: now,
             });
             let version = Version::from_u8(key.version);
-            let total = ep.totals.entry((method, key.status, version));
+            let total = ep.totals.entry((method, key.status, version, key.rpc));
             let delta = Series::delta(&raw, total);
             total.add(&delta);
             if delta.count > 0 {
                 ep.last_active = now;
             }
+            // gRPC methods, and HTTP/1 routes (`RPC_NONE` when routes are off).
+            let grpc = id.protocol.is_grpc();
+            let rpc = (grpc || key.rpc != kite_common::maps::RPC_NONE).then_some(key.rpc);
             intervals
                 .entry(id)
                 .or_default()
-                .add(method, key.status, &delta);
+                .add(method, key.status, grpc, rpc, &delta);
         }
         for (id, ep) in self.endpoints.iter_mut() {
             let mut iv = intervals.remove(id).unwrap_or_default();
-            iv.secs = secs;
+            iv.set_secs(secs);
             let point = Point {
                 rps: iv.rps() as f32,
                 p50_ns: iv.hist.quantile(0.5).unwrap_or(0.0) as f32,
@@ -620,7 +750,7 @@ impl Collector {
 
 #[cfg(test)]
 mod tests {
-    use kite_common::maps::Direction;
+    use kite_common::maps::{Direction, Protocol, RPC_NONE, TRANSPORT_TCP};
 
     use super::*;
 
@@ -637,7 +767,10 @@ mod tests {
             direction: Direction::Inbound as u8,
             method: method as u8,
             version: Version::Http11 as u8,
-            _pad: 0,
+            protocol: Protocol::Http as u8,
+            rpc: RPC_NONE,
+            transport: TRANSPORT_TCP,
+            _pad: [0; 3],
         }
     }
 
@@ -773,7 +906,10 @@ mod tests {
         let p50 = ep.last.quantile(0.5).unwrap().as_secs_f64();
         assert!((p50 - 0.004).abs() / 0.004 < 0.0625, "{p50}");
         assert_eq!(ep.total().count, 14);
-        assert_eq!(ep.totals[&(Method::Get, 200, Version::Http11)].count, 12);
+        assert_eq!(
+            ep.totals[&(Method::Get, 200, Version::Http11, RPC_NONE)].count,
+            12
+        );
         assert_eq!(ep.history.len(), 2);
 
         // Idle intervals still produce history points; the ring is bounded.
@@ -792,6 +928,83 @@ mod tests {
         assert!(ep.history.iter().all(|p| p.rps == 0.0));
         assert_eq!(ep.last.requests, 0);
         assert_eq!(ep.last.quantile(0.5), None);
+    }
+
+    /// A gRPC call key: `status` is the grpc-status, `rpc` the method id.
+    fn grpc_key(port: u16, rpc: u32, status: u16) -> EndpointKey {
+        EndpointKey {
+            protocol: Protocol::Grpc as u8,
+            version: Version::Http2 as u8,
+            rpc,
+            ..key(port, Method::Post, status)
+        }
+    }
+
+    #[test]
+    fn protocols_and_tls_are_rows_of_their_own_and_grpc_methods_rows_under_them() {
+        use kite_common::maps::{GRPC_STATUS_UNKNOWN, TRANSPORT_TLS};
+        let t0 = Instant::now();
+        let mut c = Collector::new(t0, 3);
+        let (a, b) = (0x1234_5678, 0x9abc_def0);
+        let h2 = EndpointKey {
+            version: Version::Http2 as u8,
+            ..key(50051, Method::Get, 404)
+        };
+        let tls = EndpointKey {
+            transport: TRANSPORT_TLS,
+            ..key(50051, Method::Get, 200)
+        };
+        c.update(
+            t0 + Duration::from_secs(2),
+            vec![
+                (key(50051, Method::Get, 200), raw(&[1_000_000; 2], (0, 0))),
+                (h2, raw(&[1_000_000], (0, 0))),
+                (tls, raw(&[1_000_000], (0, 0))),
+                (grpc_key(50051, a, 0), raw(&[2_000_000; 6], (60, 600))),
+                (grpc_key(50051, a, 5), raw(&[2_000_000; 2], (20, 200))),
+                (grpc_key(50051, b, 14), raw(&[8_000_000; 2], (20, 200))),
+                (
+                    grpc_key(50051, b, GRPC_STATUS_UNKNOWN),
+                    raw(&[8_000_000; 2], (20, 200)),
+                ),
+            ],
+        );
+        let rows: Vec<String> = c.endpoints().map(|e| e.id.protocol_label()).collect();
+        assert_eq!(rows, ["HTTP/1.1", "HTTP/1.1+TLS", "HTTP/2", "gRPC"]);
+        let grpc = c.endpoints().find(|e| e.id.protocol.is_grpc()).unwrap();
+        let iv = &grpc.last;
+        assert_eq!(iv.requests, 12);
+        // grpc-status is not an HTTP status: no 4xx/5xx. NOT_FOUND and UNAVAILABLE fail the
+        // caller (4 of 12); only UNAVAILABLE is the server's; the unknown status is neither.
+        assert_eq!((iv.status_4xx, iv.status_5xx), (0, 0));
+        assert_eq!((iv.rpc_errors, iv.rpc_server_errors), (4, 2));
+        assert!((iv.error_ratio() - 4.0 / 12.0).abs() < 1e-9);
+        assert!((iv.server_error_ratio() - 2.0 / 12.0).abs() < 1e-9);
+        assert_eq!(iv.by_status.get(&GRPC_STATUS_UNKNOWN), Some(&2));
+        // Per method: its own counts, statuses, percentiles and rate over the window.
+        let ma = &iv.by_rpc[&a];
+        assert_eq!((ma.requests, ma.rpc_errors), (8, 2));
+        assert!((ma.rps() - 4.0).abs() < 1e-9);
+        let p50 = ma.quantile(0.5).unwrap().as_secs_f64();
+        assert!((p50 - 0.002).abs() / 0.002 < 0.0625, "{p50}");
+        let mb = &iv.by_rpc[&b];
+        assert_eq!((mb.requests, mb.rpc_server_errors), (4, 2));
+        assert!(mb.quantile(0.5).unwrap() > ma.quantile(0.99).unwrap());
+        assert!(ma.by_rpc.is_empty());
+        // HTTP/2 rows keep HTTP statuses.
+        let h2row = c
+            .endpoints()
+            .find(|e| e.id.protocol == AppProtocol::Http2)
+            .unwrap();
+        assert_eq!(h2row.last.status_4xx, 1);
+        assert!(h2row.last.by_rpc.is_empty());
+        // A slower Watch appends windows: methods keep their sum and the whole length.
+        let mut acc = Interval::default();
+        acc.append(iv);
+        acc.append(iv);
+        assert_eq!(acc.by_rpc[&a].requests, 16);
+        assert!((acc.by_rpc[&a].secs - 4.0).abs() < 1e-9);
+        assert!((acc.by_rpc[&a].rps() - 4.0).abs() < 1e-9);
     }
 
     #[test]

@@ -1,12 +1,18 @@
 //! Kite's figures next to the load generators' own, for the usual traffic shapes. The same
 //! comparisons run with tolerances in the agent's kernel tests; here they are reported.
 
-use std::{fmt::Write as _, net::SocketAddr, time::Instant};
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use kite_common::maps::Direction;
 use kite_testkit::{
-    ClientReport, Load, Place, TestCgroup, Watch, Wrk, client, free_port, kite_q, nginx,
-    python_httpd, wrk,
+    ClientReport, Load, Place, TestCgroup, Watch, Wrk, client, free_port,
+    grpc::{self, Calls, Stack},
+    h2::{H2load, h2c_delay, h2load},
+    kite_q, nginx, python_httpd, wrk,
 };
 
 use crate::report;
@@ -55,6 +61,35 @@ impl From<&ClientReport> for Truth {
             started: c.started,
             finished: c.finished,
         }
+    }
+}
+
+impl From<&H2load> for Truth {
+    fn from(h: &H2load) -> Self {
+        let (started, finished) = (h.wall_started.unwrap(), h.wall_finished.unwrap());
+        Truth {
+            generator: "h2load",
+            requests: h.succeeded,
+            rps: h.succeeded as f64 / (finished - started).as_secs_f64(),
+            q: [0.5, 0.9, 0.99].map(|q| h.quantile(q).as_secs_f64()),
+            started,
+            finished,
+        }
+    }
+}
+
+/// A gRPC client's calls, timed from `started` to `finished` (each call to its status).
+fn grpc_truth(c: &Calls, started: Instant, finished: Instant) -> Truth {
+    let mut t: Vec<f64> = c.0.iter().map(|c| c.end_ms / 1e3).collect();
+    t.sort_by(f64::total_cmp);
+    let q = |q: f64| t[((t.len() as f64 * q).ceil() as usize).clamp(1, t.len()) - 1];
+    Truth {
+        generator: "grpc-go client",
+        requests: c.0.len() as u64,
+        rps: c.0.len() as f64 / (finished - started).as_secs_f64(),
+        q: [q(0.5), q(0.9), q(0.99)],
+        started,
+        finished,
     }
 }
 
@@ -238,6 +273,52 @@ pub fn run() -> String {
             "outbound (client in the cgroup), Python",
             &w,
             &Truth::from(&r),
+        ));
+    }
+    // HTTP/2: h2load (2 connections, 10 streams each) → Go's own HTTP/2 server (h2c) in the
+    // cgroup, the wrk mix of delays.
+    {
+        let cg = TestCgroup::new("bench-acc-h2");
+        let port = free_port();
+        let _srv = h2c_delay(Place::in_cgroup(&cg), port);
+        let urls: Vec<String> = WRK_MIX
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{port}{p}"))
+            .collect();
+        let mut w = Watch::new(&cg);
+        w.target(Direction::Inbound, port);
+        let r = w.during(|| h2load(Place::default(), &urls, 6_000, 2, 10, &[]));
+        rows.push(row(
+            "HTTP/2 (h2c), 2 conns × 10 streams, Go net/http",
+            &w,
+            &Truth::from(&r),
+        ));
+    }
+    // gRPC: grpc-go's client → a grpcio server in the cgroup, unary calls of 20 and 40 ms and
+    // UNAVAILABLE after 10 ms, 8 at a time on one connection.
+    {
+        let cg = TestCgroup::new("bench-acc-grpc");
+        let port = free_port();
+        let _srv = grpc::server(Stack::Python, Place::in_cgroup(&cg), port);
+        let mut w = Watch::new(&cg);
+        w.target(Direction::Inbound, port);
+        let (c, t0, t1) = w.during(|| {
+            let t0 = Instant::now();
+            let c = grpc::client(
+                Stack::Go,
+                Place::default(),
+                &format!("127.0.0.1:{port}"),
+                800,
+                8,
+                "Unary:20:0,Lookup:40:0,Unary:10:14,Unary:20:0",
+                Duration::from_secs(120),
+            );
+            (c, t0, Instant::now())
+        });
+        rows.push(row(
+            "gRPC unary, 8 at a time, grpcio server",
+            &w,
+            &grpc_truth(&c, t0, t1),
         ));
     }
     let mut md = String::new();

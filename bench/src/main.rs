@@ -11,9 +11,12 @@
 
 mod accuracy;
 mod agent_cost;
+mod micro_h2;
 mod microbench;
 mod overhead;
+mod overhead_h2;
 mod report;
+mod tls_cost;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -43,6 +46,8 @@ enum What {
     Agent(agent_cost::Opts),
     /// Kite's counts, RPS and percentiles next to the load generators' own.
     Accuracy,
+    /// Where the OpenSSL probes' HTTPS cost goes: entry, return and map work apart.
+    TlsCost(tls_cost::Opts),
     /// All of the above.
     All {
         #[command(flatten)]
@@ -81,6 +86,13 @@ fn main() -> ExitCode {
         },
         What::Agent(o) => md += &agent_cost::run(&o),
         What::Accuracy => md += &accuracy::run(),
+        What::TlsCost(o) => match tls_cost::available() {
+            Ok(()) => md += &tls_cost::run(&o),
+            Err(e) => {
+                eprintln!("kite-bench tls-cost: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
         What::All {
             micro,
             overhead,

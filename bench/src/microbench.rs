@@ -31,7 +31,7 @@ use kite_common::{
     maps::{STAT_COUNT, Stat},
 };
 
-use crate::{median, report};
+use crate::{median, micro_h2, report};
 
 /// Options.
 #[derive(clap::Args, Clone)]
@@ -47,18 +47,66 @@ pub struct Opts {
     /// made before a change): measured in the same rounds, alternating, for an A/B table.
     #[arg(long)]
     pub compare: Option<std::path::PathBuf>,
+    /// The eBPF object under test (default: the one built into this binary).
+    #[arg(long)]
+    pub object: Option<std::path::PathBuf>,
+    /// Only load every packet and uprobe program of the object under test through the
+    /// verifier and print the instructions it verified for each (no measurement).
+    #[arg(long)]
+    pub verify: bool,
+    /// Also measure each case with its packet path cut short after each stage (headers,
+    /// storage, clock, `begin`, parser loop): a table of what each stage adds.
+    #[arg(long)]
+    pub decompose: bool,
+    /// Measure the object under test with routes off too (HTTP/1 connections that never read
+    /// their request targets, `kite-agent --routes off`), alternating, as the `--compare`
+    /// side: what routes cost.
+    #[arg(long, conflicts_with = "compare")]
+    pub routes_off: bool,
+    /// The HTTP/1 request's target (default `/`, wrk's): routes read it byte by byte, so their
+    /// cost grows with it (`/api/v1/orders/12345`).
+    #[arg(long)]
+    pub target: Option<String>,
 }
 
+/// The stages `--decompose` cuts the path after (`STOP_*` in the eBPF program), with names.
+const STAGES: [(u32, &str); 5] = [
+    (1, "verdict check, headers"),
+    (2, "`SOCKETS` lookup"),
+    (3, "clock + segment"),
+    (4, "`begin`"),
+    (5, "parser loop"),
+];
+
+/// The cases `--decompose` cuts short (those that reach the parser).
+const DECOMPOSED: [Case; 4] = [
+    Case::Request,
+    Case::Response,
+    Case::ResponseMinimal,
+    Case::Body,
+];
+
 const CLIENT: [u8; 4] = [127, 0, 0, 2];
-const SERVER: [u8; 4] = [127, 0, 0, 1];
+pub(crate) const SERVER: [u8; 4] = [127, 0, 0, 1];
 const CLIENT_PORT: u16 = 40_000;
-const SERVER_PORT: u16 = 8080;
+pub(crate) const SERVER_PORT: u16 = 8080;
 /// Initial sequence numbers (the first data byte is one past them).
-const CLIENT_ISN: u32 = 0x1000_0000;
-const SERVER_ISN: u32 = 0x7000_0000;
+pub(crate) const CLIENT_ISN: u32 = 0x1000_0000;
+pub(crate) const SERVER_ISN: u32 = 0x7000_0000;
 
 /// wrk's request.
 pub const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n";
+
+/// The request target the HTTP/1 cases use (`--target`; default `/`, as wrk's).
+static TARGET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The HTTP/1 request of the cases: [`REQUEST`] with the `--target` path.
+fn request_bytes() -> Vec<u8> {
+    match TARGET.get() {
+        Some(t) => format!("GET {t} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n").into_bytes(),
+        None => REQUEST.to_vec(),
+    }
+}
 
 /// nginx's answer to it (a 17-byte `return 200`).
 pub fn response() -> Vec<u8> {
@@ -113,11 +161,24 @@ pub enum Case {
     NotHttp,
     /// A non-HTTP segment on a socket judged not HTTP at its first byte.
     NotHttpJudged,
+    /// HTTP/2 (h2load → nghttpd, server side): the connection's first segment (client preface,
+    /// SETTINGS, WINDOW_UPDATE, the first request's HEADERS with literals) on a just-opened state.
+    H2Open,
+    /// nghttpd's first segment (SETTINGS, ACK, the first response's HEADERS with literals, DATA).
+    H2OpenResponse,
+    /// A request on a keep-alive HTTP/2 connection (a 14-byte HEADERS of indexed fields).
+    H2Request,
+    /// Its response: HEADERS (indexed) and DATA with END_STREAM, 48 bytes.
+    H2Response,
+    /// A gRPC unary request (grpcio): HEADERS, DATA, WINDOW_UPDATEs, 63 bytes.
+    GrpcRequest,
+    /// Its response: HEADERS, DATA, trailers (`grpc-status`), WINDOW_UPDATE, 69 bytes.
+    GrpcResponse,
 }
 
 impl Case {
     /// Every case.
-    pub const ALL: [Case; 7] = [
+    pub const ALL: [Case; 13] = [
         Case::Request,
         Case::Response,
         Case::ResponseMinimal,
@@ -125,7 +186,28 @@ impl Case {
         Case::Body,
         Case::NotHttp,
         Case::NotHttpJudged,
+        Case::H2Open,
+        Case::H2OpenResponse,
+        Case::H2Request,
+        Case::H2Response,
+        Case::GrpcRequest,
+        Case::GrpcResponse,
     ];
+
+    /// The HTTP/2 cases, in [`micro_h2::cases`]' order.
+    const H2: [Case; 6] = [
+        Case::H2Open,
+        Case::H2OpenResponse,
+        Case::H2Request,
+        Case::H2Response,
+        Case::GrpcRequest,
+        Case::GrpcResponse,
+    ];
+
+    /// Index in [`Canned::h2`] / `BENCH_H2_CONNS` of an HTTP/2 case.
+    fn h2(self) -> Option<usize> {
+        Self::H2.iter().position(|c| *c == self)
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -136,17 +218,37 @@ impl Case {
             Case::Body => "body continuation (1448 B)",
             Case::NotHttp => "non-HTTP segment (517 B), not judged",
             Case::NotHttpJudged => "non-HTTP segment (517 B), judged not HTTP",
+            Case::H2Open => {
+                "HTTP/2: first segment (preface, SETTINGS, HEADERS with literals, 100 B)"
+            }
+            Case::H2OpenResponse => {
+                "HTTP/2: first response segment (SETTINGS, HEADERS with literals, DATA, 153 B)"
+            }
+            Case::H2Request => "HTTP/2: keep-alive request (HEADERS, 14 B)",
+            Case::H2Response => "HTTP/2: its response (HEADERS, DATA, 48 B)",
+            Case::GrpcRequest => "gRPC unary request (HEADERS, DATA, 63 B)",
+            Case::GrpcResponse => "gRPC unary response (HEADERS, DATA, trailers, 69 B)",
         }
     }
 }
 
 /// Collects what the parser produced (user space).
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct Record {
     /// Finished requests.
     pub done: Vec<Completion>,
     /// Counters.
     pub stats: [u64; STAT_COUNT as usize],
+}
+
+// By hand: `[u64; N]` has no `Default` beyond 32 counters.
+impl Default for Record {
+    fn default() -> Self {
+        Self {
+            done: Vec::new(),
+            stats: [0; STAT_COUNT as usize],
+        }
+    }
 }
 
 impl Sink for Record {
@@ -159,7 +261,7 @@ impl Sink for Record {
     }
 }
 
-struct Bytes<'a>(&'a [u8]);
+pub(crate) struct Bytes<'a>(pub(crate) &'a [u8]);
 
 impl Payload for Bytes<'_> {
     fn load(&mut self, off: u32, dst: &mut Scratch, len: u32) -> bool {
@@ -209,11 +311,18 @@ pub struct Canned {
     pub in_body: Conn,
     /// Each case's segment.
     pub segs: Vec<(Case, Seg)>,
+    /// The HTTP/2 cases ([`Case::H2`]'s order).
+    pub h2: [micro_h2::H2Case; 6],
 }
 
 /// Builds the canned states by running the parser over the conversation (timestamps from
 /// `now_ns`).
 pub fn canned(now_ns: u64) -> Canned {
+    canned_with(now_ns, true)
+}
+
+/// [`canned`], its HTTP/1 connection with routes on (as the agent's default) or off.
+pub fn canned_with(now_ns: u64, routes: bool) -> Canned {
     let resp = response();
     let mut c_seq = CLIENT_ISN + 1;
     let mut s_seq = SERVER_ISN + 1;
@@ -221,14 +330,17 @@ pub fn canned(now_ns: u64) -> Canned {
     // SAFETY: `Conn` is plain integers and arrays; all-zero is its initial value.
     let mut conn: Conn = unsafe { std::mem::zeroed() };
     conn.init(ROLE_SERVER, 1, mapped(SERVER), SERVER_PORT, now_ns);
+    if routes {
+        conn.enable_routes();
+    }
     let mut exchange = |conn: &mut Conn, c_seq: &mut u32, s_seq: &mut u32, resp: &[u8]| {
         let rq = Seg {
             rx: true,
             seq: *c_seq,
             ack: *s_seq,
-            data: REQUEST.to_vec(),
+            data: request_bytes(),
         };
-        *c_seq += REQUEST.len() as u32;
+        *c_seq += request_bytes().len() as u32;
         feed(conn, &rq, now_ns, &mut sink);
         let rs = Seg {
             rx: false,
@@ -245,14 +357,14 @@ pub fn canned(now_ns: u64) -> Canned {
         rx: true,
         seq: c_seq,
         ack: s_seq,
-        data: REQUEST.to_vec(),
+        data: request_bytes(),
     };
     let mut waiting = idle;
     feed(&mut waiting, &request, now_ns, &mut sink);
     let response = Seg {
         rx: false,
         seq: s_seq,
-        ack: c_seq + REQUEST.len() as u32,
+        ack: c_seq + request_bytes().len() as u32,
         data: resp.clone(),
     };
     let ack = Seg {
@@ -269,9 +381,9 @@ pub fn canned(now_ns: u64) -> Canned {
         rx: true,
         seq: c2,
         ack: s2,
-        data: REQUEST.to_vec(),
+        data: request_bytes(),
     };
-    c2 += REQUEST.len() as u32;
+    c2 += request_bytes().len() as u32;
     feed(&mut in_body, &rq, now_ns, &mut sink);
     let hs = Seg {
         rx: false,
@@ -297,6 +409,7 @@ pub fn canned(now_ns: u64) -> Canned {
         idle,
         waiting,
         in_body,
+        h2: micro_h2::cases(now_ns),
         segs: vec![
             (Case::Request, request),
             (
@@ -323,16 +436,19 @@ impl Canned {
             Case::Request | Case::Ack => Some(&self.idle),
             Case::Response | Case::ResponseMinimal => Some(&self.waiting),
             Case::Body => Some(&self.in_body),
-            Case::NotHttp | Case::NotHttpJudged => None,
+            _ => None,
         }
     }
 
     fn seg(&self, case: Case) -> &Seg {
+        if let Some(i) = case.h2() {
+            return &self.h2[i].seg;
+        }
         &self.segs.iter().find(|(c, _)| *c == case).unwrap().1
     }
 }
 
-fn mapped(a: [u8; 4]) -> [u8; 16] {
+pub(crate) fn mapped(a: [u8; 4]) -> [u8; 16] {
     let mut m = [0; 16];
     m[10] = 0xff;
     m[11] = 0xff;
@@ -441,6 +557,19 @@ fn test_run(prog: &CgroupSkb, data: &[u8], repeat: u32) -> Result<u32, String> {
     Ok(a.duration)
 }
 
+/// `BenchCfg::what` of the HTTP/2 path and of its state copy (`BENCH_H2`, `BENCH_H2_COPY`).
+const BENCH_H2: u32 = 4;
+const BENCH_H2_COPY: u32 = 5;
+
+/// The canned HTTP/2 stream's home slot (`BENCH_H2_SLOT`).
+fn set_h2_slot(ebpf: &mut Ebpf, slot: u32) -> Result<(), String> {
+    let m = ebpf
+        .map_mut("BENCH_H2_SLOT")
+        .ok_or("this eBPF object has no HTTP/2 bench path")?;
+    let mut a: Array<_, u32> = Array::try_from(m).map_err(|e| e.to_string())?;
+    a.set(0, slot, 0).map_err(|e| e.to_string())
+}
+
 /// `kite_bench`'s settings (`BenchCfg` in the eBPF program).
 fn set_cfg(ebpf: &mut Ebpf, conn: u32, rx: bool, what: u32, judged: bool) {
     let mut cfg: Array<_, [u32; 4]> = Array::try_from(ebpf.map_mut("BENCH_CFG").unwrap()).unwrap();
@@ -471,8 +600,18 @@ fn monotonic_ns() -> u64 {
 }
 
 /// What each case must produce per run, checked against the kernel's counters.
-fn expect(case: Case) -> &'static [(Stat, u64)] {
-    match case {
+fn expect(c: &Canned, case: Case) -> Vec<(Stat, u64)> {
+    if let Some(i) = case.h2() {
+        // Through `kite_bench` (a packet) into `kite_bench_h2` (a payload packet).
+        return vec![
+            (Stat::Packets, 1),
+            (Stat::PayloadPackets, 1),
+            (Stat::Requests, c.h2[i].streams),
+            (Stat::H2Streams, c.h2[i].streams),
+            (Stat::H2Lost, 0),
+        ];
+    }
+    let v: &[(Stat, u64)] = match case {
         Case::Request => &[
             (Stat::Packets, 1),
             (Stat::PayloadPackets, 1),
@@ -504,7 +643,9 @@ fn expect(case: Case) -> &'static [(Stat, u64)] {
             (Stat::PayloadPackets, 0),
             (Stat::Requests, 0),
         ],
-    }
+        _ => &[],
+    };
+    v.to_vec()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -512,9 +653,13 @@ enum Row {
     Empty,
     Case(Case),
     Copy,
+    /// Copying the canned HTTP/2 state (`BENCH_H2_COPY`).
+    H2Copy,
     JudgeSetup,
     Buckets,
     Ktime,
+    /// A case cut short after a stage (`STOP_*`).
+    Stage(Case, u32),
 }
 
 /// Runs the microbenchmark; returns its Markdown section.
@@ -539,7 +684,71 @@ fn load(obj: &[u8], c: &Canned) -> Result<Ebpf, String> {
     conns.set(0, c.idle, 0).unwrap();
     conns.set(1, c.waiting, 0).unwrap();
     conns.set(2, c.in_body, 0).unwrap();
+    // The HTTP/2 path (objects built before it have none).
+    if ebpf.program("kite_bench_h2").is_some() {
+        let p: &mut CgroupSkb = ebpf
+            .program_mut("kite_bench_h2")
+            .unwrap()
+            .try_into()
+            .map_err(|e| format!("kite_bench_h2: {e}"))?;
+        p.load()
+            .map_err(|e| format!("loading kite_bench_h2: {e}"))?;
+        let fd = p
+            .fd()
+            .map_err(|e| e.to_string())?
+            .try_clone()
+            .map_err(|e| e.to_string())?;
+        let mut tails = aya::maps::ProgramArray::try_from(ebpf.map_mut("BENCH_TAILS").unwrap())
+            .map_err(|e| e.to_string())?;
+        tails
+            .set(0, &fd, 0)
+            .map_err(|e| format!("BENCH_TAILS: {e}"))?;
+        let mut h2: Array<_, kite_common::h2::H2Conn> =
+            Array::try_from(ebpf.map_mut("BENCH_H2_CONNS").unwrap()).unwrap();
+        for (i, k) in c.h2.iter().enumerate() {
+            h2.set(i as u32, k.state, 0).unwrap();
+        }
+    }
     Ok(ebpf)
+}
+
+/// Whether the object has the HTTP/2 bench path.
+fn has_h2(ebpf: &Ebpf) -> bool {
+    ebpf.program("kite_bench_h2").is_some()
+}
+
+/// Loads the object's packet (`cgroup_skb`) and uprobe programs: the verifier's verdict and
+/// instruction counts, as a Markdown list.
+fn verify(obj: &[u8]) -> Result<String, String> {
+    let mut ebpf = EbpfLoader::new()
+        .load(obj)
+        .map_err(|e| format!("loading the eBPF object: {e}"))?;
+    let mut md = String::from("Verified (instructions):\n\n");
+    let mut failed = false;
+    for (name, prog) in ebpf.programs_mut() {
+        let r = match prog {
+            aya::programs::Program::CgroupSkb(p) => p.load().map(|()| p.info()),
+            aya::programs::Program::UProbe(p) => p.load().map(|()| p.info()),
+            _ => continue,
+        };
+        let line = match r {
+            Ok(info) => info
+                .ok()
+                .and_then(|i| i.verified_instruction_count())
+                .map_or("?".into(), |n| n.to_string()),
+            Err(e) => {
+                failed = true;
+                let e = e.to_string();
+                let e = e.lines().last().unwrap_or_default().to_string();
+                format!("refused: {e}")
+            }
+        };
+        let _ = writeln!(md, "- {name}: {line}");
+    }
+    if failed {
+        return Err(md);
+    }
+    Ok(md)
 }
 
 /// One test run of `row`; the kernel's mean ns per run. A case's counters are checked.
@@ -548,15 +757,36 @@ fn measure(ebpf: &mut Ebpf, c: &Canned, row: Row, repeat: u32) -> Result<f64, St
         Case::Request | Case::Ack => 1,
         Case::Response | Case::ResponseMinimal => 2,
         Case::Body => 3,
-        Case::NotHttp | Case::NotHttpJudged => 0,
+        _ => 0,
     };
     let empty_frame = frame(c.seg(Case::Request));
+    let stop = match row {
+        Row::Stage(_, k) => k,
+        _ => 0,
+    };
+    if let Some(m) = ebpf.map_mut("BENCH_STOP") {
+        let mut a: Array<_, u32> = Array::try_from(m).map_err(|e| e.to_string())?;
+        a.set(0, stop, 0).map_err(|e| e.to_string())?;
+    } else if stop != 0 {
+        return Err("this eBPF object has no BENCH_STOP (--decompose needs it)".into());
+    }
     let (prog, data) = match row {
         Row::Empty => ("kite_empty", empty_frame),
-        Row::Case(case) => {
+        Row::Case(case) | Row::Stage(case, _) => {
             let s = c.seg(case);
-            set_cfg(ebpf, slot(case), s.rx, 0, case == Case::NotHttpJudged);
+            if let Some(i) = case.h2() {
+                set_h2_slot(ebpf, c.h2[i].slot)?;
+                set_cfg(ebpf, 1 + i as u32, s.rx, BENCH_H2, false);
+            } else {
+                set_cfg(ebpf, slot(case), s.rx, 0, case == Case::NotHttpJudged);
+            }
             ("kite_bench", frame(s))
+        }
+        Row::H2Copy => {
+            // The largest copy of the cases (every case copies the same number of words).
+            set_h2_slot(ebpf, c.h2[5].slot)?;
+            set_cfg(ebpf, 6, false, BENCH_H2_COPY, false);
+            ("kite_bench", empty_frame)
         }
         Row::Copy => {
             set_cfg(ebpf, 2, false, 1, false);
@@ -574,7 +804,7 @@ fn measure(ebpf: &mut Ebpf, c: &Canned, row: Row, repeat: u32) -> Result<f64, St
     let d = test_run(p, &data, repeat)?;
     let after = stats(ebpf);
     if let Row::Case(case) = row {
-        for &(stat, per_run) in expect(case) {
+        for (stat, per_run) in expect(c, case) {
             let got = after[stat as usize] - before[stat as usize];
             let want = per_run * u64::from(repeat);
             if got != want {
@@ -595,15 +825,23 @@ fn path_ns(rows: &[Row], med: &[f64], c: &Canned) -> Vec<Option<f64>> {
     let empty = med[0];
     let copy = med[rows.iter().position(|r| *r == Row::Copy).unwrap()];
     let judge = med[rows.iter().position(|r| *r == Row::JudgeSetup).unwrap()];
+    let h2copy = med[rows.iter().position(|r| *r == Row::H2Copy).unwrap()];
     rows.iter()
         .enumerate()
         .map(|(i, r)| match r {
             Row::Empty => None,
+            Row::Stage(case, k) => Some(if *k >= 2 && c.state(*case).is_some() {
+                med[i] - (copy - empty)
+            } else {
+                med[i]
+            }),
             Row::Case(case) => {
                 // The packet path copies the canned state only where the real one looks up
                 // the socket's storage: not for a bare ACK, nor without a state.
                 let copied = c.state(*case).is_some() && *case != Case::Ack;
-                Some(if copied {
+                Some(if case.h2().is_some() {
+                    med[i] - (h2copy - empty)
+                } else if copied {
                     med[i] - (copy - empty)
                 } else if *case == Case::NotHttpJudged {
                     med[i] - (judge - empty)
@@ -612,6 +850,7 @@ fn path_ns(rows: &[Row], med: &[f64], c: &Canned) -> Vec<Option<f64>> {
                 })
             }
             Row::Copy => Some(copy - empty),
+            Row::H2Copy => Some(h2copy - empty),
             Row::JudgeSetup => Some(judge - empty),
             Row::Buckets | Row::Ktime => Some((med[i] - empty) / BUCKET_CALLS as f64),
         })
@@ -623,33 +862,74 @@ fn row_name(r: Row) -> String {
         Row::Empty => "empty cgroup_skb program".to_string(),
         Row::Case(case) => case.name().to_string(),
         Row::Copy => "(bench only: copying the canned state)".to_string(),
+        Row::H2Copy => "(bench only: copying the canned HTTP/2 state)".to_string(),
         Row::JudgeSetup => "(bench only: finding the judged dummy socket)".to_string(),
         Row::Buckets => format!("`hist::bucket_index` (per call, {BUCKET_CALLS} calls a run)"),
         Row::Ktime => format!("`bpf_ktime_get_ns` (per call, {BUCKET_CALLS} calls a run)"),
+        Row::Stage(case, k) => format!("{} cut after stage {k}", case.name()),
     }
 }
 
 /// Runs the microbenchmark; returns its Markdown section.
 pub fn run(o: &Opts) -> Result<String, String> {
     let started = Instant::now();
+    if let Some(t) = &o.target {
+        if !t.starts_with('/') || t.contains([' ', '\r', '\n']) {
+            return Err(format!(
+                "--target {t:?}: a path, starting with /, without spaces"
+            ));
+        }
+        let _ = TARGET.set(t.clone());
+    }
     let c = canned(monotonic_ns());
-    let mut objs = vec![load(EBPF_OBJECT, &c)?];
+    let own = match &o.object {
+        Some(p) => std::fs::read(p).map_err(|e| format!("--object {}: {e}", p.display()))?,
+        None => EBPF_OBJECT.to_vec(),
+    };
+    if o.verify {
+        return verify(&own);
+    }
+    let mut objs = vec![load(&own, &c)?];
     if let Some(p) = &o.compare {
         let bytes = std::fs::read(p).map_err(|e| format!("--compare {}: {e}", p.display()))?;
         objs.push(load(&bytes, &c)?);
     }
+    if o.routes_off {
+        objs.push(load(&own, &canned_with(monotonic_ns(), false))?);
+    }
     let mut rows = vec![Row::Empty];
     rows.extend(Case::ALL.iter().map(|&c| Row::Case(c)));
     rows.push(Row::Copy);
+    rows.push(Row::H2Copy);
     rows.push(Row::JudgeSetup);
     rows.push(Row::Buckets);
     rows.push(Row::Ktime);
+    if o.decompose {
+        for case in DECOMPOSED {
+            for (k, _) in STAGES {
+                rows.push(Row::Stage(case, k));
+            }
+        }
+        rows.push(Row::Stage(Case::NotHttp, STOP_JOIN));
+    }
+    let h2_row = |r: Row| match r {
+        Row::H2Copy => true,
+        Row::Case(c) | Row::Stage(c, _) => c.h2().is_some(),
+        _ => false,
+    };
     let mut ns: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); rows.len()]; objs.len()];
     for round in 0..o.micro_rounds {
         for k in 0..rows.len() {
             let i = (k + round) % rows.len();
             for j in 0..objs.len() {
                 let b = (j + round) % objs.len();
+                if b > 0 && matches!(rows[i], Row::Stage(..)) {
+                    // Only the object under test is decomposed.
+                    continue;
+                }
+                if h2_row(rows[i]) && !has_h2(&objs[b]) {
+                    continue;
+                }
                 let d = measure(&mut objs[b], &c, rows[i], o.repeat)?;
                 ns[b][i].push(d);
             }
@@ -657,12 +937,19 @@ pub fn run(o: &Opts) -> Result<String, String> {
     }
     let med: Vec<Vec<f64>> = ns
         .iter_mut()
-        .map(|o| o.iter_mut().map(|v| median(v)).collect())
+        .map(|o| {
+            o.iter_mut()
+                .map(|v| if v.is_empty() { f64::NAN } else { median(v) })
+                .collect()
+        })
         .collect();
     let net: Vec<Vec<Option<f64>>> = med.iter().map(|m| path_ns(&rows, m, &c)).collect();
     let empty = med[0][0];
     let mut table = Vec::new();
     for (i, r) in rows.iter().enumerate() {
+        if matches!(r, Row::Stage(..)) {
+            continue;
+        }
         let n = net[0][i];
         let ratio = match (r, n) {
             (Row::Empty, _) => "1.0×".to_string(),
@@ -709,8 +996,127 @@ pub fn run(o: &Opts) -> Result<String, String> {
     } else {
         md += &report::table(&["case", "ns/run", "path ns", "× empty"], &table);
     }
+    md += &per_exchange(&rows, &net, &med);
+    if o.decompose {
+        md += &decomposition(&rows, &net[0], empty);
+    }
     Ok(md)
 }
+
+/// The path ns of an exchange (its request and its response segment) for HTTP/1, HTTP/2 and
+/// gRPC, against two runs of the empty program (each exchange is two packets with payload).
+fn per_exchange(rows: &[Row], net: &[Vec<Option<f64>>], med: &[Vec<f64>]) -> String {
+    let at = |b: usize, case: Case| {
+        rows.iter()
+            .position(|x| *x == Row::Case(case))
+            .and_then(|i| net[b][i])
+            .unwrap_or(f64::NAN)
+    };
+    let pairs = [
+        (
+            "HTTP/1.1 keep-alive request (wrk → nginx)",
+            Case::Request,
+            Case::Response,
+        ),
+        (
+            "HTTP/2 stream on a keep-alive connection (h2load → nghttpd)",
+            Case::H2Request,
+            Case::H2Response,
+        ),
+        (
+            "gRPC unary call (grpcio → grpcio)",
+            Case::GrpcRequest,
+            Case::GrpcResponse,
+        ),
+        (
+            "HTTP/2 connection's first stream (preface, SETTINGS, literals)",
+            Case::H2Open,
+            Case::H2OpenResponse,
+        ),
+    ];
+    let http1 = at(0, Case::Request) + at(0, Case::Response);
+    let mut table = Vec::new();
+    for (name, rq, rs) in pairs {
+        let ns = at(0, rq) + at(0, rs);
+        let mut line = vec![
+            name.to_string(),
+            format!("{ns:.0}"),
+            format!("{:.1}×", ns / (2.0 * med[0][0])),
+            format!("{:.2}×", ns / http1),
+        ];
+        if net.len() > 1 {
+            let b = at(1, rq) + at(1, rs);
+            line.push(if b.is_nan() {
+                "–".into()
+            } else {
+                format!("{b:.0}")
+            });
+        }
+        table.push(line);
+    }
+    let mut head = vec![
+        "exchange (request + response segment)",
+        "path ns",
+        "× two empty runs",
+        "× HTTP/1.1",
+    ];
+    if net.len() > 1 {
+        head.push("path ns, --compare build");
+    }
+    let mut md = String::from(
+        "Per exchange (the request's segment and the response's, path ns added; HTTP/2's through \
+         `kite_ingress`/`kite_egress` up to the tail call and `kite_h2_*` after it):\n\n",
+    );
+    md += &report::table(&head, &table);
+    md
+}
+
+/// The `--decompose` table: what each stage of the path adds to each case (path ns of the
+/// path cut after the stage minus the path cut after the one before; the first stage over the
+/// empty program, the last column is the rest of the path: `end`, recording, the return).
+fn decomposition(rows: &[Row], net: &[Option<f64>], empty: f64) -> String {
+    let at = |r: Row| {
+        rows.iter()
+            .position(|x| *x == r)
+            .and_then(|i| net[i])
+            .unwrap_or(f64::NAN)
+    };
+    let mut table = Vec::new();
+    for case in DECOMPOSED {
+        let mut prev = empty;
+        let mut line = vec![case.name().to_string()];
+        for (k, _) in STAGES {
+            let v = at(Row::Stage(case, k));
+            line.push(format!("{:.0}", v - prev));
+            prev = v;
+        }
+        let full = at(Row::Case(case));
+        line.push(format!("{:.0}", full - prev));
+        line.push(format!("{:.0}", full - empty));
+        table.push(line);
+    }
+    let mut head = vec!["case"];
+    head.extend(STAGES.iter().map(|(_, n)| *n));
+    head.push("`end`, recording");
+    head.push("over empty");
+    let mut md = String::from(
+        "What each stage adds (`--decompose`: the path cut short after each stage, ns over the \
+         stage before, the first over the empty program; bench copy subtracted as above):\n\n",
+    );
+    md += &report::table(&head, &table);
+    let join = at(Row::Case(Case::NotHttp)) - at(Row::Stage(Case::NotHttp, STOP_JOIN));
+    let _ = writeln!(
+        md,
+        "\nThe HTTP/2 join test (`h2::join`: the socket's TCP state, a 9-byte load and the \
+         frame-shape check) of a non-HTTP segment on a socket Kite has no state for (joined \
+         midway): {join:.0} ns of the {:.0} ns path of that case.",
+        at(Row::Case(Case::NotHttp))
+    );
+    md
+}
+
+/// `STOP_JOIN` in the eBPF program: the path cut before the HTTP/2 join test.
+const STOP_JOIN: u32 = 6;
 
 /// `kite_bench`'s `hist::bucket_index` calls per run (`BENCH_BUCKET_CALLS`).
 const BUCKET_CALLS: u64 = 64;

@@ -43,6 +43,9 @@ pub struct Opts {
     /// mode, on nginx's cgroup, alternating with the others, for an A/B comparison in one run.
     #[arg(long)]
     pub compare_loader: Option<PathBuf>,
+    /// Only the HTTP/2 rows (h2load → nghttpd).
+    #[arg(long)]
+    pub h2_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -102,18 +105,23 @@ pub fn sibling(name: &str) -> PathBuf {
     p
 }
 
-struct Loader {
+pub(crate) struct Loader {
     child: Child,
 }
 
 impl Loader {
-    fn start(cgroup: Option<&str>) -> Self {
-        Self::start_from(&sibling("kite-loader"), cgroup)
+    pub(crate) fn start(cgroup: Option<&str>) -> Self {
+        Self::start_from(&sibling("kite-loader"), cgroup, &[])
     }
 
-    fn start_from(exe: &std::path::Path, cgroup: Option<&str>) -> Self {
+    /// With OpenSSL probed (`--tls`), for the HTTPS row.
+    fn start_tls(cgroup: Option<&str>) -> Self {
+        Self::start_from(&sibling("kite-loader"), cgroup, &["--tls"])
+    }
+
+    fn start_from(exe: &std::path::Path, cgroup: Option<&str>, extra: &[&str]) -> Self {
         let mut cmd = Command::new(exe);
-        cmd.args(["-s", "1", "bench"]);
+        cmd.args(["-s", "1", "bench"]).args(extra);
         if let Some(c) = cgroup {
             cmd.args(["--cgroup", c]);
         }
@@ -224,8 +232,50 @@ impl Drop for Haproxy {
     }
 }
 
+/// What a mode attached to the measured cgroup: nothing, the empty program, or Kite (with
+/// the ids of the programs its loader loaded: other people's Kite instances are not counted).
+#[derive(Default)]
+pub(crate) struct Attached {
+    empty: Option<EmptyProgram>,
+    _loader: Option<Loader>,
+    ours: std::collections::BTreeSet<u32>,
+}
+
+impl Attached {
+    /// The empty program on `cg`.
+    pub(crate) fn empty(cg: &TestCgroup) -> Self {
+        Self {
+            empty: Some(EmptyProgram::attach(&cg.cgroup).expect("empty program")),
+            ..Self::default()
+        }
+    }
+
+    /// Kite on `cg`.
+    pub(crate) fn kite(cg: &TestCgroup) -> Self {
+        let before = kite_programs();
+        let loader = Loader::start(Some(&cg.cgroup.path));
+        let ours = kite_programs().difference(&before).copied().collect();
+        Self {
+            empty: None,
+            _loader: Some(loader),
+            ours,
+        }
+    }
+
+    /// Run time and run count of the attached programs so far.
+    pub(crate) fn stats(&self) -> (Duration, u64) {
+        match &self.empty {
+            Some(e) => {
+                let s = e.stats();
+                (s.run_time, s.run_count)
+            }
+            None => bpf_stats(&self.ours),
+        }
+    }
+}
+
 /// Ids of the loaded programs whose name starts with `kite_`, the empty one left out.
-fn kite_programs() -> std::collections::BTreeSet<u32> {
+pub(crate) fn kite_programs() -> std::collections::BTreeSet<u32> {
     aya::programs::loaded_programs()
         .flatten()
         .filter(|p| {
@@ -237,7 +287,7 @@ fn kite_programs() -> std::collections::BTreeSet<u32> {
 }
 
 /// Run time and run count of the programs `ids`, per the kernel's BPF statistics.
-fn bpf_stats(ids: &std::collections::BTreeSet<u32>) -> (Duration, u64) {
+pub(crate) fn bpf_stats(ids: &std::collections::BTreeSet<u32>) -> (Duration, u64) {
     let mut t = Duration::ZERO;
     let mut n = 0;
     for p in aya::programs::loaded_programs().flatten() {
@@ -282,7 +332,7 @@ fn run_shape(
                     let before = kite_programs();
                     let cgroup = (mode != Mode::KiteRoot).then_some(cg.cgroup.path.as_str());
                     loader = Some(match (&o.compare_loader, mode) {
-                        (Some(exe), Mode::KiteB) => Loader::start_from(exe, cgroup),
+                        (Some(exe), Mode::KiteB) => Loader::start_from(exe, cgroup, &[]),
                         _ => Loader::start(cgroup),
                     });
                     ours = kite_programs().difference(&before).copied().collect();
@@ -366,6 +416,12 @@ fn run_shape(
 
 /// Runs the overhead benchmark; returns its Markdown section.
 pub fn run(o: &Opts) -> String {
+    if o.h2_only {
+        return format!(
+            "## Overhead on the measured traffic\n\n{}",
+            crate::overhead_h2::run(o)
+        );
+    }
     let cg = TestCgroup::new("bench-overhead");
     let port = free_port();
     let _nginx = nginx(Place::in_cgroup(&cg), port);
@@ -453,7 +509,9 @@ pub fn run(o: &Opts) -> String {
             &rows,
         );
     }
+    md += &crate::overhead_h2::run(o);
     md += &bulk(o, &cg);
+    md += &tls(o);
     md
 }
 
@@ -485,24 +543,14 @@ fn bulk(o: &Opts, cg: &TestCgroup) -> String {
     for round in 0..o.rounds {
         for k in 0..modes.len() {
             let mode = modes[(k + round) % modes.len()];
-            let (mut empty, mut loader, mut ours) = (None, None, Default::default());
-            if mode == Mode::Empty {
-                empty = Some(EmptyProgram::attach(&cg.cgroup).expect("empty program"));
+            let att = if mode == Mode::Empty {
+                Attached::empty(cg)
             } else {
-                let before = kite_programs();
-                loader = Some(Loader::start(Some(&cg.cgroup.path)));
-                ours = kite_programs().difference(&before).copied().collect();
-            }
-            let stats = |empty: &Option<EmptyProgram>| match empty {
-                Some(e) => {
-                    let s = e.stats();
-                    (s.run_time, s.run_count)
-                }
-                None => bpf_stats(&ours),
+                Attached::kite(cg)
             };
-            let (t0, n0) = stats(&empty);
+            let (t0, n0) = att.stats();
             transfer();
-            let (t1, n1) = stats(&empty);
+            let (t1, n1) = att.stats();
             let n = (n1 - n0).max(1) as f64;
             per_run
                 .entry(mode)
@@ -511,8 +559,7 @@ fn bulk(o: &Opts, cg: &TestCgroup) -> String {
             runs.entry(mode)
                 .or_default()
                 .push(n / (BULK as f64 / f64::from(1 << 20)));
-            drop(loader);
-            drop(empty);
+            drop(att);
         }
     }
     let empty = median(&mut per_run[&Mode::Empty].clone());
@@ -540,5 +587,106 @@ fn bulk(o: &Opts, cg: &TestCgroup) -> String {
         o.rounds
     );
     md += &report::table(&["mode", "ns/run", "× empty", "program runs/MiB"], &rows);
+    md
+}
+
+/// HTTPS (issue 14): wrk → nginx with `ssl` in its own cgroup, unmonitored, with the empty
+/// program, with Kite (its packet programs judge the TLS connections, its uprobes on libssl
+/// parse the plaintext): RPS, and eBPF ns per request of every Kite program (uprobes and
+/// tracepoints included) beside the empty program's.
+fn tls(o: &Opts) -> String {
+    let certs = kite_testkit::tls::Certs::new();
+    let cg = TestCgroup::new("bench-tls");
+    let port = free_port();
+    let _nginx = kite_testkit::tls::nginx_tls(Place::in_cgroup(&cg), port, &certs);
+    let url = format!("https://127.0.0.1:{port}/");
+    let modes = [Mode::Baseline, Mode::Empty, Mode::Kite];
+    let mut out: BTreeMap<Mode, Samples> = BTreeMap::new();
+    for round in 0..o.rounds {
+        for k in 0..modes.len() {
+            let mode = modes[(k + round) % modes.len()];
+            let (mut empty, mut loader, mut ours) = (None, None, Default::default());
+            match mode {
+                Mode::Empty => {
+                    empty = Some(EmptyProgram::attach(&cg.cgroup).expect("empty program"))
+                }
+                Mode::Kite => {
+                    let before = kite_programs();
+                    loader = Some(Loader::start_tls(Some(&cg.cgroup.path)));
+                    // Its first TLS scan (right after it says it measures) loads the uprobes.
+                    std::thread::sleep(Duration::from_millis(1500));
+                    ours = kite_programs().difference(&before).copied().collect();
+                }
+                _ => {}
+            }
+            let stats = |empty: &Option<EmptyProgram>| match empty {
+                Some(e) => {
+                    let s = e.stats();
+                    (s.run_time, s.run_count)
+                }
+                None => bpf_stats(&ours),
+            };
+            let (t0, _) = stats(&empty);
+            let w = wrk_for(
+                Place::default(),
+                &url,
+                2,
+                o.conns,
+                Duration::from_secs(o.secs),
+                &[],
+            );
+            let (t1, _) = stats(&empty);
+            assert_eq!(
+                w.socket_errors() + w.status_errors,
+                0,
+                "https: wrk saw errors"
+            );
+            let s = out.entry(mode).or_default();
+            s.rps.push(w.rps());
+            s.p50_us.push(w.p50_us);
+            if mode != Mode::Baseline {
+                s.ns_per_req
+                    .push((t1 - t0).as_nanos() as f64 / w.requests.max(1) as f64);
+            }
+            eprintln!(
+                "  https round {round}: {:<26} {:>9.0} rps",
+                mode.name(),
+                w.rps()
+            );
+            drop(loader);
+            drop(empty);
+        }
+    }
+    let base = median(&mut out[&Mode::Baseline].rps.clone());
+    let empty = median(&mut out[&Mode::Empty].ns_per_req.clone());
+    let rows: Vec<Vec<String>> = out
+        .iter()
+        .map(|(mode, s)| {
+            let rps = median(&mut s.rps.clone());
+            let ns = (!s.ns_per_req.is_empty()).then(|| median(&mut s.ns_per_req.clone()));
+            vec![
+                mode.name().to_string(),
+                format!("{rps:.0}"),
+                format!("{:.3}×", rps / base),
+                format!("{:.0} µs", median(&mut s.p50_us.clone())),
+                ns.map_or("–".into(), |n| format!("{n:.0}")),
+                ns.map_or("–".into(), |n| format!("{:.1}×", n / empty)),
+            ]
+        })
+        .collect();
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "### HTTPS (TLS through OpenSSL)\n\n\
+         wrk (2 threads, {} connections, {} s per run) → nginx with `ssl` (1 worker, keep-alive) \
+         in its own cgroup; {} rounds rotating; medians. Kite's eBPF ns/request counts all its \
+         programs: the packet programs (a judged TLS socket costs one lookup a packet), the \
+         uprobes on `SSL_read`/`SSL_write` (entry and return) and the socket tracepoints.\n",
+        o.conns, o.secs, o.rounds
+    );
+    md += &report::table(
+        &["mode", "RPS", "RPS ×", "p50", "eBPF ns/request", "× empty"],
+        &rows,
+    );
     md
 }

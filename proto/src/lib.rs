@@ -41,7 +41,35 @@ impl v1::Direction {
     }
 }
 
+impl v1::Protocol {
+    /// `HTTP/1.0`, `HTTP/1.1`, `HTTP/2`, `gRPC`; `HTTP/1.x` when unspecified.
+    pub fn label(self) -> &'static str {
+        match self {
+            v1::Protocol::Unspecified => "HTTP/1.x",
+            v1::Protocol::Http10 => "HTTP/1.0",
+            v1::Protocol::Http11 => "HTTP/1.1",
+            v1::Protocol::Http2 => "HTTP/2",
+            v1::Protocol::Grpc => "gRPC",
+        }
+    }
+}
+
 impl v1::EndpointId {
+    /// Its protocol as shown, with TLS: `HTTP/1.1`, `HTTP/2+TLS`, `gRPC+TLS`.
+    pub fn protocol_label(&self) -> String {
+        let p = self.protocol().label();
+        if self.tls {
+            format!("{p}+TLS")
+        } else {
+            p.to_string()
+        }
+    }
+
+    /// Whether its calls are gRPC calls (statuses are grpc-status codes).
+    pub fn is_grpc(&self) -> bool {
+        self.protocol() == v1::Protocol::Grpc
+    }
+
     /// `ip:port`, IPv6 in brackets.
     pub fn address(&self) -> String {
         if self.ip.contains(':') {

@@ -9,6 +9,7 @@ Routes (GET and POST; POST bodies are read by Content-Length and ignored):
   /chunked/<n>   200 with an n-byte body in chunked encoding (several chunks)
   /trap          200 whose body, written separately, looks like HTTP messages
   anything else  200 "hello"
+A `delay=<ms>` query parameter (any route) sleeps <ms> milliseconds first.
 The handler writes headers and body with separate send() calls (Python's default), which
 exercises headers/body split over segments. Nagle is off so latencies are the server's own.
 """
@@ -44,6 +45,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _route(self):
+        query = self.path.partition("?")[2]
+        for kv in query.split("&"):
+            if kv.startswith("delay="):
+                time.sleep(float(kv[6:]) / 1000.0)
         parts = self.path.split("?")[0].strip("/").split("/")
         if parts[0] == "d" and len(parts) == 2:
             time.sleep(float(parts[1]) / 1000.0)

@@ -4,11 +4,14 @@
 //!
 //! Used by the agent's real-kernel tests and by `kite-bench`.
 
+pub mod grpc;
+pub mod h2;
 pub mod impair;
 pub mod load;
 pub mod prometheus;
 pub mod servers;
 pub mod sys;
+pub mod tls;
 pub mod watch;
 
 use std::sync::{

@@ -172,6 +172,8 @@ pub fn wrk_for(
 /// its response.
 pub struct ClientReport {
     pub latencies: Vec<Duration>,
+    /// The index in [`Load::paths`] of each latency's request.
+    pub path_of: Vec<usize>,
     pub statuses: BTreeMap<u16, u64>,
     pub started: Instant,
     pub finished: Instant,
@@ -209,6 +211,9 @@ pub struct Load<'a> {
     pub pace: Option<Duration>,
     /// Stop early at this time.
     pub deadline: Option<Instant>,
+    /// Connection `c`'s `i`-th request takes path `(c·stride + i) mod len` (0: `c + i`, every
+    /// connection walking the same few paths; `per_conn`: every request its own path).
+    pub stride: usize,
 }
 
 impl Default for Load<'_> {
@@ -223,6 +228,7 @@ impl Default for Load<'_> {
             more_addrs: &[],
             pace: None,
             deadline: None,
+            stride: 0,
         }
     }
 }
@@ -327,12 +333,14 @@ impl Reader {
 
 pub fn client(load: &Load<'_>) -> ClientReport {
     let started = Instant::now();
-    let per_thread: Vec<(Vec<Duration>, BTreeMap<u16, u64>)> = thread::scope(|s| {
+    type PerThread = (Vec<Duration>, Vec<usize>, BTreeMap<u16, u64>);
+    let per_thread: Vec<PerThread> = thread::scope(|s| {
         let handles: Vec<_> = (0..load.conns)
             .map(|c| {
                 let load = load.clone();
                 s.spawn(move || {
                     let mut lat = Vec::with_capacity(load.per_conn.min(1 << 20));
+                    let mut path_of = Vec::with_capacity(load.per_conn.min(1 << 20));
                     let mut statuses = BTreeMap::new();
                     let mut nth_conn = c;
                     let mut connect = || {
@@ -370,8 +378,11 @@ pub fn client(load: &Load<'_>) -> ClientReport {
                         }
                         let n = load.depth.min(load.per_conn - i);
                         let mut batch = Vec::new();
+                        let first_path = c * load.stride.max(1) + i;
                         for k in 0..n {
-                            let path = load.paths[(c + i + k) % load.paths.len()];
+                            let j = (first_path + k) % load.paths.len();
+                            path_of.push(j);
+                            let path = load.paths[j];
                             let conn_hdr = if load.close {
                                 "Connection: close\r\n"
                             } else {
@@ -394,7 +405,7 @@ pub fn client(load: &Load<'_>) -> ClientReport {
                             r = connect();
                         }
                     }
-                    (lat, statuses)
+                    (lat, path_of, statuses)
                 })
             })
             .collect();
@@ -403,12 +414,14 @@ pub fn client(load: &Load<'_>) -> ClientReport {
     let finished = Instant::now();
     let mut report = ClientReport {
         latencies: Vec::new(),
+        path_of: Vec::new(),
         statuses: BTreeMap::new(),
         started,
         finished,
     };
-    for (l, st) in per_thread {
+    for (l, p, st) in per_thread {
         report.latencies.extend(l);
+        report.path_of.extend(p);
         for (k, v) in st {
             *report.statuses.entry(k).or_default() += v;
         }

@@ -69,7 +69,18 @@ pub fn nginx_on(place: Place<'_>, port: u16, hosts: &[&str]) -> Nginx {
 
 /// [`nginx_on`] with more `listen` parameters, e.g. `deferred` (`TCP_DEFER_ACCEPT`).
 pub fn nginx_listen(place: Place<'_>, port: u16, hosts: &[&str], params: &str) -> Nginx {
-    let dir = std::env::temp_dir().join(unique("kite-nginx"));
+    let listens: String = hosts
+        .iter()
+        .map(|h| format!("        listen {h}:{port} {params};\n"))
+        .collect();
+    nginx_with(place, port, "kite-nginx", &listens)
+}
+
+/// nginx with the test config (`/`, `/status/<code>`, `/d/<ms>` delayed by the echo module)
+/// in a fresh directory named after `prefix`; `server_head` is the server block's first lines
+/// (its `listen`s, and for TLS its certificate). Ready on 127.0.0.1:`port` when this returns.
+pub(crate) fn nginx_with(place: Place<'_>, port: u16, prefix: &str, server_head: &str) -> Nginx {
+    let dir = std::env::temp_dir().join(unique(prefix));
     fs::create_dir_all(dir.join("logs")).unwrap();
     let echo = Path::new("/usr/lib/nginx/modules/ngx_http_echo_module.so");
     assert!(
@@ -90,10 +101,6 @@ pub fn nginx_listen(place: Place<'_>, port: u16, hosts: &[&str], params: &str) -
         );
     }
     statuses += "        location = /status/302 { return 302 /moved; }\n";
-    let listens: String = hosts
-        .iter()
-        .map(|h| format!("        listen {h}:{port} {params};\n"))
-        .collect();
     let conf = format!(
         "load_module {echo};\n\
          daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
@@ -105,7 +112,7 @@ pub fn nginx_listen(place: Place<'_>, port: u16, hosts: &[&str], params: &str) -
              uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
              keepalive_requests 1000000;\n\
              server {{\n\
-{listens}\
+{server_head}\
                  location = / {{ default_type text/plain; return 200 \"hello from nginx\\n\"; }}\n\
 {statuses}\
 {delays}\
@@ -114,8 +121,15 @@ pub fn nginx_listen(place: Place<'_>, port: u16, hosts: &[&str], params: &str) -
         echo = echo.display(),
         d = dir.display(),
     );
-    fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let proc = start_nginx(place, &dir, &conf, port);
+    Nginx { proc, dir }
+}
+
+/// Writes `conf` into `dir`, checks it with `nginx -t` (removing `dir` and failing the test with
+/// nginx's words if it is refused), starts nginx in `place` and waits for 127.0.0.1:`port`.
+pub(crate) fn start_nginx(place: Place<'_>, dir: &Path, conf: &str, port: u16) -> Proc {
     let conf_path = dir.join("nginx.conf");
+    fs::write(&conf_path, conf).unwrap();
     let check = Command::new("nginx")
         .args([
             "-t",
@@ -128,7 +142,7 @@ pub fn nginx_listen(place: Place<'_>, port: u16, hosts: &[&str], params: &str) -
         .output()
         .expect("nginx (apt-get install nginx-light)");
     if !check.status.success() {
-        let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_dir_all(dir);
         panic!("nginx config: {}", String::from_utf8_lossy(&check.stderr));
     }
     let proc = spawn(
@@ -136,5 +150,40 @@ pub fn nginx_listen(place: Place<'_>, port: u16, hosts: &[&str], params: &str) -
         &["nginx", "-c", conf_path.to_str().unwrap(), "-e", "stderr"],
     );
     wait_for_port(&format!("127.0.0.1:{port}"), place.netns);
-    Nginx { proc, dir }
+    proc
+}
+
+/// Builds `servers/<src>` offline — GOPATH mode over the Go sources Debian installs in
+/// /usr/share/gocode (`packages` names the Debian packages it needs) — into `target/<out>`
+/// (the temp dir outside a cargo build). Built under a name of this process, then renamed:
+/// test binaries building at the same time (Go's cache makes that quick) never see a partial
+/// file. Callers keep the path in a `OnceLock`, one build per process.
+pub(crate) fn go_build(src: &str, out: &str, packages: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let target = exe
+        .ancestors()
+        .find(|p| p.file_name().is_some_and(|n| n == "target"))
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let bin = target.join(out);
+    let tmp = target.join(format!("{out}.{}", std::process::id()));
+    let src = dir().join(src);
+    let r = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&tmp)
+        .arg(&src)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", target.join("go-cache"))
+        .env("GOFLAGS", "")
+        .output()
+        .unwrap_or_else(|e| panic!("go build (apt-get install {packages}): {e}"));
+    assert!(
+        r.status.success(),
+        "go build {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    fs::rename(&tmp, &bin).expect("rename the Go binary");
+    bin
 }

@@ -32,8 +32,15 @@ impl Watch {
     }
 
     pub fn with_options(cg: &TestCgroup, options: Options) -> Self {
-        let mut kite = Kite::load(options).expect("load Kite's eBPF programs");
-        kite.attach(&cg.cgroup).expect("attach");
+        let mut w = Self::unattached(options);
+        w.attach(cg);
+        w
+    }
+
+    /// Kite's programs loaded (and verified: seconds) but not attached yet, for a test whose
+    /// traffic must already run when Kite attaches ([`Watch::attach`]).
+    pub fn unattached(options: Options) -> Self {
+        let kite = Kite::load(options).expect("load Kite's eBPF programs");
         let now = Instant::now();
         Self {
             kite,
@@ -43,6 +50,12 @@ impl Watch {
             total: Interval::default(),
             last_poll: now,
         }
+    }
+
+    /// Attaches the programs to `cg`; the totals start now.
+    pub fn attach(&mut self, cg: &TestCgroup) {
+        self.kite.attach(&cg.cgroup).expect("attach");
+        self.last_poll = Instant::now();
     }
 
     /// Follow the endpoint with this direction and port (all cgroups, all addresses).

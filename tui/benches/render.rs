@@ -8,7 +8,11 @@
 //! cargo bench -p kite-tui --bench render
 //! KITE_BENCH_ENDPOINTS=1000 KITE_BENCH_SECONDS=20 KITE_BENCH_SIZE=80x24 cargo bench -p kite-tui --bench render
 //! KITE_BENCH_FULL=1 cargo bench -p kite-tui --bench render   # every endpoint with history and histogram
+//! KITE_BENCH_GROUP=workload cargo bench -p kite-tui --bench render   # `g`: 200 workloads (or namespace: 40)
 //! ```
+//!
+//! With grouping on, snapshots carry every endpoint's histogram (as `kite-tui` then asks for
+//! them) and each rebuild merges them per group.
 //!
 //! Prints frame times (mean, p99, max), snapshot times (decode + update) and the CPU time of
 //! the process over the run as a percentage of one core.
@@ -43,7 +47,7 @@ fn cpu_time() -> Duration {
 }
 
 /// A snapshot of `n` endpoints, number `round` (values move from one round to the next).
-fn snapshot(n: usize, round: usize) -> v1::Snapshot {
+fn snapshot(n: usize, round: usize, workloads: usize) -> v1::Snapshot {
     let endpoints = (0..n)
         .map(|i| {
             let phase = (i + round) as f64;
@@ -65,13 +69,15 @@ fn snapshot(n: usize, round: usize) -> v1::Snapshot {
                     },
                     ip: format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256),
                     port: 8000 + (i % 100) as u32,
+                    protocol: v1::Protocol::Http11 as i32,
+                    tls: i % 10 == 0,
                 }),
                 workload: (i % 5 != 0).then(|| v1::Workload {
                     namespace: format!("ns-{}", i % 40),
                     pod: format!("app-{}-7d9f8c6b5-{:05x}", i / 4, i * 31),
                     pod_uid: format!("{:08x}-0000-4000-8000-{:012x}", i, i),
                     workload_kind: "Deployment".into(),
-                    workload_name: format!("app-{}", i / 4),
+                    workload_name: format!("app-{}", i / 4 % workloads),
                     container: "app".into(),
                     labels: [("app".to_string(), format!("app-{}", i / 4))].into(),
                 }),
@@ -92,6 +98,7 @@ fn snapshot(n: usize, round: usize) -> v1::Snapshot {
                     response_bytes: rps as u64 * 900,
                     request_bytes_per_second: rps * 120.0,
                     response_bytes_per_second: rps * 900.0,
+                    ..Default::default()
                 }),
                 totals: Some(v1::Totals {
                     requests: 1_000_000 + i as u64,
@@ -103,6 +110,7 @@ fn snapshot(n: usize, round: usize) -> v1::Snapshot {
                     p50_seconds: Some(p99 / 4.0),
                     p90_seconds: Some(p99 / 2.0),
                     p99_seconds: Some(p99),
+                    ..Default::default()
                 }),
                 history: (0..60)
                     .map(|k| v1::Point {
@@ -128,10 +136,12 @@ fn snapshot(n: usize, round: usize) -> v1::Snapshot {
                     v1::StatusCount {
                         status: 200,
                         count: rps as u64,
+                        name: String::new(),
                     },
                     v1::StatusCount {
                         status: 404,
                         count: (i % 7) as u64,
+                        name: String::new(),
                     },
                 ],
                 methods: vec![v1::MethodCount {
@@ -139,6 +149,8 @@ fn snapshot(n: usize, round: usize) -> v1::Snapshot {
                     count: rps as u64,
                 }],
                 last_active_unix_ms: 1_700_000_000_000,
+                rpcs: Vec::new(),
+                routes: Vec::new(),
             }
         })
         .collect();
@@ -172,17 +184,28 @@ fn main() {
         .expect("KITE_BENCH_SIZE like 160x40");
 
     let full: bool = env("KITE_BENCH_FULL", 0u8) == 1;
+    let group: String = env("KITE_BENCH_GROUP", String::new());
+    let presses = match group.as_str() {
+        "" | "endpoint" => 0,
+        "workload" => 1,
+        "namespace" => 2,
+        other => panic!("KITE_BENCH_GROUP={other}: endpoint, workload or namespace"),
+    };
+    // 200 workloads when grouping (the issue's case), else one per 4 endpoints as before.
+    let workloads = if presses > 0 { 200 } else { usize::MAX };
     // Four different snapshots, encoded as the agent sends them, and the focused endpoint's
     // detailed copy.
     let mut focus_bytes = Vec::new();
     let encoded: Vec<Vec<u8>> = (0..4)
         .map(|r| {
-            let mut s = snapshot(n, r);
+            let mut s = snapshot(n, r, workloads);
             focus_bytes.push(s.endpoints[0].encode_to_vec());
             if !full {
                 for e in &mut s.endpoints {
                     e.history.clear();
-                    e.histogram = None;
+                    if presses == 0 {
+                        e.histogram = None;
+                    }
                 }
             }
             s.encode_to_vec()
@@ -198,6 +221,10 @@ fn main() {
             AgentEvent::Snapshot(Box::new(v1::Snapshot::decode(&encoded[0][..]).unwrap())),
         ),
     );
+    for _ in 0..presses {
+        handle(&mut app, Event::Key(KeyCode::Char('g').into()));
+    }
+    assert_eq!(app.wants_histograms(), presses > 0);
     terminal.draw(|f| f.render_widget(&app, f.area())).unwrap();
 
     let period = Duration::from_secs(1) / refresh;
@@ -246,7 +273,16 @@ fn main() {
     println!(
         "kite-tui render: {n} endpoints, {w}x{h}, {refresh} frames/s for {:.1} s ({frames_total} frames), snapshot {snapshot_mb:.1} MB{}",
         wall.as_secs_f64(),
-        if full { " (full detail)" } else { "" }
+        if full {
+            " (full detail)".to_string()
+        } else if presses > 0 {
+            format!(
+                " (histograms), grouped by {group}: {} rows",
+                app.row_count()
+            )
+        } else {
+            String::new()
+        }
     );
     println!(
         "  frame (draw):               mean {f_mean:.3} ms  p99 {f_p99:.3} ms  max {f_max:.3} ms"

@@ -97,6 +97,15 @@ impl Target {
         }
     }
 
+    /// `host:port` to probe after a failure that a Kite agent does not cause: plain
+    /// addresses only (a port-forward or our own TLS would make the probe say nothing true).
+    fn probe_addr(&self) -> Option<&str> {
+        match self {
+            Target::Addr(url) if TLS.get().is_none() => url.strip_prefix("http://"),
+            _ => None,
+        }
+    }
+
     /// More about the last failure than the gRPC error says (the pod side of a port-forward).
     fn hint(&self) -> Option<String> {
         match self {
@@ -104,6 +113,69 @@ impl Target {
             Target::Pod(p) => p.take_error(),
         }
     }
+}
+
+/// TLS with a client certificate for every `--addr` (`--tls-cert`, `--tls-key`, `--ca`).
+static TLS: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+
+/// Reaches every address target over TLS, presenting `cert`, trusting only `ca`.
+pub fn use_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    ca: &std::path::Path,
+) -> Result<(), Error> {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let bad = |p: &std::path::Path, e: &dyn std::fmt::Display| Error::Tls {
+        path: p.display().to_string(),
+        reason: e.to_string(),
+    };
+    let certs = |p: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, Error> {
+        let v = CertificateDer::pem_file_iter(p)
+            .map_err(|e| bad(p, &e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(p, &e))?;
+        if v.is_empty() {
+            return Err(bad(p, &"no certificate in the file"));
+        }
+        Ok(v)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(ca)? {
+        roots.add(c).map_err(|e| bad(ca, &e))?;
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(cert, &e))?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs(cert)?, key_der)
+    .map_err(|e| bad(key, &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let _ = TLS.set(Arc::new(config));
+    Ok(())
+}
+
+/// A TLS connection to `uri`'s host and port, verified against the `--ca`.
+async fn tls_connect(
+    config: Arc<rustls::ClientConfig>,
+    uri: tonic::codegen::http::Uri,
+) -> std::io::Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>
+{
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_matches(|c| c == '[' || c == ']');
+    let port = uri.port_u16().unwrap_or(DEFAULT_GRPC_PORT);
+    let name = rustls_pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    let _ = tcp.set_nodelay(true);
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    Ok(hyper_util::rt::TokioIo::new(tls))
 }
 
 /// Connects to an agent.
@@ -123,7 +195,16 @@ pub async fn connect(target: &Target) -> Result<KiteClient<Channel>, Error> {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10));
     let channel = match target {
-        Target::Addr(_) => endpoint.connect().await,
+        Target::Addr(_) => match TLS.get().cloned() {
+            None => endpoint.connect().await,
+            Some(config) => {
+                endpoint
+                    .connect_with_connector(tower::service_fn(move |uri| {
+                        tls_connect(config.clone(), uri)
+                    }))
+                    .await
+            }
+        },
         Target::Pod(p) => {
             let p = p.clone();
             endpoint
@@ -161,15 +242,17 @@ pub async fn list(target: &Target, timeout: Duration) -> Result<Snapshot, Error>
                 status: Box::new(status),
             })
     };
-    tokio::time::timeout(timeout, call)
-        .await
-        .unwrap_or_else(|_| {
-            Err(Error::Timeout {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(snap)) => Ok(snap),
+        Ok(Err(e)) => Err(crate::probe::explain(with_hint(e, target), target.probe_addr()).await),
+        Err(_) => Err(with_hint(
+            Error::Timeout {
                 target: label.clone(),
                 timeout,
-            })
-        })
-        .map_err(|e| with_hint(e, target))
+            },
+            target,
+        )),
+    }
 }
 
 fn with_hint(e: Error, target: &Target) -> Error {
@@ -213,18 +296,30 @@ impl Backoff {
     }
 }
 
-/// Why a stream stopped.
-fn stream_error(target: &Target, e: Error) -> String {
-    let text = with_hint(e, target).to_string();
-    // The UI shows which agent; keep the reason.
+/// Why a stream stopped, in one sentence (see [`crate::probe`]), without the agent's name
+/// in front (the UI shows which agent).
+async fn stream_error(
+    target: &Target,
+    e: Error,
+    explainer: &mut crate::probe::Explainer,
+) -> String {
+    let text = explainer
+        .explain(with_hint(e, target), target.probe_addr())
+        .await;
     let label = target.label();
-    text.strip_prefix(&format!("{label}: "))
-        .map(str::to_string)
-        .unwrap_or(text)
+    match text.strip_prefix(&label) {
+        Some(rest) if rest.starts_with(": ") => rest[2..].to_string(),
+        Some(rest) if rest.starts_with(' ') => rest[1..].to_string(),
+        _ => text,
+    }
 }
 
 /// Which endpoint the UI shows in detail (see `App::focus`).
 pub type Focus = watch::Receiver<Option<EntryKey>>;
+
+/// Whether the UI needs every endpoint's histogram (`App::wants_histograms`: grouped views
+/// merge them); the stream is asked again with or without them when it changes.
+pub type Histograms = watch::Receiver<bool>;
 
 /// Follows agent `index` until `shutdown`: connects, forwards every snapshot of its `Watch`
 /// stream to `tx`, and after a failure reports it and tries again with [`Backoff`]. Returns
@@ -239,6 +334,7 @@ pub async fn follow(
     target: Target,
     tx: mpsc::Sender<Event>,
     mut focus: Focus,
+    mut histograms: Histograms,
     shutdown: CancellationToken,
 ) {
     let send = |e: AgentEvent| {
@@ -246,6 +342,7 @@ pub async fn follow(
         async move { tx.send(Event::Agent(index, e)).await.is_ok() }
     };
     let mut backoff = Backoff::new(BACKOFF.0, BACKOFF.1);
+    let mut explainer = crate::probe::Explainer::default();
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -255,15 +352,19 @@ pub async fn follow(
         let mut streamed = false;
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = watch_stream(&target, &tx, index, &mut focus, &mut streamed) => r,
+            r = watch_stream(&target, &tx, index, &mut focus, &mut histograms, &mut streamed) => r,
         };
         if streamed {
             backoff.reset();
+            explainer.reset();
             attempt = 0;
         }
         let error = match result {
             Ok(()) => "the agent ended the stream".to_string(),
-            Err(e) => stream_error(&target, e),
+            Err(e) => tokio::select! {
+                _ = shutdown.cancelled() => return,
+                text = stream_error(&target, e, &mut explainer) => text,
+            },
         };
         let delay = backoff.next_delay();
         if !send(AgentEvent::Down {
@@ -312,9 +413,41 @@ async fn fetch_focus(
         .into_inner();
     snap.endpoints.into_iter().find(|e| {
         e.id.as_ref().is_some_and(|id| {
-            id.cgroup_id == key.cgroup_id && id.ip == key.ip && id.port == key.port
+            id.cgroup_id == key.cgroup_id
+                && id.ip == key.ip
+                && id.port == key.port
+                && id.protocol == key.protocol
+                && id.tls == key.tls
         })
     })
+}
+
+/// A `Watch` call, lean (no history), with or without every endpoint's histogram. An agent
+/// that accepts the connection but never answers the call is down, not "connecting" for ever.
+async fn open_watch(
+    client: &mut KiteClient<Channel>,
+    label: &str,
+    histogram: bool,
+) -> Result<tonic::Streaming<Snapshot>, Error> {
+    let call = client.watch(WatchRequest {
+        interval_ms: 0,
+        filter: None,
+        detail: Some(Detail {
+            histogram,
+            history: 0,
+        }),
+    });
+    tokio::time::timeout(STALL, call)
+        .await
+        .map_err(|_| Error::Timeout {
+            target: label.to_string(),
+            timeout: STALL,
+        })?
+        .map(|r| r.into_inner())
+        .map_err(|status| Error::Rpc {
+            target: label.to_string(),
+            status: Box::new(status),
+        })
 }
 
 /// One connection: streams until it fails. `streamed` tells whether a snapshot came through.
@@ -323,6 +456,7 @@ async fn watch_stream(
     tx: &mpsc::Sender<Event>,
     index: usize,
     focus: &mut Focus,
+    histograms: &mut Histograms,
     streamed: &mut bool,
 ) -> Result<(), Error> {
     let label = target.label();
@@ -331,24 +465,9 @@ async fn watch_stream(
         status: Box::new(status),
     };
     let mut client = connect(target).await?;
-    // An agent that accepts the connection but never answers the call is down, not
-    // "connecting" for ever.
-    let call = client.watch(WatchRequest {
-        interval_ms: 0,
-        filter: None,
-        detail: Some(Detail {
-            histogram: false,
-            history: 0,
-        }),
-    });
-    let mut stream = tokio::time::timeout(STALL, call)
-        .await
-        .map_err(|_| Error::Timeout {
-            target: label.clone(),
-            timeout: STALL,
-        })?
-        .map_err(rpc)?
-        .into_inner();
+    let mut with_histograms = *histograms.borrow_and_update();
+    let mut stream = open_watch(&mut client, &label, with_histograms).await?;
+    let mut histograms_open = true;
     let send = |e: AgentEvent| async move { tx.send(Event::Agent(index, e)).await.is_ok() };
     let mut stall = STALL;
     // One deadline per snapshot: focus changes (someone scrolling) must not keep a silent
@@ -357,6 +476,17 @@ async fn watch_stream(
     let mut focus_open = true;
     loop {
         let snap = tokio::select! {
+            changed = histograms.changed(), if histograms_open => {
+                if changed.is_err() {
+                    histograms_open = false;
+                } else if *histograms.borrow_and_update() != with_histograms {
+                    // The same connection, a new call; the old stream is dropped (cancelled).
+                    with_histograms = !with_histograms;
+                    stream = open_watch(&mut client, &label, with_histograms).await?;
+                    deadline = tokio::time::Instant::now() + stall;
+                }
+                continue;
+            }
             changed = focus.changed(), if focus_open => {
                 if changed.is_err() {
                     focus_open = false;
@@ -505,6 +635,22 @@ mod tests {
             }
         }
 
+        /// One item, then open for ever.
+        pub struct Open(pub Option<Snapshot>);
+
+        impl futures_util::Stream for Open {
+            type Item = Result<Snapshot, tonic::Status>;
+            fn poll_next(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Self::Item>> {
+                match self.0.take() {
+                    Some(s) => Poll::Ready(Some(Ok(s))),
+                    None => Poll::Pending,
+                }
+            }
+        }
+
         impl futures_util::Stream for Stream {
             type Item = Result<Snapshot, tonic::Status>;
             fn poll_next(
@@ -551,7 +697,8 @@ mod tests {
         let shutdown = CancellationToken::new();
         let target = Target::parse(&addr.to_string()).unwrap();
         let (_focus_tx, focus) = watch::channel(None);
-        let task = tokio::spawn(follow(0, target, tx, focus, shutdown.clone()));
+        let (_hist_tx, histograms) = watch::channel(false);
+        let task = tokio::spawn(follow(0, target, tx, focus, histograms, shutdown.clone()));
         assert_eq!(next(&mut rx).await, AgentEvent::Connecting { attempt: 1 });
         assert_eq!(next(&mut rx).await, AgentEvent::Connected);
         for i in 0..2 {
@@ -582,6 +729,86 @@ mod tests {
         assert!(delays[2] > delays[0], "failures must back off: {delays:?}");
         assert!(delays.iter().all(|d| *d <= BACKOFF.1), "{delays:?}");
         shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("follow stops when cancelled")
+            .unwrap();
+    }
+
+    /// An agent whose `Watch` sends one snapshot naming the histogram flag it was asked
+    /// with (`h=true`), then stays open.
+    struct Flags;
+
+    #[tonic::async_trait]
+    impl Kite for Flags {
+        type WatchStream = tokio_stream_shim::Open;
+        async fn watch(
+            &self,
+            r: tonic::Request<WatchRequest>,
+        ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+            let h = r.into_inner().detail.is_some_and(|d| d.histogram);
+            Ok(tonic::Response::new(tokio_stream_shim::Open(Some(
+                Snapshot {
+                    node: format!("h={h}"),
+                    window_seconds: 1.0,
+                    ..Default::default()
+                },
+            ))))
+        }
+        async fn list(
+            &self,
+            _: tonic::Request<ListRequest>,
+        ) -> Result<tonic::Response<Snapshot>, tonic::Status> {
+            Err(tonic::Status::unimplemented("no list"))
+        }
+        async fn info(
+            &self,
+            _: tonic::Request<InfoRequest>,
+        ) -> Result<tonic::Response<AgentInfo>, tonic::Status> {
+            Err(tonic::Status::unimplemented("no info"))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_stream_is_asked_again_with_histograms_on_the_same_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = CancellationToken::new();
+        let t = server.clone();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(KiteServer::new(Flags))
+                .serve_with_incoming_shutdown(
+                    futures_util::stream::unfold(listener, |l| async move {
+                        let r = l.accept().await.map(|(s, _)| s);
+                        Some((r, l))
+                    }),
+                    t.cancelled_owned(),
+                )
+                .await
+                .unwrap();
+        });
+        let (tx, mut rx) = mpsc::channel(16);
+        let shutdown = CancellationToken::new();
+        let (_focus_tx, focus) = watch::channel(None);
+        let (hist_tx, histograms) = watch::channel(false);
+        let target = Target::parse(&addr.to_string()).unwrap();
+        let task = tokio::spawn(follow(0, target, tx, focus, histograms, shutdown.clone()));
+        assert_eq!(next(&mut rx).await, AgentEvent::Connecting { attempt: 1 });
+        assert_eq!(next(&mut rx).await, AgentEvent::Connected);
+        let node = |e: AgentEvent| match e {
+            AgentEvent::Snapshot(s) => s.node,
+            e => panic!("{e:?}"),
+        };
+        assert_eq!(node(next(&mut rx).await), "h=false");
+        // Grouping on: the next snapshot comes from a call with histograms, and no
+        // reconnect (no Down, no Connecting) in between.
+        hist_tx.send_replace(true);
+        assert_eq!(node(next(&mut rx).await), "h=true");
+        hist_tx.send_replace(false);
+        assert_eq!(node(next(&mut rx).await), "h=false");
+        shutdown.cancel();
+        server.cancel();
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .expect("follow stops when cancelled")

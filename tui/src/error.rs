@@ -22,6 +22,20 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+    /// Nothing listens at the address.
+    #[error("{target}: connection refused")]
+    Refused {
+        /// The agent.
+        target: String,
+    },
+    /// Something answers at the address, but not a Kite agent (see `probe`).
+    #[error("{what}")]
+    NotAgent {
+        /// The address.
+        target: String,
+        /// The whole sentence, naming the address.
+        what: String,
+    },
     /// A call failed.
     #[error("{target}: {}", status_line(.status))]
     Rpc {
@@ -69,12 +83,27 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A `--tls-cert`, `--tls-key` or `--ca` file could not be used.
+    #[error("{path}: {reason}")]
+    Tls {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Flags that do not go together.
+    #[error("{0}")]
+    Flag(String),
     /// Not one agent answered (`--once`).
     #[error("no agent answered: {}", .errors.join("; "))]
     NoAnswer {
         /// Why each one did not.
         errors: Vec<String>,
     },
+    /// The `--prometheus` server failed, or is not one, or holds no Kite series (one
+    /// sentence naming the URL).
+    #[error("{0}")]
+    Prometheus(String),
     /// The terminal could not be set up or written.
     #[error("terminal: {0}")]
     Terminal(#[source] std::io::Error),

@@ -70,6 +70,16 @@ pub fn bytes(v: f64) -> String {
     )
 }
 
+/// An age in whole units: `12s`, `3m05s`, `2h10m`.
+pub fn age(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
 /// A ratio as a percentage without the sign: `0.0`, `2.50`, `12.5`, `100`.
 pub fn percent(ratio: f64) -> String {
     let p = ratio * 100.0;

@@ -7,23 +7,63 @@ use kite_tui::{Config, once, tui};
 use tokio_util::sync::CancellationToken;
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let targets = config.targets().await.context("finding the agents")?;
+    if let Some(server) = config.prometheus()? {
+        return prometheus(config, server).await;
+    }
     if config.once {
+        let targets = config.targets().await.context("finding the agents")?;
         let answers = once::fetch(&targets, config.timeout).await;
-        let (out, warnings) = once::render(&answers, config.output)?;
-        for w in warnings {
-            eprintln!("kite-tui: warning: {w}");
-        }
-        let mut stdout = std::io::stdout().lock();
-        stdout
-            .write_all(out.as_bytes())
-            .context("writing the output")?;
-        stdout.flush().context("writing the output")?;
-        return Ok(());
+        return print(&answers, config.output);
+    }
+    let thresholds = config.thresholds()?;
+    let (targets, cluster) = config
+        .dashboard_targets()
+        .await
+        .context("finding the agents")?;
+    let shutdown = CancellationToken::new();
+    tui::cancel_on_signals(shutdown.clone());
+    tui::run(targets, cluster, thresholds, shutdown).await?;
+    anyhow::ensure!(!tui::panicked(), "stopped after a panic (see above)");
+    Ok(())
+}
+
+/// `--once` output on stdout, warnings on stderr.
+fn print(answers: &[once::Answer], format: once::Format) -> anyhow::Result<()> {
+    let (out, warnings) = once::render(answers, format)?;
+    for w in warnings {
+        eprintln!("kite-tui: warning: {w}");
+    }
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(out.as_bytes())
+        .context("writing the output")?;
+    stdout.flush().context("writing the output")?;
+    Ok(())
+}
+
+/// `--prometheus`: one snapshot (`--once`) or the dashboard over the server.
+async fn prometheus(config: Config, server: kite_tui::prometheus::Server) -> anyhow::Result<()> {
+    if config.once {
+        // One sentence when the server fails, is not one, or holds no Kite series.
+        let (snapshot, _) = server
+            .snapshot(config.group, config.window, config.timeout)
+            .await?;
+        let answers = [once::Answer {
+            agent: server.url.clone(),
+            result: Ok(snapshot),
+        }];
+        return print(&answers, config.output);
     }
     let shutdown = CancellationToken::new();
     tui::cancel_on_signals(shutdown.clone());
-    tui::run(targets, shutdown).await?;
+    tui::run_prometheus(
+        server,
+        config.refresh,
+        config.window,
+        config.thresholds()?,
+        shutdown,
+    )
+    .await?;
     anyhow::ensure!(!tui::panicked(), "stopped after a panic (see above)");
     Ok(())
 }

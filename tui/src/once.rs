@@ -8,12 +8,20 @@
 //! ```json
 //! {"agents": [{"agent": "127.0.0.1:7777", "ok": true, "node": "n1", "time_unix_ms": 1, "window_seconds": 1.0, "endpoints": 1, "error": null}],
 //!  "endpoints": [{"agent": "127.0.0.1:7777", "name": "shop/web-1",
-//!                 "id": {"node": "n1", "cgroup_id": 42, "cgroup_path": "/…", "direction": "inbound", "ip": "10.0.0.1", "port": 80, "address": "10.0.0.1:80"},
+//!                 "id": {"node": "n1", "cgroup_id": 42, "cgroup_path": "/…", "direction": "inbound", "ip": "10.0.0.1", "port": 80, "address": "10.0.0.1:80", "protocol": "HTTP/1.1", "tls": false},
 //!                 "workload": {"namespace": "shop", "pod": "web-1", …},
 //!                 "last": {"seconds": 1.0, "requests": 950, "rps": 950.0, "p50_seconds": 0.0005, …},
 //!                 "totals": {"requests": 12345, …}, "statuses": [{"status": 200, "count": 950}],
 //!                 "methods": [{"method": "GET", "count": 950}], "histogram": [{"lower_seconds": …, "upper_seconds": …, "count": 3}],
-//!                 "last_active_unix_ms": 1}]}
+//!                 "last_active_unix_ms": 1, "rpcs": []}]}
+//! ```
+//!
+//! A gRPC endpoint's `statuses` are grpc-status codes with their `name` (`OK`, `NOT_FOUND`;
+//! null when not known) and its `rpcs` one object per method:
+//!
+//! ```json
+//! {"name": "helloworld.Greeter/SayHello", "id": 305419896, "last": {…}, "totals": {…},
+//!  "statuses": [{"status": 0, "count": 90, "name": "OK"}]}
 //! ```
 
 use std::{collections::BTreeMap, time::Duration};
@@ -93,6 +101,10 @@ pub struct IdDoc {
     pub port: u32,
     /// `ip:port`.
     pub address: String,
+    /// `HTTP/1.0`, `HTTP/1.1`, `HTTP/2`, `gRPC` (`HTTP/1.x` when not said).
+    pub protocol: &'static str,
+    /// Measured from TLS plaintext.
+    pub tls: bool,
 }
 
 /// `v1::Workload`.
@@ -149,6 +161,35 @@ pub struct WindowDoc {
     pub request_bytes_per_second: f64,
     /// Response bytes per second.
     pub response_bytes_per_second: f64,
+    /// gRPC calls that failed (a known grpc-status but OK).
+    pub rpc_errors: u64,
+    /// gRPC calls with a server error status.
+    pub rpc_server_errors: u64,
+}
+
+impl WindowDoc {
+    fn of(w: &v1::Window) -> Self {
+        Self {
+            seconds: w.seconds,
+            requests: w.requests,
+            rps: w.rps,
+            p50_seconds: w.p50_seconds,
+            p90_seconds: w.p90_seconds,
+            p99_seconds: w.p99_seconds,
+            max_seconds: w.max_seconds,
+            mean_seconds: w.mean_seconds,
+            status_4xx: w.status_4xx,
+            status_5xx: w.status_5xx,
+            error_ratio: w.error_ratio,
+            server_error_ratio: w.server_error_ratio,
+            request_bytes: w.request_bytes,
+            response_bytes: w.response_bytes,
+            request_bytes_per_second: w.request_bytes_per_second,
+            response_bytes_per_second: w.response_bytes_per_second,
+            rpc_errors: w.rpc_errors,
+            rpc_server_errors: w.rpc_server_errors,
+        }
+    }
 }
 
 /// `v1::Totals`.
@@ -172,15 +213,67 @@ pub struct TotalsDoc {
     pub p90_seconds: Option<f64>,
     /// p99.
     pub p99_seconds: Option<f64>,
+    /// gRPC calls that failed.
+    pub rpc_errors: u64,
+    /// gRPC calls with a server error status.
+    pub rpc_server_errors: u64,
 }
 
-/// A status code or method count.
+impl TotalsDoc {
+    fn of(t: &v1::Totals) -> Self {
+        Self {
+            requests: t.requests,
+            status_4xx: t.status_4xx,
+            status_5xx: t.status_5xx,
+            request_bytes: t.request_bytes,
+            response_bytes: t.response_bytes,
+            latency_sum_seconds: t.latency_sum_seconds,
+            p50_seconds: t.p50_seconds,
+            p90_seconds: t.p90_seconds,
+            p99_seconds: t.p99_seconds,
+            rpc_errors: t.rpc_errors,
+            rpc_server_errors: t.rpc_server_errors,
+        }
+    }
+}
+
+/// A status code count.
 #[derive(Debug, Serialize)]
 pub struct StatusDoc {
-    /// Status code.
+    /// Status code (gRPC: the grpc-status code, 65535 when not known).
     pub status: u32,
     /// Responses.
     pub count: u64,
+    /// gRPC: the code's name (`OK`, `NOT_FOUND`), null when not known; HTTP: null.
+    pub name: Option<String>,
+}
+
+impl StatusDoc {
+    fn all(statuses: &[v1::StatusCount]) -> Vec<Self> {
+        statuses
+            .iter()
+            .map(|s| StatusDoc {
+                status: s.status,
+                count: s.count,
+                name: (!s.name.is_empty()).then(|| s.name.clone()),
+            })
+            .collect()
+    }
+}
+
+/// One gRPC method of an endpoint.
+#[derive(Debug, Serialize)]
+pub struct RpcDoc {
+    /// `package.Service/Method`, `rpc#<id>` while not learnt, `_OTHER`; null when unknowable.
+    pub name: Option<String>,
+    /// Method id.
+    pub id: u32,
+    /// Its calls in the last window.
+    pub last: WindowDoc,
+    /// Since first seen.
+    pub totals: TotalsDoc,
+    /// Last window per grpc-status.
+    pub statuses: Vec<StatusDoc>,
 }
 
 /// A method count.
@@ -226,6 +319,8 @@ pub struct EndpointDoc {
     pub histogram: Vec<BucketDoc>,
     /// When it last had a request.
     pub last_active_unix_ms: u64,
+    /// gRPC endpoints: their methods.
+    pub rpcs: Vec<RpcDoc>,
 }
 
 fn direction(d: v1::Direction) -> &'static str {
@@ -251,6 +346,8 @@ impl EndpointDoc {
                 cgroup_path: id.cgroup_path.clone(),
                 direction: direction(e.direction),
                 address: id.address(),
+                protocol: id.protocol().label(),
+                tls: id.tls,
                 ip: id.ip,
                 port: id.port,
             },
@@ -263,43 +360,9 @@ impl EndpointDoc {
                 container: w.container.clone(),
                 labels: w.labels.clone().into_iter().collect(),
             }),
-            last: WindowDoc {
-                seconds: w.seconds,
-                requests: w.requests,
-                rps: w.rps,
-                p50_seconds: w.p50_seconds,
-                p90_seconds: w.p90_seconds,
-                p99_seconds: w.p99_seconds,
-                max_seconds: w.max_seconds,
-                mean_seconds: w.mean_seconds,
-                status_4xx: w.status_4xx,
-                status_5xx: w.status_5xx,
-                error_ratio: w.error_ratio,
-                server_error_ratio: w.server_error_ratio,
-                request_bytes: w.request_bytes,
-                response_bytes: w.response_bytes,
-                request_bytes_per_second: w.request_bytes_per_second,
-                response_bytes_per_second: w.response_bytes_per_second,
-            },
-            totals: TotalsDoc {
-                requests: t.requests,
-                status_4xx: t.status_4xx,
-                status_5xx: t.status_5xx,
-                request_bytes: t.request_bytes,
-                response_bytes: t.response_bytes,
-                latency_sum_seconds: t.latency_sum_seconds,
-                p50_seconds: t.p50_seconds,
-                p90_seconds: t.p90_seconds,
-                p99_seconds: t.p99_seconds,
-            },
-            statuses: ep
-                .statuses
-                .iter()
-                .map(|s| StatusDoc {
-                    status: s.status,
-                    count: s.count,
-                })
-                .collect(),
+            last: WindowDoc::of(&w),
+            totals: TotalsDoc::of(&t),
+            statuses: StatusDoc::all(&ep.statuses),
             methods: ep
                 .methods
                 .iter()
@@ -319,6 +382,17 @@ impl EndpointDoc {
                 })
                 .collect(),
             last_active_unix_ms: ep.last_active_unix_ms,
+            rpcs: ep
+                .rpcs
+                .iter()
+                .map(|m| RpcDoc {
+                    name: (!m.name.is_empty()).then(|| m.name.clone()),
+                    id: m.id,
+                    last: WindowDoc::of(&m.last.unwrap_or_default()),
+                    totals: TotalsDoc::of(&m.totals.unwrap_or_default()),
+                    statuses: StatusDoc::all(&m.statuses),
+                })
+                .collect(),
         }
     }
 }
@@ -361,7 +435,8 @@ pub fn document(answers: &[Answer]) -> Document {
     doc
 }
 
-/// A plain table of these answers, busiest endpoints first.
+/// A plain table of these answers, busiest endpoints first; a gRPC endpoint's methods on rows
+/// under it (busiest first).
 pub fn table(answers: &[Answer]) -> String {
     let multi = answers.len() > 1;
     let mut entries: Vec<Entry> = answers
@@ -389,11 +464,24 @@ pub fn table(answers: &[Answer]) -> String {
     }
     head.extend(
         [
-            "NAME", "ENDPOINT", "DIR", "RPS", "P50", "P90", "P99", "ERR%", "B/S",
+            "NAME", "ENDPOINT", "DIR", "PROTO", "RPS", "P50", "P90", "P99", "ERR%", "4XX%", "B/S",
         ]
         .map(String::from),
     );
     rows.push(head);
+    // ERR%: server errors; 4XX%: the caller's (as the dashboard).
+    let numbers = |w: &v1::Window| {
+        let s = crate::app::Stats::of(w);
+        [
+            human::rate(w.rps),
+            human::latency(w.p50_seconds),
+            human::latency(w.p90_seconds),
+            human::latency(w.p99_seconds),
+            human::percent(s.error_ratio()),
+            human::percent(s.client_error_ratio()),
+            human::bytes(w.request_bytes_per_second + w.response_bytes_per_second),
+        ]
+    };
     for e in &entries {
         let mut r = vec![];
         if multi {
@@ -403,21 +491,41 @@ pub fn table(answers: &[Answer]) -> String {
             e.name.clone(),
             e.addr.clone(),
             e.direction.short().to_string(),
-            human::rate(e.rps()),
-            human::latency(e.p50()),
-            human::latency(e.p90()),
-            human::latency(e.p99()),
-            human::percent(e.error_ratio()),
-            human::bytes(e.bytes_per_second()),
+            e.protocol.clone(),
         ]);
+        r.extend(numbers(&e.ep.last.unwrap_or_default()));
         rows.push(r);
+        let mut methods: Vec<&v1::RpcMethod> = e.ep.rpcs.iter().collect();
+        methods.sort_by(|a, b| {
+            let rps = |m: &v1::RpcMethod| m.last.map_or(0.0, |w| w.rps);
+            rps(b).total_cmp(&rps(a)).then_with(|| a.name.cmp(&b.name))
+        });
+        for m in methods {
+            let mut r = vec![];
+            if multi {
+                r.push(String::new());
+            }
+            let name = if m.name.is_empty() {
+                "(method unknown)"
+            } else {
+                &m.name
+            };
+            r.extend([
+                format!("  └ {name}"),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+            r.extend(numbers(&m.last.unwrap_or_default()));
+            rows.push(r);
+        }
     }
     let cols = rows[0].len();
     let widths: Vec<usize> = (0..cols)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     // Text columns left-aligned, numbers right-aligned.
-    let text_cols = if multi { 4 } else { 3 };
+    let text_cols = if multi { 5 } else { 4 };
     let mut out = String::new();
     for r in &rows {
         let cells: Vec<String> = r
@@ -471,7 +579,7 @@ pub fn render(answers: &[Answer], format: Format) -> Result<(String, Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::tests::{endpoint, snapshot};
+    use crate::app::tests::{endpoint, greeter, snapshot};
 
     fn answers() -> Vec<Answer> {
         let mut s = *snapshot(
@@ -534,10 +642,39 @@ mod tests {
     fn table_is_aligned_and_busiest_first() {
         let (out, _) = render(&answers(), Format::Table).unwrap();
         insta::assert_snapshot!(out, @r"
-        NODE    NAME                         ENDPOINT      DIR  RPS     P50     P90     P99  ERR%     B/S
-        node-a  /system.slice/nginx.service  10.0.0.1:443  in   950       -       -       -  10.0  1.05MB
-        node-a  shop/web-1                   10.0.0.1:80   in   120  1.00ms  2.00ms  4.00ms   0.0   132kB
+        NODE    NAME                         ENDPOINT      DIR  PROTO     RPS     P50     P90     P99  ERR%  4XX%     B/S
+        node-a  /system.slice/nginx.service  10.0.0.1:443  in   HTTP/1.1  950       -       -       -  9.99   0.0  1.05MB
+        node-a  shop/web-1                   10.0.0.1:80   in   HTTP/1.1  120  1.00ms  2.00ms  4.00ms   0.0   0.0   132kB
         ");
+    }
+
+    #[test]
+    fn grpc_endpoints_list_their_methods_and_named_statuses() {
+        let a = vec![Answer {
+            agent: "127.0.0.1:7777".into(),
+            result: Ok(*snapshot("node-a", vec![greeter()])),
+        }];
+        let (out, _) = render(&a, Format::Table).unwrap();
+        insta::assert_snapshot!(out, @r"
+        NAME                             ENDPOINT        DIR  PROTO     RPS     P50     P90     P99  ERR%  4XX%  B/S
+        shop/greeter-0                   10.0.0.1:50051  in   gRPC+TLS  342  3.00ms  6.00ms  12.0ms  1.46  4.39   0B
+          └ helloworld.Greeter/SayHello                                 300  1.00ms  2.00ms  4.00ms  1.67  5.00   0B
+          └ helloworld.Greeter/Lookup                                    40  3.00ms  6.00ms  12.0ms   0.0   0.0   0B
+          └ rpc#9abcdef0                                                  2   250µs   500µs  1.00ms   0.0   0.0   0B
+        ");
+        let (out, _) = render(&a, Format::Json).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let ep = &v["endpoints"][0];
+        assert_eq!(ep["id"]["protocol"], "gRPC");
+        assert_eq!(ep["id"]["tls"], true);
+        assert_eq!(ep["last"]["rpc_errors"], 20);
+        let m = &ep["rpcs"][0];
+        assert_eq!(m["name"], "helloworld.Greeter/SayHello");
+        assert_eq!(m["id"], 0x1a2b_3c4d);
+        assert_eq!(m["last"]["requests"], 300);
+        assert_eq!(m["statuses"][1]["name"], "NOT_FOUND");
+        assert_eq!(m["statuses"][1]["status"], 5);
+        assert_eq!(m["totals"]["rpc_errors"], 2000);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Error,
-    app::{App, EntryKey, Event},
+    app::{App, EntryKey, Event, Grouping},
     client::{Target, follow},
 };
 
@@ -34,6 +34,8 @@ use crate::{
 const QUEUE: usize = 256;
 /// Events applied before the screen is drawn again (so a burst cannot starve drawing).
 const BATCH: usize = 64;
+/// How often the loop redraws when nothing arrives (stale rows age on screen).
+const TICK: Duration = Duration::from_secs(1);
 
 /// Whether the terminal is in Kite's state (raw mode, alternate screen).
 static ACTIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -142,24 +144,68 @@ fn apply(app: &mut App, event: Event) {
     }
 }
 
+/// What the UI tells the agents' tasks after every batch, without waiting for them.
+#[derive(Debug)]
+pub struct Publish {
+    /// The endpoint in focus (`App::focus`).
+    pub focus: watch::Sender<Option<EntryKey>>,
+    /// Whether every endpoint's histogram is needed (`App::wants_histograms`).
+    pub histograms: watch::Sender<bool>,
+    /// How rows are grouped (`--prometheus` sums them in PromQL).
+    pub grouping: watch::Sender<Grouping>,
+}
+
+impl Publish {
+    /// Channels with nothing in focus and no histograms wanted.
+    pub fn new() -> Self {
+        Self {
+            focus: watch::channel(None).0,
+            histograms: watch::channel(false).0,
+            grouping: watch::channel(Grouping::Endpoint).0,
+        }
+    }
+
+    /// Sends what changed.
+    fn send(&self, app: &App) {
+        let f = app.focus();
+        if *self.focus.borrow() != f {
+            self.focus.send_replace(f);
+        }
+        let h = app.wants_histograms();
+        if *self.histograms.borrow() != h {
+            self.histograms.send_replace(h);
+        }
+        if *self.grouping.borrow() != app.grouping {
+            self.grouping.send_replace(app.grouping);
+        }
+    }
+}
+
+impl Default for Publish {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Draws, then applies events and draws again until the user quits, the channel closes or
 /// `shutdown` is cancelled. Generic over the backend, so tests run it on a `TestBackend`.
 ///
-/// After every batch of events the endpoint in focus (`App::focus`) is published on `focus`
-/// for the agents' tasks, without waiting for anyone.
+/// After every batch of events what the agents' tasks need to know (the endpoint in focus,
+/// whether histograms are wanted) is published on `publish`, without waiting for anyone.
 pub async fn event_loop<B: Backend>(
     terminal: &mut Terminal<B>,
     app: &mut App,
     rx: &mut mpsc::Receiver<Event>,
-    focus: &watch::Sender<Option<EntryKey>>,
+    publish: &Publish,
     shutdown: &CancellationToken,
 ) -> Result<(), B::Error> {
     terminal.draw(|f| f.render_widget(&*app, f.area()))?;
+    // A clock for what ages on screen (stale rows) when nothing else arrives.
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
     loop {
-        let f = app.focus();
-        if *focus.borrow() != f {
-            focus.send_replace(f);
-        }
+        publish.send(app);
         let event = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
@@ -167,6 +213,7 @@ pub async fn event_loop<B: Backend>(
                 Some(e) => e,
                 None => return Ok(()),
             },
+            t = tick.tick() => Event::Tick(t.into_std()),
         };
         apply(app, event);
         for _ in 0..BATCH {
@@ -208,16 +255,82 @@ pub fn cancel_on_signals(shutdown: CancellationToken) {
 }
 
 /// The interactive dashboard over these agents, until the user quits or `shutdown`.
-pub async fn run(targets: Vec<Target>, shutdown: CancellationToken) -> Result<(), Error> {
-    let (tx, mut rx) = mpsc::channel(QUEUE);
-    let (focus_tx, focus_rx) = watch::channel(None);
+pub async fn run(
+    targets: Vec<Target>,
+    cluster: Option<(kube::Client, crate::kube::Cluster)>,
+    thresholds: crate::app::Thresholds,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let publish = Publish::new();
     let labels = targets.iter().map(Target::label).collect();
+    let spawn = {
+        let (tx, focus, histograms) = (
+            tx.clone(),
+            publish.focus.subscribe(),
+            publish.histograms.subscribe(),
+        );
+        move |i: usize, t: Target, token: CancellationToken| {
+            tokio::spawn(follow(
+                i,
+                t,
+                tx.clone(),
+                focus.clone(),
+                histograms.clone(),
+                token,
+            ));
+        }
+    };
     for (i, t) in targets.into_iter().enumerate() {
-        tokio::spawn(follow(i, t, tx.clone(), focus_rx.clone(), shutdown.clone()));
+        spawn(i, t, shutdown.clone());
     }
+    if let Some((client, cluster)) = cluster {
+        tokio::spawn(crate::kube::follow_cluster(
+            client,
+            cluster,
+            tx.clone(),
+            spawn,
+            shutdown.clone(),
+        ));
+    }
+    dashboard(labels, thresholds, (tx, rx), publish, shutdown).await
+}
+
+/// The dashboard over a Prometheus-compatible server (`--prometheus`): one source, refreshed
+/// every `every`, rates over `window`, grouped in PromQL as the UI groups.
+pub async fn run_prometheus(
+    server: crate::prometheus::Server,
+    every: Duration,
+    window: Duration,
+    thresholds: crate::app::Thresholds,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let publish = Publish::new();
+    let labels = vec![server.url.clone()];
+    tokio::spawn(crate::prometheus::follow(
+        server,
+        tx.clone(),
+        publish.grouping.subscribe(),
+        every,
+        window,
+        shutdown.clone(),
+    ));
+    dashboard(labels, thresholds, (tx, rx), publish, shutdown).await
+}
+
+/// The terminal, the input thread and the event loop over sources already feeding `tx`.
+async fn dashboard(
+    labels: Vec<String>,
+    thresholds: crate::app::Thresholds,
+    (tx, mut rx): (mpsc::Sender<Event>, mpsc::Receiver<Event>),
+    publish: Publish,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let mut guard = TerminalGuard::enter(&shutdown)?;
     let size = guard.terminal.size().map_err(Error::Terminal)?;
     let mut app = App::new(labels, (size.width, size.height));
+    app.thresholds = thresholds;
     let input = spawn_input(tx, shutdown.clone());
     // For tests/e2e/dashboard.rs: a panic in a task must restore the terminal and fail.
     if std::env::var_os("KITE_TUI_TEST_PANIC").is_some() {
@@ -226,7 +339,7 @@ pub async fn run(targets: Vec<Target>, shutdown: CancellationToken) -> Result<()
             panic!("KITE_TUI_TEST_PANIC is set");
         });
     }
-    let result = event_loop(&mut guard.terminal, &mut app, &mut rx, &focus_tx, &shutdown).await;
+    let result = event_loop(&mut guard.terminal, &mut app, &mut rx, &publish, &shutdown).await;
     shutdown.cancel();
     drop(guard);
     // The input thread notices within its poll interval.
@@ -269,13 +382,7 @@ mod tests {
         tx.send(ch('q')).await.unwrap();
         tokio::time::timeout(
             Duration::from_secs(5),
-            event_loop(
-                &mut terminal,
-                &mut app,
-                &mut rx,
-                &watch::channel(None).0,
-                &shutdown,
-            ),
+            event_loop(&mut terminal, &mut app, &mut rx, &Publish::new(), &shutdown),
         )
         .await
         .expect("the loop ends on q")
@@ -297,13 +404,7 @@ mod tests {
         });
         tokio::time::timeout(
             Duration::from_secs(5),
-            event_loop(
-                &mut terminal,
-                &mut app,
-                &mut rx,
-                &watch::channel(None).0,
-                &shutdown,
-            ),
+            event_loop(&mut terminal, &mut app, &mut rx, &Publish::new(), &shutdown),
         )
         .await
         .expect("the loop ends when cancelled")

@@ -230,6 +230,98 @@ impl Bundle {
     }
 }
 
+/// A CA, the agent's gRPC serving pair and a client pair it signed, for the agent's optional
+/// gRPC TLS (`kite-agent --grpc-tls-cert/--grpc-tls-key/--grpc-client-ca`, `kite-tui
+/// --tls-cert/--tls-key/--ca`).
+#[derive(Clone, Debug)]
+pub struct GrpcBundle {
+    /// The CA certificate: the agents' `--grpc-client-ca`, the clients' `--ca`.
+    pub ca_pem: String,
+    /// The agent's serving certificate and key.
+    pub server: (String, String),
+    /// A client certificate and key.
+    pub client: (String, String),
+}
+
+/// Makes the gRPC CA, a serving certificate for `names` (DNS names or IP addresses) and a
+/// client certificate named `client`, valid `days` (the CA ten times longer).
+pub fn grpc_bundle(names: &[String], client: &str, days: i64) -> Result<GrpcBundle, CertError> {
+    let now = OffsetDateTime::now_utc();
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.distinguished_name
+        .push(DnType::CommonName, "kite gRPC CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.not_before = now - Duration::hours(1);
+    ca.not_after = now + Duration::days(days * 10);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |sans: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(sans)?;
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![usage];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.not_before = now - Duration::hours(1);
+        p.not_after = now + Duration::days(days);
+        let cert = p.signed_by(&key, &issuer)?;
+        Ok::<_, CertError>((cert.pem(), key.serialize_pem()))
+    };
+    Ok(GrpcBundle {
+        ca_pem: ca_cert.pem(),
+        server: leaf(
+            names.to_vec(),
+            "kite-agent",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?,
+        client: leaf(Vec::new(), client, ExtendedKeyUsagePurpose::ClientAuth)?,
+    })
+}
+
+impl GrpcBundle {
+    /// Writes `ca.crt`, `agent.crt`, `agent.key`, `client.crt`, `client.key` (keys 0600).
+    pub fn write(&self, dir: &Path) -> Result<(), CertError> {
+        write_files(
+            dir,
+            &[
+                ("ca.crt", &self.ca_pem, 0o644),
+                ("agent.crt", &self.server.0, 0o644),
+                ("agent.key", &self.server.1, 0o600),
+                ("client.crt", &self.client.0, 0o644),
+                ("client.key", &self.client.1, 0o600),
+            ],
+        )
+    }
+}
+
+fn write_files(dir: &Path, files: &[(&str, &str, u32)]) -> Result<(), CertError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::create_dir_all(dir).map_err(|source| CertError::Write {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    for (name, text, mode) in files {
+        let path = dir.join(name);
+        let err = |source| CertError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(*mode)
+            .open(&path)
+            .map_err(err)?;
+        std::io::Write::write_all(&mut f, text.as_bytes()).map_err(err)?;
+    }
+    Ok(())
+}
+
 fn pretty<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
 }

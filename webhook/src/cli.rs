@@ -23,6 +23,24 @@ pub enum Command {
     Serve(Serve),
     /// Create a CA and a serving certificate (plus the Secret and caBundle patch).
     Certs(Certs),
+    /// Create a CA, an agent serving pair and a client pair for the agent's optional gRPC TLS.
+    GrpcCerts(GrpcCerts),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GrpcCerts {
+    /// Directory for ca.crt, agent.crt, agent.key, client.crt and client.key.
+    #[arg(long, default_value = "kite-grpc-certs")]
+    pub out_dir: PathBuf,
+    /// DNS names or IP addresses clients use for the agents (repeatable).
+    #[arg(long = "name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+    pub names: Vec<String>,
+    /// The client certificate's common name.
+    #[arg(long, default_value = "kite-tui")]
+    pub client: String,
+    /// Validity of the agent's and the client's certificates in days (the CA's is ten times longer).
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(i64).range(1..=3650))]
+    pub days: i64,
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,4 +1,4 @@
-//! The HTTPS endpoint: `POST /mutate`, `POST /mutate/namespace`, `GET /healthz`.
+//! The HTTPS endpoint: `POST /mutate`, `POST /mutate/namespace`, `GET /healthz`, `GET /metrics`.
 //!
 //! TLS is rustls; the certificate and key are read from PEM files and read again when they
 //! change (a renewed Secret shows up in the mounted volume without a restart).
@@ -114,6 +114,11 @@ pub const POD_PATH: &str = "/mutate";
 pub const NAMESPACE_PATH: &str = "/mutate/namespace";
 /// Liveness and readiness.
 pub const HEALTH_PATH: &str = "/healthz";
+/// Prometheus text exposition (the serving certificate's expiry).
+pub const METRICS_PATH: &str = "/metrics";
+/// The gauge of the serving certificate's `notAfter`: `failurePolicy: Ignore` turns an expired
+/// certificate into pods silently started without injection, so this is what to alert on.
+pub const EXPIRY_METRIC: &str = "kite_webhook_certificate_expiry_timestamp_seconds";
 
 /// The HTTP routes, without TLS (tests and other servers can mount them).
 pub fn router(injector: Arc<Injector>, limits: Limits) -> Router {
@@ -216,31 +221,52 @@ impl Activity {
 pub struct FileCert {
     cert: PathBuf,
     key: PathBuf,
-    current: RwLock<(Arc<CertifiedKey>, Option<SystemTime>)>,
+    current: RwLock<Current>,
+}
+
+#[derive(Debug)]
+struct Current {
+    key: Arc<CertifiedKey>,
+    modified: Option<SystemTime>,
+    /// The leaf certificate's notAfter, seconds since the epoch.
+    not_after: i64,
 }
 
 impl FileCert {
     /// Reads `cert` (PEM chain) and `key` (PEM private key).
     pub fn load(cert: &Path, key: &Path) -> Result<Arc<Self>, ServerError> {
-        let ck = read_pair(cert, key)?;
+        let (ck, not_after) = read_pair(cert, key)?;
         Ok(Arc::new(Self {
             cert: cert.into(),
             key: key.into(),
-            current: RwLock::new((Arc::new(ck), modified(cert, key))),
+            current: RwLock::new(Current {
+                key: Arc::new(ck),
+                modified: modified(cert, key),
+                not_after,
+            }),
         }))
     }
 
     /// Reads the files again if they changed; keeps the old pair if the new one is bad.
     pub fn reload_if_changed(&self) {
         let stamp = modified(&self.cert, &self.key);
-        if self.current.read().map(|c| c.1 == stamp).unwrap_or(true) {
+        if self
+            .current
+            .read()
+            .map(|c| c.modified == stamp)
+            .unwrap_or(true)
+        {
             return;
         }
         match read_pair(&self.cert, &self.key) {
-            Ok(ck) => {
-                info!(cert = %self.cert.display(), "serving certificate reloaded");
+            Ok((ck, not_after)) => {
+                info!(cert = %self.cert.display(), not_after, "serving certificate reloaded");
                 if let Ok(mut c) = self.current.write() {
-                    *c = (Arc::new(ck), stamp);
+                    *c = Current {
+                        key: Arc::new(ck),
+                        modified: stamp,
+                        not_after,
+                    };
                 }
             }
             Err(e) => warn!("keeping the current certificate: {e}"),
@@ -250,7 +276,26 @@ impl FileCert {
 
 impl ResolvesServerCert for FileCert {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current.read().ok().map(|c| c.0.clone())
+        self.current.read().ok().map(|c| c.key.clone())
+    }
+}
+
+impl FileCert {
+    /// The served certificate's notAfter, seconds since the Unix epoch.
+    pub fn not_after(&self) -> i64 {
+        self.current
+            .read()
+            .map(|c| c.not_after)
+            .unwrap_or_else(|e| e.into_inner().not_after)
+    }
+
+    /// The Prometheus text exposition of the certificate's expiry.
+    pub fn exposition(&self) -> String {
+        format!(
+            "# HELP {EXPIRY_METRIC} When the serving certificate expires (its notAfter), in \
+             seconds since the Unix epoch.\n# TYPE {EXPIRY_METRIC} gauge\n{EXPIRY_METRIC} {}\n",
+            self.not_after()
+        )
     }
 }
 
@@ -259,7 +304,7 @@ fn modified(cert: &Path, key: &Path) -> Option<SystemTime> {
     m(cert).max(m(key))
 }
 
-fn read_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, ServerError> {
+fn read_pair(cert: &Path, key: &Path) -> Result<(CertifiedKey, i64), ServerError> {
     let pem_err = |p: &Path, reason: String| ServerError::Pem {
         path: p.display().to_string(),
         reason,
@@ -271,9 +316,15 @@ fn read_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, ServerError> {
     if certs.is_empty() {
         return Err(pem_err(cert, "no certificate in the file".into()));
     }
+    let not_after = x509_parser::parse_x509_certificate(&certs[0])
+        .map_err(|e| pem_err(cert, format!("the first certificate does not parse: {e}")))?
+        .1
+        .validity()
+        .not_after
+        .timestamp();
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, e.to_string()))?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&key_der)?;
-    Ok(CertifiedKey::new(certs, signer))
+    Ok((CertifiedKey::new(certs, signer), not_after))
 }
 
 /// The rustls configuration serving `cert`, with HTTP/2 and HTTP/1.1.
@@ -296,6 +347,24 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config(cert.clone())?);
+    let router = {
+        let cert = cert.clone();
+        router.route(
+            METRICS_PATH,
+            get(move || {
+                let text = cert.exposition();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        )
+    };
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "kite-webhook listening (TLS)");
     }

@@ -12,6 +12,7 @@ use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration,
     apps::v1::{DaemonSet, Deployment},
     core::v1::{Container, Namespace, PodSpec, Service, ServiceAccount},
+    networking::v1::NetworkPolicy,
     policy::v1::PodDisruptionBudget,
     rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role},
 };
@@ -103,6 +104,7 @@ fn every_rendered_object_is_a_valid_object_of_its_kind() {
             "Deployment" => typed::<Deployment>(o),
             "PodDisruptionBudget" => typed::<PodDisruptionBudget>(o),
             "MutatingWebhookConfiguration" => typed::<MutatingWebhookConfiguration>(o),
+            "NetworkPolicy" => typed::<NetworkPolicy>(o),
             other => panic!("unexpected kind {other}"),
         }
         let cluster_scoped = [
@@ -124,6 +126,7 @@ fn every_rendered_object_is_a_valid_object_of_its_kind() {
         "Deployment",
         "MutatingWebhookConfiguration",
         "Namespace",
+        "NetworkPolicy",
     ] {
         assert_eq!(kinds.get(kind), Some(&1), "{kinds:?}");
     }
@@ -256,17 +259,16 @@ fn the_agent_daemonset_has_what_the_agent_needs() {
     // Privileges: capabilities to load and attach, not privileged mode.
     let sc = c.security_context.clone().unwrap();
     let caps: BTreeSet<String> = sc.capabilities.unwrap().add.unwrap().into_iter().collect();
-    for cap in ["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON"] {
+    // The least set deploy/runtime-check.py --drop-caps found (DESIGN.md, Kubernetes).
+    for cap in ["SYS_ADMIN", "SYS_PTRACE"] {
         assert!(caps.contains(cap), "{caps:?}");
     }
     assert_ne!(sc.privileged, Some(true));
 
     // Ports, probes, Prometheus annotations and the headless Service agree with the agent.
-    let grpc = port(c, "grpc");
     let metrics = port(c, "metrics");
-    assert_eq!(i32::from(config.grpc_addr.port()), grpc);
     assert_eq!(i32::from(config.metrics_addr.port()), metrics);
-    assert!(config.grpc_addr.ip().is_unspecified() && config.metrics_addr.ip().is_unspecified());
+    assert!(config.metrics_addr.ip().is_unspecified());
     let probe = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
         let g = p.clone().unwrap().http_get.unwrap();
         (g.path.unwrap(), g.port)
@@ -275,6 +277,19 @@ fn the_agent_daemonset_has_what_the_agent_needs() {
     assert_eq!(
         probe(&c.liveness_probe),
         ("/healthz".into(), IntOrString::String("metrics".into()))
+    );
+    // /healthz answers once the programs are loaded (the listener is bound after the load):
+    // the startup probe gives that at least a minute before liveness counts.
+    assert_eq!(
+        probe(&c.startup_probe),
+        ("/healthz".into(), IntOrString::String("metrics".into()))
+    );
+    let startup = c.startup_probe.clone().unwrap();
+    let budget = startup.period_seconds.unwrap_or(10) * startup.failure_threshold.unwrap_or(3);
+    assert!(budget >= 60, "startup probe allows {budget} s");
+    assert_eq!(
+        c.liveness_probe.clone().unwrap().initial_delay_seconds,
+        None
     );
     assert_eq!(
         probe(&c.readiness_probe),
@@ -295,12 +310,162 @@ fn the_agent_daemonset_has_what_the_agent_needs() {
         .into_iter()
         .map(|p| p.target_port.unwrap())
         .collect();
+    assert_eq!(targets, [IntOrString::String("metrics".into())]);
+}
+
+/// gRPC (every node's traffic metadata, unauthenticated) is on the pod's loopback: a
+/// `kubectl port-forward` reaches it from inside the pod's network namespace, authorised by the
+/// API server; no address, port or Service puts it on the pod network.
+#[test]
+fn grpc_is_reachable_only_through_a_port_forward() {
+    let r = render();
+    let ds: DaemonSet = r.one("DaemonSet", "kite-agent");
+    let spec = ds.spec.unwrap().template.spec.unwrap();
+    assert_ne!(
+        spec.host_network,
+        Some(true),
+        "the host's loopback is not the pod's"
+    );
+    let c = container(&spec, "kite-agent");
+    let config = agent_config(c);
+    // IPv4's loopback, not ::1: the runtimes' port-forward (containerd, CRI-O) dials
+    // `localhost` over tcp4 inside the pod's network namespace (containerd tries tcp6 only
+    // after that fails, CRI-O never).
     assert_eq!(
-        targets,
-        [
-            IntOrString::String("grpc".into()),
-            IntOrString::String("metrics".into())
-        ]
+        config.grpc_addr.ip(),
+        std::net::Ipv4Addr::LOCALHOST,
+        "gRPC listens on {}",
+        config.grpc_addr
+    );
+    let grpc_port = i32::from(config.grpc_addr.port());
+    for p in c.ports.iter().flatten() {
+        assert_ne!(
+            p.container_port, grpc_port,
+            "a containerPort for gRPC: {p:?}"
+        );
+    }
+    for svc in r.all("Service") {
+        let svc: Service = serde_json::from_value(svc.clone()).unwrap();
+        for p in svc.spec.unwrap().ports.unwrap_or_default() {
+            assert_ne!(
+                p.port, grpc_port,
+                "{:?} exposes the gRPC port",
+                svc.metadata.name
+            );
+            assert_ne!(
+                p.target_port,
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(grpc_port))
+            );
+        }
+    }
+    // kite-tui --kube port-forwards to the port the agent listens on.
+    let tui = <kite_tui::Config as clap::Parser>::try_parse_from(["kite-tui", "--kube"]).unwrap();
+    assert_eq!(tui.kube_port, config.grpc_addr.port());
+    // And the only way in is authorised: the viewer Role is what a port-forward needs.
+    let viewer: Role = r.one("Role", "kite-viewer");
+    let g = grants(&viewer.rules.unwrap());
+    for verb in ["get", "create"] {
+        assert!(
+            g.contains(&(String::new(), "pods/portforward".into(), verb.into())),
+            "{g:?}"
+        );
+    }
+}
+
+/// The NetworkPolicy selects the agent pods (and only them), lets in Prometheus' namespace on
+/// the metrics port and nothing else.
+#[test]
+fn the_network_policy_admits_only_the_metrics_port_from_prometheus() {
+    let r = render();
+    let np: NetworkPolicy = r.one("NetworkPolicy", "kite-agent-metrics");
+    let spec = np.spec.unwrap();
+    let selects = |labels: &BTreeMap<String, String>| {
+        let sel = spec.pod_selector.clone().unwrap_or_default();
+        assert!(sel.match_expressions.is_none());
+        sel.match_labels
+            .unwrap_or_default()
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+    };
+    let ds: DaemonSet = r.one("DaemonSet", "kite-agent");
+    let template = ds.spec.unwrap().template;
+    let agent_labels = template.metadata.unwrap().labels.unwrap();
+    assert!(selects(&agent_labels), "it must select the agent pods");
+    let wh: Deployment = r.one("Deployment", "kite-webhook");
+    let wh_labels = wh.spec.unwrap().template.metadata.unwrap().labels.unwrap();
+    assert!(
+        !selects(&wh_labels),
+        "it must not select the webhook's pods"
+    );
+    assert_eq!(
+        spec.policy_types.as_deref(),
+        Some(&["Ingress".to_string()][..])
+    );
+    let c = container(template.spec.as_ref().unwrap(), "kite-agent");
+    let config = agent_config(c);
+    let rules = spec.ingress.unwrap();
+    assert!(!rules.is_empty());
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    for rule in rules {
+        let ports = rule.ports.expect("a rule without ports opens every port");
+        assert_eq!(ports.len(), 1);
+        let p = &ports[0];
+        assert_eq!(p.protocol.as_deref(), Some("TCP"));
+        assert_eq!(p.end_port, None);
+        let number = match p.port.clone().unwrap() {
+            IntOrString::String(name) => port(c, &name),
+            IntOrString::Int(n) => n,
+        };
+        assert_eq!(number, i32::from(config.metrics_addr.port()));
+        // Not open to everyone: a namespace (the documented default `monitoring`).
+        let from = rule.from.expect("a rule without `from` admits every pod");
+        assert!(!from.is_empty());
+        for peer in &from {
+            assert!(peer.ip_block.is_none(), "{peer:?}");
+            let ns = peer
+                .namespace_selector
+                .clone()
+                .expect("a namespace selector");
+            assert!(
+                ns.match_labels.is_some_and(|l| !l.is_empty()),
+                "an empty namespaceSelector admits every namespace"
+            );
+        }
+    }
+}
+
+/// Two webhook replicas on two nodes, kept by the PDB: a node drain or loss leaves one
+/// answering.
+#[test]
+fn webhook_replicas_are_spread_over_nodes_and_kept_by_the_pdb() {
+    let r = render();
+    let d: Deployment = r.one("Deployment", "kite-webhook");
+    let spec = d.spec.unwrap();
+    let replicas = spec.replicas.unwrap();
+    let labels = spec.template.metadata.unwrap().labels.unwrap();
+    let matches = |sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector| {
+        let m = sel.match_labels.clone().unwrap_or_default();
+        !m.is_empty() && m.iter().all(|(k, v)| labels.get(k) == Some(v))
+    };
+    let pod = spec.template.spec.unwrap();
+    let spread = pod.topology_spread_constraints.unwrap_or_default();
+    let by_node = spread
+        .iter()
+        .find(|t| t.topology_key == "kubernetes.io/hostname")
+        .expect("a spread over nodes");
+    assert_eq!(by_node.max_skew, 1);
+    assert_eq!(by_node.when_unsatisfiable, "DoNotSchedule");
+    assert!(matches(by_node.label_selector.as_ref().unwrap()));
+    let pdb: PodDisruptionBudget = r.one("PodDisruptionBudget", "kite-webhook");
+    let pdb = pdb.spec.unwrap();
+    assert!(matches(pdb.selector.as_ref().unwrap()));
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let IntOrString::Int(min) = pdb.min_available.unwrap() else {
+        panic!("minAvailable as a number")
+    };
+    assert!(
+        min >= 1 && min < replicas,
+        "minAvailable {min} of {replicas}: a drain must be possible and leave one"
     );
 }
 
@@ -579,4 +744,184 @@ fn an_overlay_image_reaches_the_injected_init_container() {
         container(&spec, "kite-agent").image.as_deref(),
         Some("registry.example/team/kite:9.9")
     );
+}
+
+fn deploy_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn promtool(args: &[&str], dir: &Path) {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("promtool (Debian's prometheus package)");
+    assert!(
+        out.status.success(),
+        "promtool {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn labels_match(selector: &Value, labels: &Value) -> bool {
+    let want = selector["matchLabels"].as_object().unwrap();
+    !want.is_empty() && want.iter().all(|(k, v)| &labels[k] == v)
+}
+
+/// The Prometheus Operator component renders with the base (`kubectl kustomize`), leaves the
+/// base's objects as they are, and its ServiceMonitors scrape named ports of Kite's Services,
+/// the webhook's over its TLS with the CA that `kite-webhook certs` puts in the Secret. Its
+/// PrometheusRule is the rule file that `promtool test rules` checks.
+#[test]
+fn the_prometheus_operator_component_scrapes_kites_services() {
+    let base = render();
+    let r = render_dir(&deploy_dir().join("examples/prometheus-operator"));
+    let extra: Vec<&Value> = r
+        .objects
+        .iter()
+        .filter(|o| !base.objects.contains(o))
+        .collect();
+    assert_eq!(
+        r.objects.len() - extra.len(),
+        base.objects.len(),
+        "the component changed base objects"
+    );
+    let kinds: BTreeSet<&str> = extra.iter().map(|o| o["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["PrometheusRule", "ServiceMonitor"].into());
+    let services = r.all("Service");
+    let monitors = r.all("ServiceMonitor");
+    assert_eq!(monitors.len(), 2);
+    for m in &monitors {
+        assert_eq!(m["apiVersion"], "monitoring.coreos.com/v1");
+        assert_eq!(m["metadata"]["namespace"], NAMESPACE);
+        let selected: Vec<_> = services
+            .iter()
+            .filter(|s| {
+                s["metadata"]["namespace"] == NAMESPACE
+                    && labels_match(&m["spec"]["selector"], &s["metadata"]["labels"])
+            })
+            .collect();
+        assert_eq!(
+            selected.len(),
+            1,
+            "{} selects {selected:?}",
+            m["metadata"]["name"]
+        );
+        let svc: Service = serde_json::from_value((*selected[0]).clone()).unwrap();
+        let names: BTreeSet<String> = svc
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .into_iter()
+            .filter_map(|p| p.name)
+            .collect();
+        let endpoints = m["spec"]["endpoints"].as_array().unwrap();
+        assert_eq!(endpoints.len(), 1);
+        let e = &endpoints[0];
+        assert!(names.contains(e["port"].as_str().unwrap()), "{e} {names:?}");
+        assert_eq!(e["path"], "/metrics");
+        if svc.metadata.name.as_deref() == Some("kite-webhook") {
+            let names = Names::default();
+            assert_eq!(e["scheme"], "https");
+            let tls = &e["tlsConfig"];
+            assert!(
+                names
+                    .dns_names()
+                    .contains(&tls["serverName"].as_str().unwrap().into())
+            );
+            assert_eq!(tls["ca"]["secret"]["name"], names.secret.as_str());
+            let bundle = kite_webhook::certs::generate(&names, &[]).unwrap();
+            let secret = bundle.secret(&names);
+            let key = tls["ca"]["secret"]["key"].as_str().unwrap();
+            assert!(
+                secret.data.unwrap().contains_key(key),
+                "the Secret has no {key}"
+            );
+        } else {
+            assert_eq!(svc.metadata.name.as_deref(), Some("kite-agent"));
+            assert!(e.get("scheme").is_none_or(|s| s == "http"));
+        }
+    }
+    // The PrometheusRule carries the rule file's groups, which promtool checks and tests.
+    let rule = r.all("PrometheusRule")[0];
+    let file: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(deploy_dir().join("prometheus/kite-alerts.yaml")).unwrap(),
+    )
+    .unwrap();
+    let file = serde_json::to_value(file).unwrap();
+    assert_eq!(rule["spec"]["groups"], file["groups"]);
+    let dir = deploy_dir().join("prometheus");
+    promtool(&["check", "rules", "kite-alerts.yaml"], &dir);
+    promtool(&["test", "rules", "kite-alerts.test.yaml"], &dir);
+}
+
+/// The plain scrape example for a Prometheus without the Operator: promtool accepts it (with
+/// its Kubernetes discovery replaced by a static target, since Debian's Prometheus is built
+/// without Kubernetes discovery), it loads the alert rules, and its relabelling keeps the
+/// agent pods' `metrics` port and the webhook Service's `https` one.
+#[test]
+fn the_plain_scrape_config_is_valid_and_keeps_kites_ports() {
+    let dir = deploy_dir().join("prometheus");
+    let text = std::fs::read_to_string(dir.join("prometheus.yml")).unwrap();
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let jobs = config["scrape_configs"].as_sequence_mut().unwrap();
+    let r = render();
+    let ds: DaemonSet = r.one("DaemonSet", "kite-agent");
+    let template = ds.spec.unwrap().template;
+    let labels = template.metadata.unwrap().labels.unwrap();
+    let c = container(template.spec.as_ref().unwrap(), "kite-agent").clone();
+    let mut seen = BTreeSet::new();
+    for job in jobs.iter_mut() {
+        let name = job["job_name"].as_str().unwrap().to_string();
+        let sd = job
+            .as_mapping_mut()
+            .unwrap()
+            .remove("kubernetes_sd_configs")
+            .expect("Kubernetes discovery");
+        let sd = serde_json::to_value(sd).unwrap();
+        assert_eq!(sd[0]["namespaces"]["names"][0], NAMESPACE);
+        let keep = serde_json::to_value(&job["relabel_configs"]).unwrap();
+        let keep = keep
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["action"] == "keep")
+            .unwrap()
+            .clone();
+        match name.as_str() {
+            "kite-agent" => {
+                let selector = sd[0]["selectors"][0]["label"].as_str().unwrap();
+                let (k, v) = selector.split_once('=').unwrap();
+                assert_eq!(labels.get(k).map(String::as_str), Some(v));
+                port(&c, keep["regex"].as_str().unwrap());
+            }
+            "kite-webhook" => {
+                assert_eq!(keep["regex"], "kite-webhook;https");
+                let tls = serde_json::to_value(&job["tls_config"]).unwrap();
+                assert!(
+                    Names::default()
+                        .dns_names()
+                        .contains(&tls["server_name"].as_str().unwrap().into())
+                );
+            }
+            other => panic!("unexpected job {other}"),
+        }
+        seen.insert(name);
+        job.as_mapping_mut().unwrap().insert(
+            "static_configs".into(),
+            serde_yaml::from_str("[{targets: ['127.0.0.1:9']}]").unwrap(),
+        );
+    }
+    assert_eq!(seen.len(), 2);
+    let tmp = kite_testkit::TempDir::new("kite-scrape");
+    let tmp = tmp.path();
+    std::fs::copy(dir.join("kite-alerts.yaml"), tmp.join("kite-alerts.yaml")).unwrap();
+    std::fs::write(
+        tmp.join("prometheus.yml"),
+        serde_yaml::to_string(&config).unwrap(),
+    )
+    .unwrap();
+    promtool(&["check", "config", "prometheus.yml"], tmp);
 }

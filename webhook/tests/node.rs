@@ -67,13 +67,6 @@ fn daemon(name: &'static str, cmd: &mut Command, dir: &Path) -> Daemon {
     }
 }
 
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ok() {
@@ -341,8 +334,7 @@ fn a_pod_admitted_by_the_webhook_is_enrolled_measured_by_name_and_forgotten_when
         return;
     }
     let _serial = serial();
-    let dir = TempDir(std::env::temp_dir().join(unique("kite-node")));
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = TempDir::new("kite-node");
     let run_dir = dir.0.join("run-kite");
 
     // The agent, as the DaemonSet runs it (minus the cluster).

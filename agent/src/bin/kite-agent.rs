@@ -35,6 +35,14 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // setns(2) moves only the calling thread: before the runtime starts its workers, or they
+    // read /proc/<pid>/cgroup relative to the container's own cgroup namespace.
+    if config.host_cgroupns
+        && let Err(e) = kite_agent::daemon::enter_host_cgroupns()
+    {
+        eprintln!("kite-agent: {e}");
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

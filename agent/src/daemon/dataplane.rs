@@ -17,8 +17,10 @@ use super::state::{AttachmentInfo, Shared, Source, Workload};
 use crate::{
     Error,
     cgroup::{Cgroup, Hierarchy, is_within},
-    ebpf::{Attached, Kite, PENDING_MAX_AGE},
+    ebpf::{Attached, Kite, PENDING_MAX_AGE, RpcName},
+    rpc_names::RpcNames,
     stats::EndpointId,
+    tls::Tls,
 };
 use kite_common::maps::BudgetKey;
 
@@ -48,6 +50,21 @@ const TRIM_EVERY: Duration = Duration::from_secs(10);
 const INDEX_LIMIT: usize = 100_000;
 /// At most one "a poll took" warning this often; the ones in between are counted in the next.
 const SLOW_POLL_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Feeds the method names the kernel sent into the bounded registry (which checks each
+/// against its id and counts what it refuses; a name the kernel cut short is refused as
+/// invalid).
+pub fn learn_rpc_names(names: &mut RpcNames, new: Vec<RpcName>) {
+    for n in new {
+        if n.route {
+            names.learn_route(n.rpc, &n.path, n.truncated);
+        } else if n.truncated {
+            names.counters.invalid += 1;
+        } else {
+            names.learn(n.rpc, &n.path);
+        }
+    }
+}
 
 /// Lets one event through every `every`, counting the ones held back meanwhile.
 #[derive(Debug)]
@@ -95,6 +112,8 @@ pub struct Settings {
     pub endpoint_idle: Duration,
     /// The cgroup hierarchy.
     pub hierarchy: Hierarchy,
+    /// Probe OpenSSL for TLS plaintext (`--tls`).
+    pub tls: bool,
 }
 
 impl DataPlane {
@@ -159,6 +178,8 @@ struct Worker {
     last_sweep: Instant,
     unknown_ids_at: Option<Instant>,
     slow_polls: RateLimit,
+    /// TLS uprobes on the libssl files of the attached cgroups' processes.
+    tls: Tls,
 }
 
 impl Worker {
@@ -171,10 +192,16 @@ impl Worker {
             last_sweep: Instant::now(),
             unknown_ids_at: None,
             slow_polls: RateLimit::new(SLOW_POLL_WARN_EVERY),
+            tls: Tls::new(),
         }
     }
 
     fn run(mut self, rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        if self.settings.tls
+            && let Err(e) = self.tls.prepare(&mut self.kite)
+        {
+            warn!("TLS: {e}");
+        }
         let mut next = Instant::now() + self.settings.interval;
         loop {
             if shutdown.is_cancelled() {
@@ -197,9 +224,30 @@ impl Worker {
                     next = Instant::now() + self.settings.interval;
                 }
             }
+            if self.settings.tls {
+                self.scan_tls();
+            }
         }
         info!("detaching from all cgroups");
         self.kite.detach_all();
+    }
+
+    /// Probes the libssl files the attached cgroups' processes map (`crate::tls`), every
+    /// [`crate::tls::RESCAN`]; the file-system work runs on the TLS scan thread, this applies it.
+    fn scan_tls(&mut self) {
+        match self.tls.tick(&mut self.kite) {
+            None => return,
+            Some(Err(e)) => warn!("TLS: {e}"),
+            Some(Ok(_)) => {}
+        }
+        let mut st = self.shared.write();
+        st.tls_libraries = self.tls.libraries().count();
+        st.tls_unsupported = self
+            .tls
+            .unsupported()
+            .iter()
+            .map(|u| format!("{} (pid {}, {})", u.exe, u.pid, u.kind))
+            .collect();
     }
 
     fn command(&mut self, cmd: Command) {
@@ -271,6 +319,8 @@ impl Worker {
         let started = Instant::now();
         let reading = self.kite.endpoints();
         let counters = self.kite.counters();
+        let tls_kernel = crate::tls::Tls::kernel_counters(&mut self.kite);
+        let rpc_names = self.new_rpc_names();
         let bpf = self.kite.program_stats();
         if self.last_sweep.elapsed() >= TRIM_EVERY {
             self.last_sweep = Instant::now();
@@ -307,6 +357,8 @@ impl Worker {
             if let Ok(c) = counters {
                 st.counters = c;
             }
+            st.tls_kernel = tls_kernel;
+            learn_rpc_names(&mut st.rpc_names, rpc_names);
             if let Some(n) = sockets {
                 st.sockets_used = n;
             }
@@ -364,6 +416,12 @@ impl Worker {
                 warn!("a poll took {took:?} (interval {interval:?})");
             }
         }
+    }
+
+    /// gRPC method names the kernel sent since the last poll (read before the state's lock is
+    /// taken).
+    fn new_rpc_names(&mut self) -> Vec<RpcName> {
+        self.kite.rpc_names()
     }
 
     /// (cgroup, direction) pairs holding their whole endpoint budget.
@@ -498,6 +556,59 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_names_feed_the_registry_and_cut_ones_are_refused() {
+        use kite_common::{h2::hpack::path_id, maps::rpc_id};
+        let path = b"/kite.test.Echo/Unary".to_vec();
+        let id = rpc_id(path_id(&path));
+        let route = kite_common::route::route_id_of_text(b"/orders/*");
+        let mut names = RpcNames::default();
+        learn_rpc_names(
+            &mut names,
+            vec![
+                RpcName {
+                    rpc: id,
+                    path: path.clone(),
+                    truncated: false,
+                    route: false,
+                },
+                RpcName {
+                    rpc: 0x1234_5678,
+                    path: path[..8].to_vec(),
+                    truncated: true,
+                    route: false,
+                },
+                // A route, and a route cut by the kernel: kept with a mark.
+                RpcName {
+                    rpc: route,
+                    path: b"/orders/*".to_vec(),
+                    truncated: false,
+                    route: true,
+                },
+                RpcName {
+                    rpc: 0x2345_6789,
+                    path: b"/a/very/long".to_vec(),
+                    truncated: true,
+                    route: true,
+                },
+            ],
+        );
+        assert_eq!(names.get(route), crate::rpc_names::Rpc::Name("/orders/*"));
+        assert_eq!(
+            names.get(0x2345_6789),
+            crate::rpc_names::Rpc::Name("/a/very/long…")
+        );
+        assert_eq!(
+            names.get(id),
+            crate::rpc_names::Rpc::Name("kite.test.Echo/Unary")
+        );
+        assert_eq!((names.counters.learnt, names.counters.invalid), (3, 1));
+        assert!(matches!(
+            names.get(0x1234_5678),
+            crate::rpc_names::Rpc::Id(_)
+        ));
+    }
 
     #[test]
     fn slow_poll_warnings_are_one_a_minute_with_the_count_of_the_others() {

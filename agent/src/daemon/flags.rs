@@ -137,6 +137,20 @@ pub fn max_endpoints(s: &str) -> Result<u32, String> {
     count_in(s, &MAX_ENDPOINTS)
 }
 
+/// Parses a switch (`--routes`): `on` or `off`.
+pub fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?} is neither on nor off")),
+    }
+}
+
+/// Parses `--route`.
+pub fn route_pattern(s: &str) -> Result<crate::route_pattern::RoutePattern, String> {
+    crate::route_pattern::RoutePattern::parse(s)
+}
+
 /// Parses `--endpoint-budget`.
 pub fn endpoint_budget(s: &str) -> Result<u32, String> {
     count_in(s, &ENDPOINT_BUDGET).map_err(|e| format!("{e} (0: an eighth of --max-endpoints)"))

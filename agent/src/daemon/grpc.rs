@@ -19,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::state::{Guards, Shared, State, Workload};
-use crate::stats::{EndpointId, EndpointStats, Interval};
+use crate::{
+    rpc_names::{grpc_failed, grpc_status_name},
+    stats::{AppProtocol, EndpointId, EndpointStats, Interval, SeriesKey},
+};
 
 /// The service.
 pub struct KiteService {
@@ -80,6 +83,112 @@ fn direction(d: Direction) -> v1::Direction {
     }
 }
 
+/// The protocol of an endpoint as protobuf.
+pub fn protocol(p: AppProtocol) -> v1::Protocol {
+    match p {
+        AppProtocol::Http1 => v1::Protocol::Unspecified,
+        AppProtocol::Http10 => v1::Protocol::Http10,
+        AppProtocol::Http11 => v1::Protocol::Http11,
+        AppProtocol::Http2 => v1::Protocol::Http2,
+        AppProtocol::Grpc => v1::Protocol::Grpc,
+    }
+}
+
+/// Per-status counts; gRPC codes with their names.
+fn statuses(iv: &Interval, grpc: bool) -> Vec<v1::StatusCount> {
+    iv.by_status
+        .iter()
+        .map(|(s, c)| v1::StatusCount {
+            status: *s as u32,
+            count: *c,
+            name: if grpc {
+                grpc_status_name(*s).unwrap_or_default()
+            } else {
+                String::new()
+            },
+        })
+        .collect()
+}
+
+/// Cumulative counters of the kernel series that pass `keep`.
+fn totals(ep: &EndpointStats, keep: impl Fn(&SeriesKey) -> bool) -> v1::Totals {
+    let mut total = crate::stats::Series::default();
+    let (mut s4, mut s5, mut rpc_errors, mut rpc_server_errors) = (0, 0, 0, 0);
+    let grpc = ep.id.protocol.is_grpc();
+    for (k, v) in ep.totals.iter().filter(|(k, _)| keep(k)) {
+        total.add(v);
+        let status = k.1;
+        if grpc {
+            rpc_errors += grpc_failed(status, false) as u64 * v.count;
+            rpc_server_errors += grpc_failed(status, true) as u64 * v.count;
+        } else if (400..500).contains(&status) {
+            s4 += v.count;
+        } else if status >= 500 {
+            s5 += v.count;
+        }
+    }
+    v1::Totals {
+        requests: total.count,
+        status_4xx: s4,
+        status_5xx: s5,
+        request_bytes: total.req_bytes,
+        response_bytes: total.resp_bytes,
+        latency_sum_seconds: total.latency_sum_ns as f64 / 1e9,
+        p50_seconds: total.hist.quantile(0.50).map(|ns| ns / 1e9),
+        p90_seconds: total.hist.quantile(0.90).map(|ns| ns / 1e9),
+        p99_seconds: total.hist.quantile(0.99).map(|ns| ns / 1e9),
+        rpc_errors,
+        rpc_server_errors,
+    }
+}
+
+/// The methods of a gRPC endpoint (`grpc`), or the routes of an HTTP/1 one: every id in its
+/// totals, with the window's figures.
+fn calls(st: &State, ep: &EndpointStats, iv: &Interval, grpc: bool) -> Vec<v1::RpcMethod> {
+    if ep.id.protocol.is_grpc() != grpc {
+        return Vec::new();
+    }
+    let mut ids: Vec<u32> = ep
+        .totals
+        .iter()
+        .map(|(k, _)| k.3)
+        .filter(|&id| grpc || id != kite_common::maps::RPC_NONE)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    // Routes shown under one name (a user pattern, a collapsed position) are one entry (the
+    // first id stands for them).
+    let mut named: Vec<(String, Vec<u32>)> = Vec::new();
+    for id in ids {
+        let name = st.rpc_names.get(id).label().unwrap_or_default();
+        match named.iter_mut().find(|(n, _)| !grpc && *n == name) {
+            Some((_, group)) => group.push(id),
+            None => named.push((name, vec![id])),
+        }
+    }
+    named
+        .into_iter()
+        .map(|(name, group)| {
+            let mut last = Interval::default();
+            for id in &group {
+                if let Some(iv) = iv.by_rpc.get(id) {
+                    last.merge(iv);
+                }
+            }
+            v1::RpcMethod {
+                name,
+                id: group[0],
+                last: Some(v1::Window {
+                    seconds: iv.secs,
+                    ..window(&last)
+                }),
+                totals: Some(totals(ep, |k| group.contains(&k.3))),
+                statuses: statuses(&last, grpc),
+            }
+        })
+        .collect()
+}
+
 /// The window fields of an interval.
 pub fn window(iv: &Interval) -> v1::Window {
     v1::Window {
@@ -99,6 +208,8 @@ pub fn window(iv: &Interval) -> v1::Window {
         response_bytes: iv.resp_bytes,
         request_bytes_per_second: iv.req_bytes_per_sec(),
         response_bytes_per_second: iv.resp_bytes_per_sec(),
+        rpc_errors: iv.rpc_errors,
+        rpc_server_errors: iv.rpc_server_errors,
     }
 }
 
@@ -162,7 +273,7 @@ fn matches(f: &Filter, d: &Described<'_>, iv: &Interval) -> bool {
     }
     if !f.text.is_empty() {
         let needle = f.text.to_lowercase();
-        let mut hay = vec![d.ep.id.address()];
+        let mut hay = vec![d.ep.id.address(), d.ep.id.protocol_label()];
         if let Some(p) = &d.path {
             hay.push(p.clone());
         }
@@ -178,7 +289,6 @@ fn matches(f: &Filter, d: &Described<'_>, iv: &Interval) -> bool {
 
 fn endpoint(st: &State, d: &Described<'_>, iv: &Interval, detail: &Detail) -> v1::Endpoint {
     let ep = d.ep;
-    let total = ep.total();
     let container = d
         .path
         .as_deref()
@@ -196,30 +306,12 @@ fn endpoint(st: &State, d: &Described<'_>, iv: &Interval, detail: &Detail) -> v1
             direction: direction(ep.id.direction) as i32,
             ip: ep.id.host(),
             port: ep.id.port as u32,
+            protocol: protocol(ep.id.protocol) as i32,
+            tls: ep.id.tls,
         }),
         workload: d.workload.as_ref().map(|w| workload(w, container)),
         last: Some(window(iv)),
-        totals: Some(v1::Totals {
-            requests: total.count,
-            status_4xx: ep
-                .totals
-                .iter()
-                .filter(|((_, s, _), _)| (400..500).contains(s))
-                .map(|(_, v)| v.count)
-                .sum(),
-            status_5xx: ep
-                .totals
-                .iter()
-                .filter(|((_, s, _), _)| *s >= 500)
-                .map(|(_, v)| v.count)
-                .sum(),
-            request_bytes: total.req_bytes,
-            response_bytes: total.resp_bytes,
-            latency_sum_seconds: total.latency_sum_ns as f64 / 1e9,
-            p50_seconds: total.hist.quantile(0.50).map(|ns| ns / 1e9),
-            p90_seconds: total.hist.quantile(0.90).map(|ns| ns / 1e9),
-            p99_seconds: total.hist.quantile(0.99).map(|ns| ns / 1e9),
-        }),
+        totals: Some(totals(ep, |_| true)),
         history: ep
             .history
             .iter()
@@ -232,14 +324,7 @@ fn endpoint(st: &State, d: &Described<'_>, iv: &Interval, detail: &Detail) -> v1
             })
             .collect(),
         histogram: detail.histogram.then(|| histogram(iv)),
-        statuses: iv
-            .by_status
-            .iter()
-            .map(|(s, c)| v1::StatusCount {
-                status: *s as u32,
-                count: *c,
-            })
-            .collect(),
+        statuses: statuses(iv, ep.id.protocol.is_grpc()),
         methods: iv
             .by_method
             .iter()
@@ -249,6 +334,8 @@ fn endpoint(st: &State, d: &Described<'_>, iv: &Interval, detail: &Detail) -> v1
             })
             .collect(),
         last_active_unix_ms: unix_ms(last_active),
+        rpcs: calls(st, ep, iv, true),
+        routes: calls(st, ep, iv, false),
     }
 }
 
@@ -297,9 +384,23 @@ pub fn info(st: &State) -> AgentInfo {
             value,
         });
     }
+    for (name, value) in st.rpc_names.counters.named() {
+        counters.push(v1::Counter {
+            name: format!("rpc_names_{name}"),
+            value,
+        });
+    }
+    counters.push(v1::Counter {
+        name: "rpc_names".into(),
+        value: st.rpc_names.len() as u64,
+    });
     counters.push(v1::Counter {
         name: "waiting_cgroups".into(),
         value: st.waiting_cgroups.len() as u64,
+    });
+    counters.push(v1::Counter {
+        name: "tls_unsupported_processes".into(),
+        value: st.tls_unsupported.len() as u64,
     });
     AgentInfo {
         version: env!("CARGO_PKG_VERSION").into(),
@@ -498,5 +599,91 @@ impl Kite for KiteService {
 
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<AgentInfo>, Status> {
         Ok(Response::new(info(&self.shared.read())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kite_common::{h2::hpack::path_id, maps::rpc_id};
+
+    use super::*;
+    use crate::daemon::metrics::tests::{LOOKUP, UNARY, state};
+
+    #[test]
+    fn list_says_protocol_tls_grpc_methods_and_status_names() {
+        let shared = state();
+        let snap = snapshot(&shared.read(), &Filter::default(), &Detail::default(), None);
+        let by_port = |port: u32, dir: v1::Direction| {
+            snap.endpoints
+                .iter()
+                .find(|e| {
+                    e.id.as_ref()
+                        .is_some_and(|id| id.port == port && id.direction == dir as i32)
+                })
+                .unwrap()
+        };
+        let http = by_port(8080, v1::Direction::Inbound).id.clone().unwrap();
+        assert_eq!((http.protocol(), http.tls), (v1::Protocol::Http11, false));
+        let h2 = by_port(8443, v1::Direction::Inbound).id.clone().unwrap();
+        assert_eq!((h2.protocol(), h2.tls), (v1::Protocol::Http2, true));
+        assert_eq!(h2.protocol_label(), "HTTP/2+TLS");
+
+        let g = by_port(50051, v1::Direction::Inbound);
+        assert!(g.id.as_ref().unwrap().is_grpc());
+        let w = g.last.unwrap();
+        // 8 calls: NOT_FOUND and UNAVAILABLE fail (2 + 1), only UNAVAILABLE is the server's.
+        assert_eq!((w.requests, w.rpc_errors, w.rpc_server_errors), (8, 3, 2));
+        assert_eq!((w.status_4xx, w.status_5xx), (0, 0));
+        let names: Vec<(u32, &str, u64)> = g
+            .statuses
+            .iter()
+            .map(|s| (s.status, s.name.as_str(), s.count))
+            .collect();
+        assert_eq!(
+            names,
+            [(0, "OK", 5), (5, "NOT_FOUND", 1), (14, "UNAVAILABLE", 2)]
+        );
+        let t = g.totals.unwrap();
+        assert_eq!((t.requests, t.rpc_errors, t.status_5xx), (8, 3, 0));
+        // Methods by id: the learnt name, the other by its id; each with its own figures.
+        let unary = rpc_id(path_id(UNARY.as_bytes()));
+        let lookup = rpc_id(path_id(LOOKUP.as_bytes()));
+        let m = |id: u32| g.rpcs.iter().find(|m| m.id == id).unwrap();
+        assert_eq!(g.rpcs.len(), 2);
+        assert_eq!(m(unary).name, "kite.test.Echo/Unary");
+        assert_eq!(m(lookup).name, format!("rpc#{lookup:08x}"));
+        let mw = m(unary).last.unwrap();
+        assert_eq!((mw.requests, mw.rpc_server_errors), (7, 2));
+        assert!((mw.p50_seconds.unwrap() - 0.003).abs() / 0.003 < 0.0625);
+        assert_eq!(m(unary).totals.unwrap().requests, 7);
+        assert_eq!(m(lookup).statuses[0].name, "NOT_FOUND");
+        // An unknown grpc-status is listed as 65535 with no name, and is no error.
+        let out = by_port(50051, v1::Direction::Outbound);
+        let unknown = out.statuses.iter().find(|s| s.status == 0xffff).unwrap();
+        assert_eq!((unknown.count, unknown.name.as_str()), (6, ""));
+        assert_eq!(out.last.unwrap().rpc_errors, 1);
+        // HTTP endpoints have no methods.
+        assert!(by_port(8080, v1::Direction::Inbound).rpcs.is_empty());
+        // The text filter finds endpoints by protocol.
+        let f = Filter {
+            text: "grpc".into(),
+            ..Filter::default()
+        };
+        let only = snapshot(&shared.read(), &f, &Detail::default(), None);
+        assert_eq!(only.endpoints.len(), 2);
+    }
+
+    #[test]
+    fn info_counts_what_the_name_registry_refused() {
+        let shared = state();
+        shared
+            .write()
+            .rpc_names
+            .learn(rpc_id(path_id(LOOKUP.as_bytes())), b"/kite.test.Echo/Lo");
+        let i = info(&shared.read());
+        let c = |n: &str| i.counters.iter().find(|c| c.name == n).unwrap().value;
+        assert_eq!(c("rpc_names_learnt"), 1);
+        assert_eq!(c("rpc_names_mismatched"), 1);
+        assert_eq!(c("rpc_names"), 1);
     }
 }

@@ -310,3 +310,191 @@ pub async fn serve_http(
     drop(acceptor);
     graceful.shutdown().await;
 }
+
+/// gRPC over TLS with client certificates (off unless all three files are given): the way to
+/// reach an agent's gRPC from elsewhere than its own network namespace without giving every
+/// pod of the cluster every node's traffic metadata. `kite-webhook grpc-certs` makes the CA,
+/// the agent's pair and a client pair.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct GrpcTls {
+    /// gRPC serving certificate (PEM chain); with --grpc-tls-key and --grpc-client-ca, gRPC
+    /// is TLS only and every client must present a certificate signed by that CA.
+    #[arg(
+        long,
+        env = "KITE_GRPC_TLS_CERT",
+        value_name = "PEM",
+        requires_all = ["grpc_tls_key", "grpc_client_ca"]
+    )]
+    pub grpc_tls_cert: Option<std::path::PathBuf>,
+    /// Private key of --grpc-tls-cert (PEM).
+    #[arg(
+        long,
+        env = "KITE_GRPC_TLS_KEY",
+        value_name = "PEM",
+        requires = "grpc_tls_cert"
+    )]
+    pub grpc_tls_key: Option<std::path::PathBuf>,
+    /// CA whose client certificates gRPC accepts (PEM); clients without one are refused in
+    /// the handshake.
+    #[arg(
+        long,
+        env = "KITE_GRPC_CLIENT_CA",
+        value_name = "PEM",
+        requires = "grpc_tls_cert"
+    )]
+    pub grpc_client_ca: Option<std::path::PathBuf>,
+}
+
+/// Handshakes in progress at once; each has [`HANDSHAKE_TIMEOUT`].
+const MAX_HANDSHAKES: usize = 64;
+/// Time a client gets to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl GrpcTls {
+    /// The rustls configuration, or `None` when TLS is off. Errors name the file.
+    pub fn server_config(&self) -> io::Result<Option<Arc<rustls::ServerConfig>>> {
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+        let (Some(cert), Some(key), Some(ca)) = (
+            &self.grpc_tls_cert,
+            &self.grpc_tls_key,
+            &self.grpc_client_ca,
+        ) else {
+            return Ok(None);
+        };
+        let bad = |path: &std::path::Path, e: &dyn std::fmt::Display| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("reading {}: {e}", path.display()),
+            )
+        };
+        let certs = |path: &std::path::Path| -> io::Result<Vec<CertificateDer<'static>>> {
+            let v = CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(path, &e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(path, &e))?;
+            if v.is_empty() {
+                return Err(bad(path, &"no certificate in the file"));
+            }
+            Ok(v)
+        };
+        let chain = certs(cert)?;
+        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs(ca)? {
+            roots.add(c).map_err(|e| bad(ca, &e))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.into(),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| bad(ca, &e))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(cert, &e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key_der)
+            .map_err(|e| bad(key, &e))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Some(Arc::new(config)))
+    }
+}
+
+/// A gRPC connection: plaintext, or TLS when [`GrpcTls`] is on.
+pub enum GrpcIo {
+    /// Plaintext.
+    Plain(TimedIo),
+    /// TLS, the client's certificate verified.
+    Tls(Box<tokio_rustls::server::TlsStream<TimedIo>>),
+}
+
+impl AsyncRead for GrpcIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            GrpcIo::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            GrpcIo::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for GrpcIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            GrpcIo::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            GrpcIo::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            GrpcIo::Plain(io) => Pin::new(io).poll_flush(cx),
+            GrpcIo::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            GrpcIo::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            GrpcIo::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for GrpcIo {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        match self {
+            GrpcIo::Plain(io) => io.connect_info(),
+            GrpcIo::Tls(io) => io.get_ref().0.connect_info(),
+        }
+    }
+}
+
+impl Acceptor {
+    /// The gRPC connections as a stream: plaintext, or TLS handshakes done at most
+    /// [`MAX_HANDSHAKES`] at once, each within [`HANDSHAKE_TIMEOUT`]; a failed handshake (no
+    /// client certificate, one of another CA, a stalled client) closes that connection only.
+    pub fn into_grpc_stream(
+        self,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::pin::Pin<Box<dyn Stream<Item = io::Result<GrpcIo>> + Send + 'static>> {
+        use futures_util::StreamExt as _;
+        let Some(tls) = tls else {
+            return Box::pin(self.into_stream().map(|io| io.map(GrpcIo::Plain)));
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        Box::pin(
+            self.into_stream()
+                .map(move |io| {
+                    let acceptor = acceptor.clone();
+                    async move {
+                        let io = io.ok()?;
+                        let peer = io.peer_addr();
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+                            Ok(Ok(tls)) => Some(GrpcIo::Tls(Box::new(tls))),
+                            Ok(Err(e)) => {
+                                debug!(?peer, "gRPC TLS handshake refused: {e}");
+                                None
+                            }
+                            Err(_) => {
+                                debug!(?peer, "gRPC TLS handshake timed out");
+                                None
+                            }
+                        }
+                    }
+                })
+                .buffer_unordered(MAX_HANDSHAKES)
+                .filter_map(|io| async move { io.map(Ok) }),
+        )
+    }
+}

@@ -74,6 +74,9 @@ pub struct Config {
     /// gRPC listen address (kite.v1, health, reflection). In a cluster: the pod IP.
     #[arg(long, env = "KITE_GRPC_ADDR", default_value = "127.0.0.1:7777")]
     pub grpc_addr: SocketAddr,
+    /// gRPC over TLS with client certificates (off by default).
+    #[command(flatten)]
+    pub grpc_tls: listen::GrpcTls,
     /// Prometheus listen address (/metrics, /healthz, /readyz).
     #[arg(long, env = "KITE_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
@@ -95,6 +98,11 @@ pub struct Config {
     /// an absolute path under it. For use without Kubernetes.
     #[arg(long = "cgroup", value_name = "PATH")]
     pub cgroups: Vec<PathBuf>,
+    /// Probe OpenSSL for TLS plaintext (measures HTTPS). Off by default: the uprobes cost every
+    /// caller of a probed libssl a trap per call, up to a tenfold slowdown of an HTTPS server on
+    /// a nested VM (see DESIGN.md, TLS: cost).
+    #[arg(long, env = "KITE_TLS")]
+    pub tls: bool,
     /// How often the kernel maps are read (one window of the statistics); 100ms to 10m.
     #[arg(long, env = "KITE_INTERVAL", default_value = "1s", value_parser = flags::interval)]
     pub interval: Duration,
@@ -137,6 +145,15 @@ pub struct Config {
     /// --max-endpoints, none below 2048.
     #[arg(long, default_value_t = 0, value_parser = flags::endpoint_budget)]
     pub endpoint_budget: u32,
+    /// Per-route figures for HTTP/1 (`/orders/*`: the path with identifier-like segments as
+    /// `*`, at most 64 routes per endpoint, the rest `_OTHER`): `on` or `off`.
+    #[arg(long, env = "KITE_ROUTES", default_value = "on", value_parser = flags::on_off, action = clap::ArgAction::Set)]
+    pub routes: bool,
+    /// A route pattern (`/api/orders/{id}`; `{name}` one segment, a last `**` the rest),
+    /// repeatable, at most 64: routes that match are shown under it (Prometheus `http_route`),
+    /// the first that matches wins.
+    #[arg(long = "route", value_name = "PATTERN", value_parser = flags::route_pattern)]
+    pub route_patterns: Vec<crate::route_pattern::RoutePattern>,
     /// Most label sets the http_* Prometheus families export (server and client together);
     /// label sets beyond, in the order they appear, are folded into one series per family
     /// labelled `otel_metric_overflow="true"` and counted in `kite_series_overflow_total`;
@@ -198,12 +215,13 @@ impl Config {
     /// The most memory this configuration can take whatever clients do, bytes:
     ///
     /// ```text
-    /// BASE + E × (STATE + ENCODING + SNAPSHOT × 2W) + EXPOSITION × (min(E, M) + 2) × (S + 3)
+    /// BASE + E × (STATE + ENCODING + SNAPSHOT × 2W) + EXPOSITION × (min(E, M) + 4) × (S + 3)
     ///      + 2C × PER_CONNECTION + 1024 × PER_ENROLLMENT
     /// ```
     ///
     /// E `--max-endpoints` plus the overflow endpoints' map (`DEFAULT_MAX_OVERFLOW`), M
-    /// `--max-series` (label sets exported, plus an overflow series per family), S
+    /// `--max-series` (label sets exported, plus an overflow series per histogram family: HTTP
+    /// and gRPC, server and client), S
     /// `--max-scrapes` (expositions alive, plus one per format of the three when none of it is
     /// cached), W `--max-watch-streams` (each holds one snapshot being built and one in its
     /// HTTP/2 buffer), C `--max-connections` (gRPC and Prometheus each). The DaemonSet's memory
@@ -214,7 +232,7 @@ impl Config {
         let per_endpoint = STATE_PER_ENDPOINT
             + ENCODING_PER_ENDPOINT
             + SNAPSHOT_PER_ENDPOINT * 2 * self.max_watch_streams as u64;
-        let series = e.min(self.max_series as u64) + 2;
+        let series = e.min(self.max_series as u64) + 4;
         let expositions = self.max_scrapes as u64 + 3;
         BASE + e * per_endpoint
             + EXPOSITION_PER_SERIES * series * expositions
@@ -296,10 +314,9 @@ fn bind_error(what: &str, addr: &SocketAddr) -> impl FnOnce(std::io::Error) -> E
 }
 
 /// Runs the agent until `shutdown` is cancelled, then detaches everything.
+/// `config.host_cgroupns` is the caller's to apply with [`enter_host_cgroupns`] before any
+/// thread starts (kite-agent's main does): setns(2) moves only the calling thread.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    if config.host_cgroupns {
-        enter_host_cgroupns()?;
-    }
     // Before anything else: a second agent on the same socket refuses to start.
     let claim = enroll::claim_socket(&config.socket)?;
     let hierarchy = Hierarchy::discover()?;
@@ -307,6 +324,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         max_sockets: config.max_sockets,
         max_endpoints: config.max_endpoints,
         endpoint_budget: config.endpoint_budget,
+        routes: config.routes,
     };
     // With --missing-cgroup fail, a typo is reported before loading anything.
     if config.missing_cgroup == MissingCgroup::Fail {
@@ -314,6 +332,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             hierarchy.cgroup(p)?;
         }
     }
+    // Unreadable TLS files are reported before anything is loaded.
+    let grpc_tls = config
+        .grpc_tls
+        .server_config()
+        .map_err(|source| Error::Io {
+            what: "setting up gRPC TLS (--grpc-tls-cert, --grpc-tls-key, --grpc-client-ca)".into(),
+            source,
+        })?;
     let kite = Kite::load(options)?;
     let grpc_listener = TcpListener::bind(config.grpc_addr)
         .await
@@ -324,6 +350,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let node = config.node();
     let mut state = State::new(node.clone(), config.interval, config.history, options);
     state.max_series = config.max_series;
+    state
+        .rpc_names
+        .set_route_patterns(config.route_patterns.clone());
     let shared = Shared::new(state);
     let (notify_tx, notify_rx) = watch::channel(0u64);
     let (dataplane, dp_thread) = DataPlane::spawn(
@@ -335,6 +364,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             gone_grace: config.gone_grace,
             endpoint_idle: config.endpoint_idle,
             hierarchy: hierarchy.clone(),
+            tls: config.tls,
         },
         shutdown.clone(),
     );
@@ -415,7 +445,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             .add_service(reflection_alpha)
             .add_service(KiteServer::new(svc))
             .serve_with_incoming_shutdown(
-                grpc_incoming.into_stream(),
+                grpc_incoming.into_grpc_stream(grpc_tls),
                 grpc_shutdown.cancelled_owned(),
             )
             .await

@@ -19,6 +19,7 @@ use crate::{
     cgroup::{Cgroup, is_within},
     ebpf::{Options, ProgramStats},
     pods::pod_of_path,
+    rpc_names::RpcNames,
     stats::{Collector, EndpointStats},
 };
 
@@ -194,6 +195,15 @@ pub struct State {
     pub guards: Arc<Guards>,
     /// `--cgroup`s that do not exist (yet, or any more): waited for, not attached.
     pub waiting_cgroups: Vec<String>,
+    /// gRPC method names the kernel told, by method id (bounded, see [`RpcNames`]).
+    pub rpc_names: RpcNames,
+    /// libssl files probed for TLS plaintext (`crate::tls`).
+    pub tls_libraries: usize,
+    /// Processes of the attached cgroups whose TLS Kite does not see (Go, static OpenSSL,
+    /// rustls): `exe (pid N, kind)`.
+    pub tls_unsupported: Vec<String>,
+    /// The TLS programs' own counters (`TLS_STATS`), read every poll.
+    pub tls_kernel: crate::tls::KernelCounters,
 }
 
 /// The shared state behind its lock.
@@ -250,6 +260,10 @@ impl State {
             agent: AgentCounters::default(),
             guards: Arc::default(),
             waiting_cgroups: Vec::new(),
+            rpc_names: RpcNames::default(),
+            tls_libraries: 0,
+            tls_unsupported: Vec::new(),
+            tls_kernel: Default::default(),
         }
     }
 

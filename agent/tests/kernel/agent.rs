@@ -321,6 +321,14 @@ fn reflection_only_python_client_lists_and_health_is_serving() {
         .unwrap_or_else(|| panic!("{v}"));
     assert_eq!(ep["totals"]["requests"], "25");
     assert_eq!(ep["id"]["direction"], "DIRECTION_INBOUND");
+    // The descriptor served by reflection has the protocol field (issue 13) and its names.
+    assert!(
+        matches!(
+            ep["id"]["protocol"].as_str(),
+            Some("PROTOCOL_HTTP1_0" | "PROTOCOL_HTTP1_1")
+        ),
+        "{ep}"
+    );
 }
 
 const UID: &str = "0f0d6d7e-1c2b-4e3f-9a8b-7c6d5e4f3a2b";

@@ -15,7 +15,7 @@ use kite_testkit::*;
 use super::agent::{Agent, http_get};
 
 /// `VmRSS` and `VmHWM` (peak) of a process, bytes.
-fn rss(pid: u32) -> (u64, u64) {
+pub(crate) fn rss(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status

@@ -5,11 +5,15 @@
 mod accuracy;
 mod agent;
 mod fairness;
+mod grpc;
+mod h2;
 mod hostile;
 mod lifecycle;
 mod loader;
 mod network;
 mod robustness;
+mod routes;
 mod semconv;
 mod series;
+mod tls;
 mod verdict;

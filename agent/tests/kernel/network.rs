@@ -183,7 +183,7 @@ fn kite_counts(w: &Watch, dir: Direction) -> BTreeMap<(String, u16), u64> {
     let mut m = BTreeMap::new();
     for ep in w.collector().endpoints() {
         if ep.id.direction == dir && ep.id.port == PORT {
-            for ((method, status, _), s) in ep.totals.iter() {
+            for ((method, status, ..), s) in ep.totals.iter() {
                 if s.count > 0 {
                     *m.entry((method.as_str().to_string(), *status)).or_default() += s.count;
                 }

@@ -81,14 +81,17 @@ fn connection_joined_midway_is_measured_at_its_next_request() {
     let cg = TestCgroup::new("verdict-midway");
     let http = free_port();
     let _nginx = nginx(Place::in_cgroup(&cg), http);
+    // Loaded first: verifying the programs takes seconds, longer than nginx waits for the
+    // rest of a body it discards (`lingering_timeout`, 5 s) before closing.
+    let mut w = Watch::unattached(Default::default());
+    w.target(Direction::Inbound, http);
     // Before Kite attaches: a POST whose body is still to come.
     let mut c = TcpStream::connect(("127.0.0.1", http)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     c.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
         .unwrap();
     read_answer(&mut c);
-    let mut w = Watch::new(&cg);
-    w.target(Direction::Inbound, http);
+    w.attach(&cg);
     w.during(|| {
         // The first bytes Kite sees of this connection are body bytes, not a request.
         c.write_all(&[b'x'; 1000]).unwrap();

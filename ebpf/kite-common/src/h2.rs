@@ -1,12 +1,12 @@
-//! The per-connection HTTP/2 state machine (issue 13, groundwork: user-space tested, not yet
-//! called by the kernel programs).
+//! The per-connection HTTP/2 state machine (issue 13), shared by the kernel programs
+//! (`kite-ebpf` `h2.rs`: `kite_h2_ingress` / `kite_h2_egress`) and the user-space tests.
 //!
 //! It sits *beside* the HTTP/1.x machine ([`crate::http`]) and drives the same segment loop:
 //! [`H2Conn::begin`] (sequence bookkeeping), [`H2Conn::step`] until it returns `false` (from
 //! `bpf_loop` in the kernel; each step does a bounded amount of work on at most
 //! [`H2_ACTIONS`] bytes), [`H2Conn::end`]. It reuses the HTTP/1 machine's segment types
 //! ([`Segment`], [`Scratch`], [`Payload`], [`WINDOW`]) unchanged; its sequence layer is its own
-//! small copy of the same rules (see DESIGN.md, "HTTP/2 (issue 13, groundwork)": the seam to
+//! small copy of the same rules (see DESIGN.md, "HTTP/2 (issue 13)": the seam to
 //! cut into a shared `stream` module).
 //!
 //! What it follows, per direction: the client connection preface, 9-byte frame headers split
@@ -116,8 +116,8 @@ pub const H2_SERVER: u8 = crate::http::ROLE_SERVER;
 /// Role: the socket is the client (requests leave).
 pub const H2_CLIENT: u8 = crate::http::ROLE_CLIENT;
 
-/// HTTP/2 counters. Not in [`crate::maps::Stat`] yet (the agent's self-metrics families test
-/// wants every `Stat` in a family): the kernel integration maps them there.
+/// HTTP/2 counters, in [`crate::maps::Stat`] from `Stat::H2Streams` on in this order
+/// ([`crate::maps::Stat::from_h2`]).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum H2Stat {
@@ -143,7 +143,8 @@ pub enum H2Stat {
     CacheEvictions,
     /// The bytes stopped being HTTP/2 framing (bad preface, impossible frame): direction lost.
     Lost,
-    /// Bytes beyond a gap that could not be placed by framing and were never seen again.
+    /// Bytes beyond a gap that could not be placed by framing and were never seen again, or
+    /// a gap the kernel proves will never pass Kite (received or acknowledged already).
     UnplacedAhead,
     /// Segments (or parts) seen twice, skipped.
     Retransmits,
@@ -155,10 +156,21 @@ pub enum H2Stat {
     StepBudget,
     /// Payload loads that failed.
     LoadErrors,
+    /// A direction lost to a gap was taken up again at a segment whose payload is a chain of
+    /// frame headers of valid shape ending exactly at the segment's end ([`frame_shape`]).
+    Resyncs,
+    /// Streams open (or opened) while a direction was lost or being resynchronised: their
+    /// request or response may lie in bytes never parsed, so they are not recorded.
+    ResyncDropped,
+    /// A direction's first bytes went by before its connection's state existed (the peer's
+    /// connection preface, sent before the peer saw the bytes that opened the state): the
+    /// direction was taken up at its first segment seen, a chain of frames of valid shape,
+    /// with nothing lost ([`H2Conn::start_at`]).
+    LateStart,
 }
 
 /// Number of [`H2Stat`] values.
-pub const H2_STAT_COUNT: usize = H2Stat::LoadErrors as usize + 1;
+pub const H2_STAT_COUNT: usize = H2Stat::LateStart as usize + 1;
 
 /// A finished stream, handed to [`H2Sink::record`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,6 +206,13 @@ pub trait H2Sink {
     fn record(&mut self, conn: &H2Conn, done: &H2Done);
     /// Adds `n` to a counter.
     fn add(&mut self, stat: H2Stat, n: u64);
+    /// A gRPC request's header block carried its `:path` as a literal (decoded in `path`;
+    /// `path_id` is its [`H2Done::path_id`]): where the kernel tells user space a method name
+    /// it has not told before. Called per such block, before the stream is recorded.
+    #[inline(always)]
+    fn rpc_path(&mut self, path_id: u32, path: &hpack::PathBuf) {
+        let _ = (path_id, path);
+    }
     /// Bumps a counter.
     #[inline(always)]
     fn stat(&mut self, stat: H2Stat) {
@@ -232,8 +251,8 @@ pub struct Slot {
     pub grpc_status: u8,
     /// `SL_*`.
     pub flags: u8,
-    /// Explicit padding.
-    pub _pad: [u8; 2],
+    /// [`H2Conn::epoch`] when the slot was taken: recorded only if it is still current.
+    pub epoch: u16,
 }
 
 // Frame states of a direction.
@@ -248,10 +267,24 @@ const FS_SKIP: u8 = 5;
 const FS_GOAWAY: u8 = 6;
 /// Not followed any more.
 const FS_LOST: u8 = 7;
+/// Lost to a gap: each later segment's start is probed for frame shape ([`frame_shape`]).
+const FS_RESYNC: u8 = 8;
+/// The direction's first bytes went by before the state existed: its first segment seen is
+/// probed as in `FS_RESYNC` and, if it is a chain of frames, taken up with nothing lost (no
+/// stream dropped, HPACK exact); anything else is a loss (`FS_RESYNC`).
+const FS_START: u8 = 9;
+
+/// Largest frame length a resynchronisation accepts: the default SETTINGS_MAX_FRAME_SIZE
+/// (Kite does not read SETTINGS; a peer that allowed more only resynchronises on smaller
+/// frames).
+pub const RESYNC_MAX_FRAME: u32 = 16_384;
 
 // Sequence flags.
 const QF_SEQ: u8 = 1;
 const QF_WAIT: u8 = 2;
+/// `next_seq` came from the kernel's counters at the connection's start and no segment of
+/// the direction has been parsed since ([`H2Conn::start_at`]).
+const QF_FRESH: u8 = 4;
 
 /// One direction's byte stream: sequence position, frame being read, its header block.
 #[repr(C)]
@@ -299,8 +332,11 @@ pub struct H2Dir {
     pub blk_type: u8,
     /// END_STREAM on the HEADERS frame that opened it.
     pub blk_es: u8,
+    /// The direction was resynchronised: a later framing error sends it back to
+    /// `FS_RESYNC` (the resync may have been a match inside a payload), not to `FS_LOST`.
+    pub resynced: u8,
     /// Explicit padding.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
     /// HPACK subset state of this direction's encoder.
     pub hp: HpackDir,
 }
@@ -324,7 +360,24 @@ pub struct H2Conn {
     /// [`H2_SERVER`] or [`H2_CLIENT`].
     pub role: u8,
     /// Explicit padding.
-    pub _pad: [u8; 5],
+    pub _pad0: u8,
+    /// Bumped when a direction is lost to a gap and when it is resynchronised: slots of
+    /// an older generation are never recorded ([`H2Stat::ResyncDropped`]). 16 bits: a slot
+    /// would have to outlive 65 536 such events to be taken for current.
+    pub epoch: u16,
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+    /// Highest stream id a request opened: a client's new ids only increase (RFC 9113
+    /// §5.1.1), so after a resync a request HEADERS for a new stream at or below it is a match
+    /// inside a payload, not a frame.
+    pub max_sid: u32,
+    /// Explicit padding.
+    pub _pad2: [u8; 4],
+    /// After the response direction resynchronised: the last time it saw bytes it did not
+    /// parse. A response in them answers a request made before that time, so a stream whose
+    /// request started at or before it is not recorded ([`H2Stat::ResyncDropped`]); streams
+    /// opened later are (their responses lie beyond every byte not parsed).
+    pub resp_floor_ns: u64,
 }
 
 impl H2Conn {
@@ -336,13 +389,16 @@ impl H2Conn {
 
     /// Starts a connection with prior knowledge: the request stream begins with [`PREFACE`]
     /// at its next byte, the response stream with frames.
+    /// `role` is written last: a packet of the other direction on another CPU takes the
+    /// state for live only once it is whole.
     pub fn init(&mut self, role: u8, cgroup_id: u64, addr: [u8; 16], port: u16) {
-        self.role = role;
         self.cgroup_id = cgroup_id;
         self.addr = addr;
         self.port = port;
         self.hp_init();
-        self.req_dir().fs = FS_PREFACE;
+        // The request direction: received by a server.
+        self.dir(role == H2_SERVER).fs = FS_PREFACE;
+        self.role = role;
     }
 
     /// Starts a connection that switched from HTTP/1.1 (`Upgrade: h2c`, RFC 7540 §3.2): the
@@ -364,12 +420,9 @@ impl H2Conn {
         method: Method,
     ) {
         self.init(role, cgroup_id, addr, port);
-        let rq = self.req_dir();
-        rq.next_seq = req_seq;
-        rq.qflags |= QF_SEQ;
-        let rs = self.resp_dir();
-        rs.next_seq = resp_seq;
-        rs.qflags |= QF_SEQ;
+        let server = role == H2_SERVER;
+        self.place(server, req_seq);
+        self.place(!server, resp_seq);
         let s = &mut self.slots[slot_home(1)];
         s.id = 1;
         s.start_ns = request_ns;
@@ -381,8 +434,9 @@ impl H2Conn {
     }
 
     /// Starts following a connection Kite joined midway (an agent restarted under a
-    /// connection pool): `req_seq` and `resp_seq` must be frame starts (found, in the kernel,
-    /// by recognising a frame header's shape; not done yet). Each direction's HPACK count is
+    /// connection pool) with both directions at known frame starts `req_seq` and `resp_seq`
+    /// (the kernel knows only one of them: it joins with [`H2Conn::init_joined_at`]). Each
+    /// direction's HPACK count is
     /// unknowable, so dynamic references are unknown; static entries and literals are exact;
     /// responses to requests sent before the join are orphans.
     #[allow(clippy::too_many_arguments)]
@@ -396,21 +450,75 @@ impl H2Conn {
         resp_seq: u32,
     ) {
         self.role = role;
+        self.joined_base(cgroup_id, addr, port);
+        let server = role == H2_SERVER;
+        // Frame starts found, not counters that may lag: not fresh.
+        self.place(server, req_seq);
+        self.place(!server, resp_seq);
+    }
+
+    /// Joins a connection midway, as the kernel does (`kite_ingress`/`kite_egress` on an
+    /// established socket with no state): direction `rx`'s segment at `seq` is a chain of
+    /// frames of valid shape ([`frame_shape`]), so that direction starts there; the other
+    /// direction is at an unknown place in its framing (`other_seq`, the kernel's counter)
+    /// and waits, as one lost to a gap, for a segment of frame shape. HPACK is unknowable both
+    /// ways ([`H2Conn::init_joined`]); until the response direction resynchronises, streams
+    /// whose response may lie in bytes it did not parse are dropped, counted.
+    /// The joined direction's position is found by shape, as a resync's: a framing error
+    /// later sends it back to probing (`resynced`). `role` is written last.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn init_joined_at(
+        &mut self,
+        role: u8,
+        cgroup_id: u64,
+        addr: [u8; 16],
+        port: u16,
+        rx: bool,
+        seq: u32,
+        other_seq: u32,
+        now_ns: u64,
+    ) {
+        self.joined_base(cgroup_id, addr, port);
+        self.place(rx, seq);
+        self.place(!rx, other_seq);
+        self.dir(rx).resynced = 1;
+        let o = self.dir(!rx);
+        o.fs = FS_RESYNC;
+        o.hdr_ns = now_ns;
+        o.blk_ns = now_ns;
+        self.role = role;
+    }
+
+    /// What a join sets whatever the positions: the endpoint, and HPACK unknowable both ways.
+    #[inline(always)]
+    fn joined_base(&mut self, cgroup_id: u64, addr: [u8; 16], port: u16) {
         self.cgroup_id = cgroup_id;
         self.addr = addr;
         self.port = port;
         self.hp_init();
         self.rx.hp.desync = 1;
         self.tx.hp.desync = 1;
-        let server = role == H2_SERVER;
-        self.start_at(server, req_seq);
-        self.start_at(!server, resp_seq);
     }
 
-    /// The direction's next byte is at `seq` (the kernel knows it from `rcv_nxt` / `snd_una`
-    /// when a connection's first segment seen is not its first byte): what arrives beyond it
-    /// waits for it.
+    /// The direction's next byte is at `seq`, as the kernel's counters say when the state is
+    /// created (`rcv_nxt`, `snd_nxt`): what arrives beyond it waits for it — unless the bytes
+    /// in between are proven gone ([`H2Conn::begin`]'s `known`). The counters can lag: a
+    /// segment of this direction may have passed Kite's hook before the state existed while
+    /// the kernel had not yet moved `snd_nxt` past it (it does so after transmitting), or
+    /// while it sat in the socket's backlog (`rcv_nxt` moves when the owner releases the
+    /// socket). Such bytes were sent before the peer saw what opened the state, so they are
+    /// its connection preface (SETTINGS, WINDOW_UPDATE, PING): nothing of a stream, nothing of
+    /// HPACK. A fresh direction whose first segment seen lies beyond `seq` with the gap gone
+    /// is therefore taken up there if that segment is a chain of frames ([`H2Stat::LateStart`]).
     pub fn start_at(&mut self, rx: bool, seq: u32) {
+        self.place(rx, seq);
+        self.dir(rx).qflags |= QF_FRESH;
+    }
+
+    /// The direction's next byte is at `seq`, a position known for sure.
+    #[inline(always)]
+    fn place(&mut self, rx: bool, seq: u32) {
         let d = self.dir(rx);
         d.next_seq = seq;
         d.qflags |= QF_SEQ;
@@ -430,18 +538,6 @@ impl H2Conn {
     #[inline(always)]
     fn dir(&mut self, rx: bool) -> &mut H2Dir {
         if rx { &mut self.rx } else { &mut self.tx }
-    }
-
-    #[inline(always)]
-    fn req_dir(&mut self) -> &mut H2Dir {
-        let rx = self.role == H2_SERVER;
-        self.dir(rx)
-    }
-
-    #[inline(always)]
-    fn resp_dir(&mut self) -> &mut H2Dir {
-        let rx = self.role != H2_SERVER;
-        self.dir(rx)
     }
 
     /// Whether both directions stopped being followed.
@@ -467,8 +563,20 @@ impl H2Conn {
     /// framing when the missing bytes are inside a payload Kite skips anyway (DATA, padding,
     /// frames it does not read) or inside a header block (the block is then damaged and the
     /// direction's HPACK count unknowable, [`H2Stat::HpackDesync`]); otherwise it waits (one
-    /// range, `ahead_seq..ahead_end`) for the bytes that fill the gap.
-    pub fn begin<S: H2Sink>(&mut self, seg: &mut Segment, seq: u32, sink: &mut S) -> bool {
+    /// range, `ahead_seq..ahead_end`) for the bytes that fill the gap. `known` is the kernel's
+    /// own position in the direction as this segment passes (`rcv_nxt` for received data:
+    /// the bytes before it are in the socket already; `snd_una` for sent data: acknowledged):
+    /// a gap below it will never pass Kite, so the direction does not wait for it — a fresh
+    /// one ([`H2Conn::start_at`]) is taken up at the segment, another one is lost to the gap
+    /// and resynchronises. Sent data passes the hook in order, so a fresh sending direction
+    /// takes a gap as gone whatever `known` says.
+    pub fn begin<S: H2Sink>(
+        &mut self,
+        seg: &mut Segment,
+        seq: u32,
+        known: u32,
+        sink: &mut S,
+    ) -> bool {
         let len = seg.end;
         seg.seq = seq;
         if len == 0 {
@@ -479,6 +587,9 @@ impl H2Conn {
             seg.pos = len;
             seg.acct = len;
             return false;
+        }
+        if d.fs == FS_RESYNC || d.fs == FS_START {
+            return self.probe_begin(seg, seq);
         }
         if d.qflags & QF_SEQ == 0 {
             d.qflags |= QF_SEQ;
@@ -498,6 +609,22 @@ impl H2Conn {
         } else if off > 0 {
             let gap = off as u32;
             if !self.skip_gap(seg.rx, gap, sink) {
+                let d = self.dir(seg.rx);
+                let gone = (known.wrapping_sub(d.next_seq) as i32) > 0;
+                if d.qflags & (QF_FRESH | QF_WAIT) == QF_FRESH
+                    && d.fs == FS_HEADER
+                    && (gone || !seg.rx)
+                {
+                    d.qflags &= !QF_FRESH;
+                    d.fs = FS_START;
+                    return self.probe_begin(seg, seq);
+                }
+                if gone {
+                    // Waiting would be forever (the connection would go unmeasured).
+                    sink.stat(H2Stat::UnplacedAhead);
+                    self.lose(seg.rx, seg.now_ns);
+                    return self.probe_begin(seg, seq);
+                }
                 sink.stat(H2Stat::OutOfOrder);
                 self.dir(seg.rx).note_ahead(seq, len);
                 seg.pos = len;
@@ -509,6 +636,39 @@ impl H2Conn {
         }
         let d = self.dir(seg.rx);
         d.next_seq = seq.wrapping_add(len);
+        d.qflags &= !QF_FRESH;
+        true
+    }
+
+    /// `FS_RESYNC` / `FS_START`: sequence bookkeeping of a segment to probe. Only a segment
+    /// beyond everything seen is probed (`next_seq`: the furthest end); [`H2Conn::step`]
+    /// reads its frame headers from its first byte.
+    #[inline(always)]
+    fn probe_begin(&mut self, seg: &mut Segment, seq: u32) -> bool {
+        let len = seg.end;
+        let d = self.dir(seg.rx);
+        let off = seq.wrapping_sub(d.next_seq) as i32;
+        if off < 0 || len < 9 {
+            if off >= 0 {
+                d.next_seq = seq.wrapping_add(len);
+                d.hdr_ns = seg.now_ns;
+            }
+            seg.pos = len;
+            seg.acct = len;
+            if d.fs == FS_START {
+                // Bytes that may begin a frame went unparsed: a loss after all.
+                self.lose(seg.rx, seg.now_ns);
+            }
+            return false;
+        }
+        d.next_seq = seq.wrapping_add(len);
+        d.in_block = 0;
+        // `hdr_ns`: the last time bytes beyond all seen arrived unparsed (this segment's,
+        // unless it resynchronises: then `blk_ns`, the one before — or this segment's own
+        // time when bytes are missing in front of it: they were sent before it, so any
+        // stream started before now may have its response there).
+        d.blk_ns = if off > 0 { seg.now_ns } else { d.hdr_ns };
+        d.hdr_ns = seg.now_ns;
         true
     }
 
@@ -587,6 +747,14 @@ impl H2Conn {
         if fs == FS_LOST {
             seg.pos = seg.end;
             return false;
+        }
+        if fs == FS_RESYNC || fs == FS_START {
+            let more = self.probe(seg, scratch, payload, sink);
+            if !more && self.dir(rx).fs == FS_START {
+                // Not a chain of frames: bytes of a frame went by unseen.
+                self.lose(rx, seg.now_ns);
+            }
+            return more;
         }
         // Arithmetic skips first: no byte is looked at.
         if fs == FS_SKIP || fs == FS_PRE_BLOCK || (fs == FS_BLOCK && self.dir(rx).hp.skipping()) {
@@ -816,6 +984,9 @@ impl H2Conn {
                 d.in_block = 0;
                 d.hp.block_end(sink);
                 if d.blk_type == FT_HEADERS {
+                    if req {
+                        self.dir(rx).rpc_path(sink);
+                    }
                     self.headers(rx, req, now_ns, sink);
                 }
             }
@@ -839,7 +1010,16 @@ impl H2Conn {
             let i = match found {
                 Some(i) => i,
                 None => {
-                    let Some(i) = self.alloc(sid) else {
+                    if sid <= self.max_sid && self.dir(rx).resynced != 0 {
+                        // Not a new client stream: the resync matched inside a payload.
+                        self.dir(rx).fs = FS_LOST;
+                        sink.stat(H2Stat::Lost);
+                        return;
+                    }
+                    if sid > self.max_sid {
+                        self.max_sid = sid;
+                    }
+                    let Some(i) = self.alloc(sid, sink) else {
                         sink.stat(H2Stat::StreamTableFull);
                         return;
                     };
@@ -932,22 +1112,34 @@ impl H2Conn {
     pub fn release<S: H2Sink>(&mut self, now_ns: u64, sink: &mut S) {
         let mut i = 0;
         while i < H2_STREAMS {
-            let f = self.slots[i].flags;
-            if f & SL_USED != 0 {
-                if f & SL_RESP != 0 {
-                    self.finish(i, END_CLOSED, now_ns, sink);
-                } else {
-                    self.slots[i] = Slot::default();
-                    sink.stat(H2Stat::Unanswered);
-                }
-            }
+            self.release_slot(i, now_ns, sink);
             i += 1;
+        }
+    }
+
+    /// [`H2Conn::release`] of slot `i` alone (`i < H2_STREAMS`; the kernel's release
+    /// programs call it from `bpf_loop`, so the verifier sees one slot, not 128).
+    #[inline(always)]
+    pub fn release_slot<S: H2Sink>(&mut self, i: usize, now_ns: u64, sink: &mut S) {
+        let i = i & (H2_STREAMS - 1);
+        let f = self.slots[i].flags;
+        if f & SL_USED != 0 {
+            if f & SL_RESP != 0 {
+                self.finish(i, END_CLOSED, now_ns, sink);
+            } else {
+                self.slots[i] = Slot::default();
+                sink.stat(H2Stat::Unanswered);
+            }
         }
     }
 
     fn finish<S: H2Sink>(&mut self, i: usize, end: u8, now_ns: u64, sink: &mut S) {
         let s = self.slots[i & (H2_STREAMS - 1)];
         self.slots[i & (H2_STREAMS - 1)] = Slot::default();
+        if s.epoch != self.epoch || s.start_ns <= self.resp_floor_ns {
+            sink.stat(H2Stat::ResyncDropped);
+            return;
+        }
         let done = H2Done {
             latency_ns: s.resp_ns.saturating_sub(s.start_ns),
             duration_ns: now_ns.saturating_sub(s.start_ns),
@@ -983,19 +1175,28 @@ impl H2Conn {
         None
     }
 
-    /// A free slot for stream `sid`, marked used.
+    /// A free slot for stream `sid`, marked used. A slot of an older epoch is free: its stream
+    /// would never be recorded ([`H2Stat::ResyncDropped`], counted here), and its response
+    /// may never be parsed (so waiting for it would fill the table).
     #[inline(always)]
-    fn alloc(&mut self, sid: u32) -> Option<usize> {
+    fn alloc<S: H2Sink>(&mut self, sid: u32, sink: &mut S) -> Option<usize> {
         if sid == 0 {
             return None;
         }
         let mut k = 0;
         while k < H2_PROBES {
             let i = (slot_home(sid) + k) & (H2_STREAMS - 1);
-            if self.slots[i].flags & SL_USED == 0 {
+            let f = self.slots[i].flags;
+            let stale =
+                self.slots[i].epoch != self.epoch || self.slots[i].start_ns <= self.resp_floor_ns;
+            if f & SL_USED == 0 || stale {
+                if f & SL_USED != 0 {
+                    sink.stat(H2Stat::ResyncDropped);
+                }
                 self.slots[i] = Slot {
                     id: sid,
                     flags: SL_USED,
+                    epoch: self.epoch,
                     ..Slot::default()
                 };
                 return Some(i);
@@ -1018,6 +1219,11 @@ impl H2Conn {
             seg.pos = seg.end;
         }
         let d = self.dir(rx);
+        if d.fs == FS_LOST && d.resynced != 0 {
+            // Framing broke after a resync (which may have matched inside a payload).
+            self.lose(rx, seg.now_ns);
+            return;
+        }
         if d.qflags & QF_WAIT == 0 {
             return;
         }
@@ -1041,13 +1247,280 @@ impl H2Conn {
             // sent again later would be parsed if the direction waited; TCP with SACK does not
             // resend what arrived.)
             let d = self.dir(rx);
-            d.fs = FS_LOST;
+            d.next_seq = d.ahead_end;
             sink.stat(H2Stat::UnplacedAhead);
+            self.lose(rx, seg.now_ns);
+        }
+    }
+
+    /// The direction lost its framing to a gap: it waits for a segment of frame shape, and
+    /// every stream open now (or opened until then) is never recorded.
+    #[inline(always)]
+    fn lose(&mut self, rx: bool, now_ns: u64) {
+        let d = self.dir(rx);
+        d.fs = FS_RESYNC;
+        d.hdr_ns = now_ns;
+        if (d.ahead_end.wrapping_sub(d.next_seq) as i32) > 0 && d.qflags & QF_WAIT != 0 {
+            d.next_seq = d.ahead_end;
+        }
+        // Not fresh any more: what it missed may have been stream bytes.
+        d.qflags &= !(QF_WAIT | QF_FRESH);
+        self.epoch = self.epoch.wrapping_add(1);
+    }
+
+    /// `FS_RESYNC`: one frame header at `seg.pos` checked ([`frame_shape`]); the chain must
+    /// end exactly at the segment's end. Then the direction restarts at the segment's first
+    /// byte with its HPACK count unknowable (as for a join: entries inserted from here on
+    /// resolve, older ones are unknown).
+    #[inline(never)]
+    fn probe<P: Payload, S: H2Sink>(
+        &mut self,
+        seg: &mut Segment,
+        scratch: &mut Scratch,
+        payload: &mut P,
+        sink: &mut S,
+    ) -> bool {
+        let rx = seg.rx;
+        let req = self.is_request_dir(rx);
+        if seg.end - seg.pos < 9 {
+            seg.pos = seg.end;
+            return false;
+        }
+        if seg.pos + 9 > seg.win_start + seg.win_len {
+            seg.win_len = 0;
+        }
+        if !window(seg, scratch, payload, sink) {
+            seg.pos = seg.end;
+            return false;
+        }
+        let at = (seg.pos - seg.win_start) as usize;
+        let mut h = [0u8; 9];
+        let mut i = 0;
+        while i < 9 {
+            h[i] = scratch.bytes[(at + i) & (WINDOW - 1)];
+            i += 1;
+        }
+        let d = self.dir(rx);
+        let Some(len) = frame_shape(&h, req, &mut d.in_block, &mut d.blk_sid) else {
+            seg.pos = seg.end;
+            return false;
+        };
+        let next = seg.pos + 9 + len;
+        if next < seg.end {
+            seg.pos = next;
+            return true;
+        }
+        // A late start is at a write boundary already (the bytes before it were the peer's
+        // preface, written whole): its last frame may go on in the next segment.
+        if next > seg.end && d.fs != FS_START {
+            seg.pos = seg.end;
+            return false;
+        }
+        // The whole segment is frames of valid shape: restart at its first byte.
+        let late = d.fs == FS_START;
+        d.fs = FS_HEADER;
+        d.hdr_len = 0;
+        d.in_block = 0;
+        seg.pos = 0;
+        // A framing error later sends the direction to `FS_RESYNC`, not `FS_LOST`.
+        d.resynced = 1;
+        if late {
+            // What went by was the peer's connection preface: nothing is lost.
+            sink.stat(H2Stat::LateStart);
+            return true;
+        }
+        d.hp.block_start();
+        d.hp.desync(sink);
+        let floor = d.blk_ns;
+        // Streams open at the loss are of an older epoch already; of those opened since, the
+        // ones whose response may lie in unparsed bytes are below the floor.
+        if !req {
+            self.resp_floor_ns = floor;
+        }
+        sink.stat(H2Stat::Resyncs);
+        true
+    }
+}
+
+/// Which way a header block goes, from its first byte: an indexed or literal request
+/// pseudo-header (`:authority`, `:method`, `:path`, `:scheme`: static indices 1-7) opens a
+/// request, `:status` (8-14) a response; anything else (a dynamic reference, a table size
+/// update) does not tell. [`WAY_REQUEST`], [`WAY_RESPONSE`] or [`WAY_UNKNOWN`].
+#[inline(always)]
+pub fn block_way(b: u8) -> u8 {
+    let idx = if b & 0x80 != 0 {
+        b & 0x7f
+    } else if b & 0xc0 == 0x40 {
+        b & 0x3f
+    } else if b & 0xe0 == 0 {
+        b & 0x0f
+    } else {
+        0
+    };
+    match idx {
+        1..=7 => WAY_REQUEST,
+        8..=14 => WAY_RESPONSE,
+        _ => WAY_UNKNOWN,
+    }
+}
+
+/// [`block_way`]: a request block.
+pub const WAY_REQUEST: u8 = 1;
+/// [`block_way`]: a response block.
+pub const WAY_RESPONSE: u8 = 0;
+/// [`block_way`]: the first byte does not tell.
+pub const WAY_UNKNOWN: u8 = 2;
+
+/// Frames a segment may chain for a join (the chain must end at the segment's end).
+pub const JOIN_FRAMES: u32 = 16;
+
+/// Whether a segment of a connection first seen midway can be joined, fed its frame headers
+/// one by one (the kernel's `join`, and the tests): a chain of frames of valid shape
+/// ([`frame_shape`]) ending at the segment's end, whose HEADERS blocks tell one way by their
+/// first byte ([`block_way`]), and, if that way is requests, no frame a request direction
+/// cannot carry (PUSH_PROMISE, HEADERS or DATA on an even id).
+#[derive(Clone, Copy, Debug)]
+pub struct JoinCheck {
+    in_block: u8,
+    way: u8,
+    not_req: bool,
+    blk_sid: u32,
+    /// Offset from the last frame header of its header block's first byte; 0: none to read.
+    pub block_at: u32,
+}
+
+impl Default for JoinCheck {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl JoinCheck {
+    /// Nothing seen.
+    pub const fn new() -> Self {
+        Self {
+            in_block: 0,
+            way: WAY_UNKNOWN,
+            not_req: false,
+            blk_sid: 0,
+            block_at: 0,
+        }
+    }
+
+    /// The next frame header: its payload length, or `None` if it is not framing. Sets
+    /// [`JoinCheck::block_at`] for a HEADERS frame whose block starts inside it.
+    #[inline(always)]
+    pub fn frame(&mut self, h: &[u8; 9]) -> Option<u32> {
+        let len = frame_shape(h, false, &mut self.in_block, &mut self.blk_sid)?;
+        let (t, f) = (h[3], h[4]);
+        self.not_req |=
+            t == FT_PUSH_PROMISE || ((t == FT_DATA || t == FT_HEADERS) && h[8] & 1 == 0);
+        let at = 9 + (f & FL_PADDED != 0) as u32 + 5 * (f & FL_PRIORITY != 0) as u32;
+        self.block_at = if t == FT_HEADERS && at < 9 + len {
+            at
+        } else {
+            0
+        };
+        Some(len)
+    }
+
+    /// The first byte of the last frame's header block; `false` if blocks disagree on the way.
+    #[inline(always)]
+    pub fn block(&mut self, b: u8) -> bool {
+        let w = block_way(b);
+        if w == WAY_UNKNOWN {
+            return true;
+        }
+        if self.way != WAY_UNKNOWN && self.way != w {
+            return false;
+        }
+        self.way = w;
+        true
+    }
+
+    /// The chain ended at the segment's end: the way its blocks tell ([`WAY_REQUEST`] or
+    /// [`WAY_RESPONSE`]), if the segment can be joined.
+    #[inline(always)]
+    pub fn way(&self) -> Option<u8> {
+        if self.way == WAY_UNKNOWN || (self.way == WAY_REQUEST && self.not_req) {
+            None
+        } else {
+            Some(self.way)
         }
     }
 }
 
+/// Whether the 9 bytes `h` are a frame header of valid shape for resynchronising a direction
+/// (the request direction if `req`): type ≤ 9, only the flags defined for the type, length ≤
+/// [`RESYNC_MAX_FRAME`] and the fixed lengths (PRIORITY 5, RST_STREAM and WINDOW_UPDATE 4,
+/// PING 8, SETTINGS a multiple of 6 and 0 with ACK, GOAWAY ≥ 8), the reserved bit clear,
+/// stream 0 exactly for SETTINGS / PING / GOAWAY (WINDOW_UPDATE either), client-initiated
+/// (odd) streams for HEADERS and DATA in the request direction, no PUSH_PROMISE there, and a
+/// header block going on only with CONTINUATION of its stream (`in_block`, `blk_sid`: the
+/// chain's state). Returns the frame's length.
+#[inline(always)]
+pub fn frame_shape(h: &[u8; 9], req: bool, in_block: &mut u8, blk_sid: &mut u32) -> Option<u32> {
+    let len = ((h[0] as u32) << 16) | ((h[1] as u32) << 8) | h[2] as u32;
+    let t = h[3];
+    let f = h[4];
+    if h[5] & 0x80 != 0 || len > RESYNC_MAX_FRAME || t > FT_CONTINUATION {
+        return None;
+    }
+    let sid = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
+    let allowed: u8 = match t {
+        FT_DATA => FL_END_STREAM | FL_PADDED,
+        FT_HEADERS => FL_END_STREAM | FL_END_HEADERS | FL_PADDED | FL_PRIORITY,
+        FT_SETTINGS | FT_PING => 0x1,
+        FT_PUSH_PROMISE => FL_END_HEADERS | FL_PADDED,
+        FT_CONTINUATION => FL_END_HEADERS,
+        _ => 0,
+    };
+    if f & !allowed != 0 {
+        return None;
+    }
+    let zero = matches!(t, FT_SETTINGS | FT_PING | FT_GOAWAY);
+    if (zero && sid != 0) || (!zero && t != FT_WINDOW_UPDATE && sid == 0) {
+        return None;
+    }
+    let fixed = match t {
+        FT_PRIORITY => len == 5,
+        FT_RST_STREAM | FT_WINDOW_UPDATE => len == 4,
+        FT_PING => len == 8,
+        FT_SETTINGS => len.is_multiple_of(6) && (f == 0 || len == 0),
+        FT_GOAWAY => len >= 8,
+        FT_HEADERS => len >= (f & FL_PADDED != 0) as u32 + 5 * (f & FL_PRIORITY != 0) as u32,
+        FT_PUSH_PROMISE => !req && sid & 1 == 1 && len >= 4 + (f & FL_PADDED != 0) as u32,
+        FT_DATA => len >= (f & FL_PADDED != 0) as u32,
+        _ => true,
+    };
+    if !fixed || (req && matches!(t, FT_HEADERS | FT_DATA) && sid & 1 == 0) {
+        return None;
+    }
+    if *in_block != 0 {
+        if t != FT_CONTINUATION || sid != *blk_sid {
+            return None;
+        }
+    } else if t == FT_CONTINUATION {
+        return None;
+    }
+    *in_block = (matches!(t, FT_HEADERS | FT_PUSH_PROMISE | FT_CONTINUATION)
+        && f & FL_END_HEADERS == 0) as u8;
+    *blk_sid = sid;
+    Some(len)
+}
+
 impl H2Dir {
+    /// A request block ended: a gRPC `:path` literal in it goes to [`H2Sink::rpc_path`]. Out
+    /// of line: inlined, its call made the kernel program's deepest call chain exceed the
+    /// verifier's 512 bytes of stack.
+    #[inline(never)]
+    fn rpc_path<S: H2Sink>(&mut self, sink: &mut S) {
+        let r = self.hp.result();
+        if r.grpc() == GRPC_YES && self.hp.r_path_lit != 0 && r.path() != PATH_UNKNOWN {
+            sink.rpc_path(r.path(), &self.hp.path);
+        }
+    }
+
     /// `len` bytes at `seq`, beyond a gap, were seen and not parsed. Unlike the HTTP/1
     /// machine (which keeps the range nearest the parser), this keeps the hull of all such
     /// ranges: HTTP/2 has no later boundary to wait for, so what matters is the first seen

@@ -27,7 +27,10 @@
 //! and waits for a segment that starts with a message (and, for responses, for a request to
 //! answer); the counters in [`Stat`] say how often that happens.
 
-use crate::maps::{Method, Stat, Version};
+use crate::{
+    maps::{Method, RPC_NONE, RPC_UNKNOWN, Stat, Version},
+    route::Route,
+};
 
 /// Pipelined requests remembered per connection (a power of two).
 pub const QUEUE_DEPTH: usize = 16;
@@ -55,6 +58,9 @@ pub const MODE_TRAILER: u8 = 5;
 pub const MODE_UNTIL_CLOSE: u8 = 6;
 /// Stream mode: not following the stream; wait for a segment that starts with a message.
 pub const MODE_LOST: u8 = 7;
+/// Stream mode (request streams, routes on): reading the request target into
+/// [`Conn::route`]; the rest of the request line is skipped as a header line.
+pub const MODE_TARGET: u8 = 8;
 
 // Header-block sub-states (MODE_HEADERS, MODE_TRAILER).
 const HS_LINE_START: u8 = 0;
@@ -98,6 +104,13 @@ const CF_IGNORE: u8 = 2;
 const CF_PIPELINED: u8 = 4;
 /// A request was recognised on this connection: it is HTTP/1.x.
 const CF_HTTP: u8 = 8;
+/// Requests get a route ([`Conn::enable_routes`]).
+const CF_ROUTES: u8 = 16;
+/// The request stream resynchronised by guess at a segment start (not a proven boundary):
+/// only a known method may start a message there. A segment can start inside a request line
+/// (`ST /x HTTP/1.1`, the tail of a `POST`), and a token before a space would pass as an
+/// `_OTHER` method whose line ends in `HTTP/1.1`.
+const CF_GUESS: u8 = 32;
 
 // [`Conn::resp_kind`]: how the open response is framed, from its request's method.
 const RK_NORMAL: u8 = 0;
@@ -172,7 +185,8 @@ pub struct Stream {
 pub struct Conn {
     /// cgroup v2 id of the socket's cgroup.
     pub cgroup_id: u64,
-    /// Time of the last segment with payload.
+    /// Time of the last segment with payload that read the clock ([`Conn::needs_clock`]; what
+    /// the agent's sweep of parked states looks at: their segments always do).
     pub last_ns: u64,
     /// Whether each request beyond the queue is a `HEAD` (bit 0: the oldest), for the first
     /// [`Conn::skip_known`] of them.
@@ -220,8 +234,19 @@ pub struct Conn {
     /// Server side: responses sent while no request was known (their requests were hidden
     /// beyond a gap). Requests Kite finds later in those bytes were answered by them.
     pub orphan_debt: u8,
+    /// 1 + the queue slot of the request whose target [`Conn::route`] is reading (0: none).
+    pub route_slot: u8,
     /// Explicit padding.
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 1],
+    /// Route id of the open response's request ([`RPC_NONE`] with routes off,
+    /// [`RPC_UNKNOWN`] when its target was not read).
+    pub open_route: u32,
+    /// The last route id handed to [`Sink::route`] (not handed again while it repeats).
+    pub route_sent: u32,
+    /// Route id of each waiting request.
+    pub q_route: [u32; QUEUE_DEPTH],
+    /// The route of the request target being read (routes on).
+    pub route: Route,
 }
 
 /// A finished request, handed to [`Sink::record`].
@@ -245,6 +270,14 @@ pub trait Sink {
     fn record(&mut self, conn: &Conn, done: &Completion);
     /// Adds `n` to a self-metric counter.
     fn add(&mut self, stat: Stat, n: u64);
+    /// A request target's route was read: `id` (what [`Conn::open_route`] will say), its text
+    /// in `conn.route`. Called when the id differs from the connection's previous one, so the
+    /// sink can make the text known once (the kernel: to user space, if the endpoint has room
+    /// for the route).
+    #[inline(always)]
+    fn route(&mut self, conn: &Conn, id: u32) {
+        let _ = (conn, id);
+    }
     /// Bumps a self-metric counter.
     #[inline(always)]
     fn stat(&mut self, stat: Stat) {
@@ -545,6 +578,8 @@ const LOWER: u64 = 0x2020_2020_2020_2020;
 const CONTENT_DASH: u64 = u64::from_le_bytes(*b"content-");
 const LENGTH_COLON: u64 = u64::from_le_bytes(*b"length:\0");
 const SEVEN_BYTES: u64 = 0x00ff_ffff_ffff_ffff;
+/// Aligned words a line skip looks at per action (at least `8 * SKIP_WORDS - 7` bytes).
+const SKIP_WORDS: u32 = 6;
 /// Actions per [`Conn::step`].
 const ACTIONS: u32 = 3;
 
@@ -807,6 +842,18 @@ impl Conn {
         self.last_ns = now_ns;
     }
 
+    /// Gives this connection's requests a route (before its first segment).
+    pub fn enable_routes(&mut self) {
+        self.flags |= CF_ROUTES;
+    }
+
+    /// The route id of the request being recorded: what [`Sink::record`] reads, as
+    /// [`Conn::response_version`].
+    #[inline(always)]
+    pub fn open_route(&self) -> u32 {
+        self.open_route
+    }
+
     /// Tracking starts before the received stream's first byte arrived (it was lost or
     /// overtaken): that byte is at `seq`, and what arrives beyond it waits for it.
     pub fn start_rx_at(&mut self, seq: u32) {
@@ -826,6 +873,21 @@ impl Conn {
         } else {
             self.rx.version
         }
+    }
+
+    /// Whether a segment of `len` payload bytes at `seq` on the `rx` stream may read its time
+    /// ([`Segment::now_ns`]). `false` only when it lies in order entirely inside a body (or a
+    /// response delimited by the close) with nothing seen beyond a gap: no message starts in
+    /// it, and a message it ends was timed at its start. Then `now_ns` may be anything (the
+    /// kernel leaves it 0 and makes no clock call; the property tests pass a poisoned time).
+    #[inline(always)]
+    pub fn needs_clock(&self, rx: bool, seq: u32, len: u32) -> bool {
+        let st = if rx { &self.rx } else { &self.tx };
+        let body =
+            (st.mode == MODE_BODY || st.mode == MODE_CHUNK_DATA) && st.remaining >= len as u64;
+        !((body || st.mode == MODE_UNTIL_CLOSE)
+            && st.flags & (SF_SEQ | SF_WAIT) == SF_SEQ
+            && seq == st.next_seq)
     }
 
     /// Whether this connection stopped being HTTP/1.x (protocol upgrade or tunnel).
@@ -870,7 +932,10 @@ impl Conn {
         if len == 0 {
             return false;
         }
-        self.last_ns = seg.now_ns;
+        if seg.now_ns != 0 {
+            // Not after a segment read without the clock ([`Conn::needs_clock`]).
+            self.last_ns = seg.now_ns;
+        }
         let req = self.is_request_stream(seg.rx);
         let other_lost = self.stream(!seg.rx).mode == MODE_LOST;
         // The old heuristic (a lost stream resynchronises at a segment that starts with a
@@ -1014,6 +1079,9 @@ impl Conn {
             // Everything before a proven request start was answered.
             self.orphan_debt = 0;
         }
+        if req && !proven {
+            self.flags |= CF_GUESS;
+        }
         let st = self.stream(seg.rx);
         st.reset_message();
         st.flags &= !SF_CAND;
@@ -1130,6 +1198,14 @@ impl Conn {
                     return false;
                 }
                 self.scan(seg, scratch, sink, req);
+                true
+            }
+            MODE_TARGET => {
+                if !Self::window(seg, scratch, payload, sink, 1) {
+                    self.stream(seg.rx).lose();
+                    return false;
+                }
+                self.target(seg, scratch, sink);
                 true
             }
             _ => {
@@ -1340,6 +1416,7 @@ impl Conn {
         }
         let avail = seg.win_start + seg.win_len - seg.pos;
         let off = seg.pos - seg.win_start;
+        let guess = req && self.flags & CF_GUESS != 0;
         let st = self.stream(seg.rx);
         let have = st.stash_len as usize;
         if have == 0 {
@@ -1351,14 +1428,14 @@ impl Conn {
                 return true;
             }
         }
-        // Starts from the stash (map memory: values the verifier does not know), not from
-        // zeros: known-zero bytes would keep every (stash, window) split a distinct verifier
-        // state through `classify`. Bytes past `have + avail` are never looked at.
-        let mut head = st.stash;
+        // Built in the stash itself (map memory: values the verifier does not know; not a
+        // copy on the stack, which the deepest call chain has no room for), not from zeros:
+        // known-zero bytes would keep every (stash, window) split a distinct verifier state
+        // through `classify`. Bytes past `have + avail` are never looked at.
         let mut i = 0;
         while i < START_LEN {
             if i >= have && ((i - have) as u32) < avail {
-                head[i] = scratch.byte(off + (i - have) as u32);
+                st.stash[i] = scratch.byte(off + (i - have) as u32);
             }
             i += 1;
         }
@@ -1368,7 +1445,6 @@ impl Conn {
             if have == 0 {
                 st.start_ns = seg.now_ns;
             }
-            st.stash = head;
             st.stash_len = (have as u32 + avail) as u8;
             // Stashed bytes are accounted once the message they start is known.
             self.account(seg, req);
@@ -1386,8 +1462,10 @@ impl Conn {
         }
         let resync = st.flags & SF_RESYNC != 0;
         st.stash_len = 0;
-        let found = match classify(&head) {
-            Some(Start::Request(m)) if req => Some(Start::Request(m)),
+        let found = match classify(&st.stash) {
+            Some(Start::Request(m)) if req && !(guess && m == Method::Other) => {
+                Some(Start::Request(m))
+            }
             Some(Start::Response(s)) if !req && (!resync || self.waiting() > 0) => {
                 Some(Start::Response(s))
             }
@@ -1415,6 +1493,7 @@ impl Conn {
             st.lose();
             return false;
         };
+        self.flags &= !CF_GUESS;
         // Bytes before this message belong to the previous one; this message's bytes are
         // accounted from here on.
         self.account(seg, req);
@@ -1438,7 +1517,7 @@ impl Conn {
             Start::Response(status) => {
                 st.status = status;
                 // `classify` saw `HTTP/1.0` or `HTTP/1.1`.
-                st.version = if head[7] == b'1' {
+                st.version = if st.stash[7] == b'1' {
                     Version::Http11
                 } else {
                     Version::Http10
@@ -1449,17 +1528,82 @@ impl Conn {
                 st.start_ns = start_ns;
                 st.flags |= SF_VERIFY;
                 st.sub = HS_REQLINE;
-                st.remaining = u64::from_be_bytes([
-                    head[4], head[5], head[6], head[7], head[8], head[9], head[10], head[11],
-                ]);
+                let h = &st.stash;
+                st.remaining =
+                    u64::from_be_bytes([h[4], h[5], h[6], h[7], h[8], h[9], h[10], h[11]]);
             }
-            Start::Request(_) => {}
+            Start::Request(m) => {
+                if self.flags & CF_ROUTES != 0 {
+                    self.target_start(seg.rx, m);
+                }
+            }
         }
         true
     }
 
+    /// A request with a known method started: its target begins in the stash, after the
+    /// method and its space, and goes on at `seg.pos` ([`MODE_TARGET`]; `idx` is the next
+    /// stash byte to read).
+    #[inline(always)]
+    fn target_start(&mut self, rx: bool, m: Method) {
+        self.route.reset();
+        let st = self.stream(rx);
+        st.mode = MODE_TARGET;
+        st.idx = m.as_str().len() as u8 + 1;
+    }
+
+    /// Reads one request-target byte (from the stash, then the window) into [`Conn::route`]:
+    /// one per step, as the reader's branches, unrolled, would multiply what the verifier
+    /// walks through.
+    #[inline(always)]
+    fn target<S: Sink>(&mut self, seg: &mut Segment, scratch: &Scratch, sink: &mut S) {
+        let st = self.stream(seg.rx);
+        let i = st.idx as usize;
+        let stashed = i < START_LEN;
+        let b = if i < START_LEN {
+            st.stash[i]
+        } else {
+            scratch.byte(seg.pos - seg.win_start)
+        };
+        let done = if b == b' ' || b == b'\r' || b == b'\n' {
+            true
+        } else {
+            if stashed {
+                st.idx += 1;
+            } else {
+                seg.pos += 1;
+            }
+            self.route.push(b);
+            self.route.settled()
+        };
+        if done {
+            self.target_end(sink);
+            let st = self.stream(seg.rx);
+            st.mode = MODE_HEADERS;
+            st.sub = HS_SKIP;
+            st.idx = 0;
+        }
+    }
+
+    /// The route of the request being read is complete: its id goes to its queue slot.
+    #[inline(always)]
+    fn target_end<S: Sink>(&mut self, sink: &mut S) {
+        let id = self.route.finish();
+        let slot = self.route_slot as usize;
+        if slot != 0 {
+            self.q_route[(slot - 1) & (QUEUE_DEPTH - 1)] = id;
+            self.route_slot = 0;
+        }
+        if id != self.route_sent {
+            self.route_sent = id;
+            sink.route(self, id);
+        }
+    }
+
     fn request_start<S: Sink>(&mut self, seg: &mut Segment, method: Method, ts: u64, sink: &mut S) {
         self.flags |= CF_HTTP;
+        // A target left unfinished (its stream was lost) belongs to no request any more.
+        self.route_slot = 0;
         if self.orphan_debt > 0 {
             // Already answered (by a response counted as an orphan) while Kite could not see
             // it: neither is recorded.
@@ -1488,7 +1632,16 @@ impl Conn {
         self.q_ts[i] = ts;
         self.q_method[i] = method as u8;
         self.q_bytes[i] = 0;
+        self.q_route[i] = if self.flags & CF_ROUTES != 0 {
+            RPC_UNKNOWN
+        } else {
+            RPC_NONE
+        };
         self.q_len += 1;
+        if method != Method::Other {
+            // `start` reads its target next (routes on).
+            self.route_slot = i as u8 + 1;
+        }
     }
 
     fn response_start<S: Sink>(&mut self, status: u16, stashed: u64, ts: u64, sink: &mut S) {
@@ -1507,6 +1660,11 @@ impl Conn {
             self.open_req_bytes = self.q_bytes[i] as u64;
             self.open_status = status;
             self.open_resp_bytes = stashed;
+            self.open_route = self.q_route[i];
+            if self.route_slot as usize == i + 1 {
+                // Answered before its target was read: the route stays unknown.
+                self.route_slot = 0;
+            }
             self.flags |= CF_OPEN;
             self.q_head = ((i + 1) & (QUEUE_DEPTH - 1)) as u8;
             self.q_len -= 1;
@@ -1594,13 +1752,21 @@ impl Conn {
             let off = seg.pos - seg.win_start;
             let avail = win_end - seg.pos;
             if st.mode != MODE_CHUNK_SIZE && st.sub == HS_SKIP {
-                // To the end of the line, up to 32 bytes per action.
+                // To the end of the line, up to 41 bytes per action: aligned words from the
+                // one holding `off`, whose bytes before `off` are masked (0xff is no `\n`).
+                let base = off & !7;
+                let lead = off - base;
+                let end = off + avail;
                 let mut k = 0;
                 let mut done = false;
-                while k < 4 && !done && 8 * k < avail {
-                    match first_newline(scratch.word_at(off + 8 * k)) {
-                        Some(i) if 8 * k + i < avail => {
-                            seg.pos += 8 * k + i + 1;
+                while k < SKIP_WORDS && !done && base + 8 * k < end {
+                    let mut w = scratch.aligned((base + 8 * k) as usize);
+                    if k == 0 {
+                        w |= (1u64 << (8 * lead)) - 1;
+                    }
+                    match first_newline(w) {
+                        Some(i) if base + 8 * k + i < end => {
+                            seg.pos = seg.win_start + base + 8 * k + i + 1;
                             st.sub = HS_LINE_START;
                             done = true;
                         }
@@ -1613,12 +1779,25 @@ impl Conn {
                     }
                 }
                 if !done {
-                    let skip = 8 * k;
-                    seg.pos += if skip < avail { skip } else { avail };
+                    let to = base + 8 * k;
+                    seg.pos = seg.win_start + if to < end { to } else { end };
+                }
+                if st.sub == HS_LINE_START && seg.pos < win_end {
+                    // The next line's first byte, looked at now: a line that cannot be the
+                    // block's end, `Content-Length` or `Transfer-Encoding` is skipped by the
+                    // next action (what a line-start action would decide from this byte).
+                    let b = scratch.byte(seg.pos - seg.win_start);
+                    let l = b | 0x20;
+                    if b != b'\r'
+                        && b != b'\n'
+                        && (st.mode != MODE_HEADERS || (l != b'c' && l != b't'))
+                    {
+                        st.sub = HS_SKIP;
+                    }
                 }
                 continue;
             }
-            if st.mode != MODE_CHUNK_SIZE && st.sub == HS_LINE_START && avail >= 16 {
+            if st.mode != MODE_CHUNK_SIZE && st.sub == HS_LINE_START && avail >= 2 {
                 let w0 = scratch.word_at(off);
                 let b0 = w0 as u8;
                 if b0 == b'\r' && (w0 >> 8) as u8 == b'\n' {
@@ -1631,16 +1810,52 @@ impl Conn {
                     ev = Ev::BlockEnd;
                     break;
                 }
-                if st.mode == MODE_HEADERS
-                    && w0 | LOWER == CONTENT_DASH
-                    && (scratch.word_at(off + 8) | LOWER) & SEVEN_BYTES == LENGTH_COLON
-                {
-                    seg.pos += 15;
-                    st.content_length_value();
-                    continue;
+                if avail >= 16 {
+                    if st.mode == MODE_HEADERS
+                        && w0 | LOWER == CONTENT_DASH
+                        && (scratch.word_at(off + 8) | LOWER) & SEVEN_BYTES == LENGTH_COLON
+                    {
+                        seg.pos += 15;
+                        st.content_length_value();
+                        continue;
+                    }
+                    if st.mode != MODE_HEADERS || (b0 | 0x20) != b't' {
+                        st.sub = HS_SKIP;
+                        continue;
+                    }
                 }
-                if st.mode != MODE_HEADERS || (b0 | 0x20) != b't' {
-                    st.sub = HS_SKIP;
+            }
+            if st.mode == MODE_HEADERS && st.sub == HS_VALUE_CL && avail >= 8 {
+                // A `Content-Length` value, up to 8 bytes in one action: the automaton's own
+                // steps for digits, whitespace and the line's `\n`; it takes any other byte.
+                let w = scratch.word_at(off);
+                let mut k = 0;
+                let mut go = true;
+                while k < 8 && go {
+                    let b = (w >> (8 * k)) as u8;
+                    if b.is_ascii_digit() {
+                        if st.remaining < MAX_LENGTH {
+                            st.remaining = st.remaining * 10 + (b - b'0') as u64;
+                        } else {
+                            st.flags |= SF_BAD;
+                        }
+                        st.idx = 1;
+                        k += 1;
+                    } else if b == b' ' || b == b'\t' || b == b'\r' {
+                        k += 1;
+                    } else {
+                        if b == b'\n' {
+                            if st.idx == 0 {
+                                st.flags |= SF_BAD;
+                            }
+                            st.sub = HS_LINE_START;
+                            k += 1;
+                        }
+                        go = false;
+                    }
+                }
+                if k > 0 {
+                    seg.pos += k;
                     continue;
                 }
             }

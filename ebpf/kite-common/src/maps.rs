@@ -33,8 +33,82 @@ pub const LIVE_PENDING: u32 = 1;
 /// [`LIVE_MAP`] slot: entries of [`PENDING_MAP`] that user space removed (stale: their
 /// connection never got a socket); only user space writes it.
 pub const LIVE_PENDING_SWEPT: u32 = 2;
+/// [`LIVE_MAP`] slot: HTTP/2 connection states ([`H2_SOCKETS_MAP`]) attached to sockets now.
+pub const LIVE_H2_SOCKETS: u32 = 3;
 /// Slots of [`LIVE_MAP`].
-pub const LIVE_SLOTS: u32 = 3;
+pub const LIVE_SLOTS: u32 = 4;
+/// Name of the socket-local storage map of [`crate::h2::H2Conn`]: HTTP/2 connections only
+/// (≈7.4 KiB each), so HTTP/1 sockets keep their small [`SOCKETS_MAP`] state.
+pub const H2_SOCKETS_MAP: &str = "H2_SOCKETS";
+/// Name of the eBPF global holding the soft bound on [`LIVE_H2_SOCKETS`] (set at load time).
+pub const MAX_H2_SOCKETS_GLOBAL: &str = "MAX_H2_SOCKETS";
+/// Name of the ring buffer of gRPC method names: one record (a [`crate::h2::hpack::PathBuf`]:
+/// `id: u32` = FNV-1a of the path, `len: u32` = its decoded length, then the first
+/// [`crate::h2::hpack::PATH_BUF`] bytes; `len` larger than that: cut) the first time the
+/// kernel decodes a gRPC `:path` whose id it has not sent before ([`RPC_SEEN_MAP`]), never
+/// per request.
+pub const RPC_NAMES_MAP: &str = "RPC_NAMES";
+/// Size of [`RPC_NAMES_MAP`], bytes (≈ 450 records between two reads).
+pub const RPC_NAMES_BYTES: u32 = 64 * 1024;
+/// [`RPC_NAMES_MAP`] record (`PathBuf::len`) bit: the text is an HTTP/1 route
+/// (`kite_common::route`), not a gRPC `:path`.
+pub const NAME_ROUTE: u32 = 1 << 31;
+/// [`RPC_NAMES_MAP`] record bit: the route's text is longer than the record holds (its id is
+/// the whole text's).
+pub const NAME_CUT: u32 = 1 << 30;
+/// Name of the eBPF global saying whether HTTP/1 requests get routes (1) or not (0).
+pub const ROUTES_GLOBAL: &str = "ROUTES";
+/// Name of the hash map of method ids ([`EndpointKey::rpc`]) whose name was sent.
+pub const RPC_SEEN_MAP: &str = "RPC_SEEN";
+/// Bound of [`RPC_SEEN_MAP`]: distinct gRPC methods named (as many as the agent keeps).
+/// Beyond, new methods are not named ([`Stat::RpcSeenFull`]) and shown by id.
+pub const DEFAULT_MAX_RPC_SEEN: u32 = 4_096;
+/// Name of the hash map of [`RpcMethodKey`]s: the gRPC methods each endpoint has in
+/// [`ENDPOINTS_MAP`] (kept for the life of the loaded programs).
+pub const RPC_METHODS_MAP: &str = "RPC_METHODS";
+/// Bound of [`RPC_METHODS_MAP`]. When full, new methods are [`RPC_OTHER`]
+/// ([`Stat::RpcMethodsFull`]).
+pub const DEFAULT_MAX_RPC_METHODS: u32 = 16_384;
+/// Name of the hash map of [`RpcEndpointKey`] → distinct methods in [`RPC_METHODS_MAP`].
+pub const RPC_ENDPOINTS_MAP: &str = "RPC_ENDPOINTS";
+/// Bound of [`RPC_ENDPOINTS_MAP`]: gRPC endpoints counted. When full, new methods of further
+/// endpoints are [`RPC_OTHER`] ([`Stat::RpcMethodsFull`]).
+pub const DEFAULT_MAX_RPC_ENDPOINTS: u32 = 4_096;
+/// Distinct gRPC methods one endpoint (cgroup, direction, address, port) may have; calls of
+/// further methods are recorded with [`RPC_OTHER`] ([`Stat::RpcOther`]).
+pub const MAX_RPC_PER_ENDPOINT: u32 = 64;
+
+/// Key of [`RPC_ENDPOINTS_MAP`]: a gRPC endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RpcEndpointKey {
+    /// As in [`EndpointKey`].
+    pub cgroup_id: u64,
+    /// As in [`EndpointKey`].
+    pub addr: [u8; 16],
+    /// As in [`EndpointKey`].
+    pub port: u16,
+    /// As in [`EndpointKey`].
+    pub direction: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 5],
+}
+
+/// Key of [`RPC_METHODS_MAP`]: a gRPC method of an endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RpcMethodKey {
+    /// The endpoint.
+    pub ep: RpcEndpointKey,
+    /// [`EndpointKey::rpc`].
+    pub rpc: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+}
+
+/// Default bound of [`H2_SOCKETS_MAP`]: HTTP/2 connections tracked at once (7 872 B each,
+/// allocated on first use: at most ≈30 MiB). Beyond, [`Stat::H2SocketsMapFull`].
+pub const DEFAULT_MAX_H2_SOCKETS: u32 = 4_096;
 /// Name of the eBPF global holding the soft bound on [`LIVE_SOCKETS`] (set at load time).
 pub const MAX_SOCKETS_GLOBAL: &str = "MAX_SOCKETS";
 /// Name of the hash map of [`BudgetKey`] → live endpoint keys (`u64`, added to atomically by
@@ -243,8 +317,61 @@ pub struct EndpointKey {
     pub method: u8,
     /// [`Version`] as `u8`: the HTTP version of the response's status line.
     pub version: u8,
+    /// [`Protocol`] as `u8`: plain HTTP, or a gRPC call (then `status` is the call's
+    /// `grpc-status` code and `rpc` its method).
+    pub protocol: u8,
+    /// gRPC method id: FNV-1a (32 bit) of the call's `:path` (`/package.Service/Method`),
+    /// [`RPC_NONE`] for non-gRPC exchanges, [`RPC_UNKNOWN`] when the path could not be known,
+    /// [`RPC_OTHER`] beyond the per-endpoint bound of methods; see [`rpc_id`].
+    pub rpc: u32,
+    /// Transport: [`TRANSPORT_TCP`] (measured from TCP payload) or [`TRANSPORT_TLS`]
+    /// (measured from TLS plaintext, issue 14): the `url_scheme` label.
+    pub transport: u8,
     /// Explicit padding, always zero.
-    pub _pad: u8,
+    pub _pad: [u8; 3],
+}
+
+/// [`EndpointKey::protocol`] values.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// HTTP/1.x or HTTP/2 that is not gRPC.
+    Http = 0,
+    /// A gRPC call (HTTP/2 with `content-type: application/grpc`).
+    Grpc = 1,
+}
+
+impl Protocol {
+    /// Decodes [`EndpointKey::protocol`]; unknown values are [`Protocol::Http`].
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Grpc,
+            _ => Self::Http,
+        }
+    }
+}
+
+/// [`EndpointKey::rpc`] of an exchange that is not a gRPC call.
+pub const RPC_NONE: u32 = 0;
+/// [`EndpointKey::rpc`] of a gRPC call whose `:path` could not be known (HPACK state lost).
+pub const RPC_UNKNOWN: u32 = 1;
+/// [`EndpointKey::rpc`] of a gRPC call beyond its endpoint's bound of distinct methods.
+pub const RPC_OTHER: u32 = 2;
+/// [`EndpointKey::status`] of a gRPC call whose `grpc-status` could not be known.
+pub const GRPC_STATUS_UNKNOWN: u16 = 0xffff;
+/// [`EndpointKey::transport`]: plain TCP.
+pub const TRANSPORT_TCP: u8 = 0;
+/// [`EndpointKey::transport`]: TLS, measured from the plaintext.
+pub const TRANSPORT_TLS: u8 = 1;
+
+/// The [`EndpointKey::rpc`] id of a gRPC method path: FNV-1a 32 of its bytes, moved out of
+/// the reserved ids (`0..=2`) by setting the top bit.
+pub const fn rpc_id(fnv1a32: u32) -> u32 {
+    if fnv1a32 <= RPC_OTHER {
+        fnv1a32 | 0x8000_0000
+    } else {
+        fnv1a32
+    }
 }
 
 /// Value of [`ENDPOINTS_MAP`] (one per CPU): cumulative counters since the entry was created.
@@ -377,10 +504,88 @@ pub enum Stat {
     OverflowMapFull,
     /// New endpoint keys recorded without a budget: [`BUDGETS_MAP`] was full.
     BudgetsMapFull,
+    // HTTP/2: `H2Streams..=H2LateStart` are `crate::h2::H2Stat` in its order (see
+    // [`Stat::from_h2`]).
+    /// HTTP/2 streams recorded (also counted in [`Stat::Requests`]).
+    H2Streams,
+    /// An HTTP/2 stream found no free slot in its connection's table: not measured.
+    H2StreamTableFull,
+    /// RST_STREAM before a response started: not recorded.
+    H2ResetUnanswered,
+    /// Streams above a GOAWAY's last stream id: never processed, not recorded.
+    H2GoawayUnprocessed,
+    /// HTTP/2 streams open without a response when their connection went away.
+    H2Unanswered,
+    /// HTTP/2 response HEADERS on a stream Kite has no request for.
+    H2OrphanResponses,
+    /// A direction's HPACK insertion count became unknowable: dynamic references are unknown.
+    H2HpackDesync,
+    /// A header field referenced a dynamic entry Kite could not resolve (its value unknown).
+    H2UnknownRefs,
+    /// HPACK insertions that matter evicted from Kite's small per-direction cache.
+    H2CacheEvictions,
+    /// A direction's bytes stopped being HTTP/2 framing: no longer followed.
+    H2Lost,
+    /// Bytes beyond a gap that framing could not place and that were never seen again.
+    H2UnplacedAhead,
+    /// HTTP/2 segments (or parts) seen twice, skipped.
+    H2Retransmits,
+    /// Gaps inside HTTP/2 payloads skipped by arithmetic.
+    H2SeqGaps,
+    /// HTTP/2 segments beyond a gap that waited.
+    H2OutOfOrder,
+    /// An HTTP/2 segment needed more than `h2::H2_MAX_STEPS` parser steps: direction lost.
+    H2StepBudget,
+    /// Payload loads that failed on an HTTP/2 connection.
+    H2LoadErrors,
+    /// An HTTP/2 direction lost to a gap was taken up again at a segment of frame shape.
+    H2Resyncs,
+    /// HTTP/2 streams open while a direction was lost or resynchronised: not recorded.
+    H2ResyncDropped,
+    /// An HTTP/2 direction whose first bytes (the peer's connection preface) went by before
+    /// its connection's state existed, taken up at its first segment seen with nothing lost.
+    H2LateStart,
+    /// HTTP/2 connections whose tracking started (client preface seen, or joined midway).
+    H2ConnsOpened,
+    /// Of [`Stat::H2ConnsOpened`], connections joined midway: first seen after their start
+    /// (an agent started under a connection pool), at a segment of frame shape whose first
+    /// HEADERS tells the direction of requests; their HPACK references before the join are
+    /// unknown.
+    H2ConnsJoined,
+    /// HTTP/2 connection states ended at socket release or close.
+    H2ConnsClosed,
+    /// An HTTP/2 connection could not be tracked: [`DEFAULT_MAX_H2_SOCKETS`] (or the
+    /// configured bound) were tracked already, or the state could not be allocated.
+    H2SocketsMapFull,
+    /// gRPC method names sent to user space ([`RPC_NAMES_MAP`]).
+    RpcNames,
+    /// A new gRPC method was not named: [`RPC_SEEN_MAP`] was full.
+    RpcSeenFull,
+    /// A gRPC method name was not sent: the ring buffer was full (sent at its next sighting).
+    RpcNamesDropped,
+    /// gRPC calls recorded as [`RPC_OTHER`]: their endpoint had [`MAX_RPC_PER_ENDPOINT`]
+    /// methods already.
+    RpcOther,
+    /// gRPC calls recorded as [`RPC_OTHER`]: [`RPC_METHODS_MAP`] or [`RPC_ENDPOINTS_MAP`]
+    /// was full.
+    RpcMethodsFull,
+    /// TLS connections recognised by their first bytes (a ClientHello record): judged not
+    /// HTTP on the packet side, measured from their plaintext (issue 14).
+    TlsConns,
+    /// TLS connections whose `SSL*` was tied to its socket (their plaintext is parsed).
+    TlsBound,
+    /// A TLS connection could not be tracked: its state map was full.
+    TlsConnsFull,
+    /// SSL reads and writes with plaintext on an `SSL*` Kite could not tie to a recognised
+    /// socket (its handshake started before Kite attached, or no I/O in its calls yet): not
+    /// measured.
+    TlsUnbound,
+    /// TLS connection states freed (`SSL_free`, or the socket reached `TCP_CLOSE`).
+    TlsClosed,
 }
 
 /// Number of [`Stat`] counters (size of [`STATS_MAP`]).
-pub const STAT_COUNT: u32 = Stat::BudgetsMapFull as u32 + 1;
+pub const STAT_COUNT: u32 = Stat::TlsClosed as u32 + 1;
 
 impl Stat {
     /// Every counter, in index order.
@@ -413,7 +618,45 @@ impl Stat {
         Stat::EndpointAllocFailed,
         Stat::OverflowMapFull,
         Stat::BudgetsMapFull,
+        Stat::H2Streams,
+        Stat::H2StreamTableFull,
+        Stat::H2ResetUnanswered,
+        Stat::H2GoawayUnprocessed,
+        Stat::H2Unanswered,
+        Stat::H2OrphanResponses,
+        Stat::H2HpackDesync,
+        Stat::H2UnknownRefs,
+        Stat::H2CacheEvictions,
+        Stat::H2Lost,
+        Stat::H2UnplacedAhead,
+        Stat::H2Retransmits,
+        Stat::H2SeqGaps,
+        Stat::H2OutOfOrder,
+        Stat::H2StepBudget,
+        Stat::H2LoadErrors,
+        Stat::H2Resyncs,
+        Stat::H2ResyncDropped,
+        Stat::H2LateStart,
+        Stat::H2ConnsOpened,
+        Stat::H2ConnsJoined,
+        Stat::H2ConnsClosed,
+        Stat::H2SocketsMapFull,
+        Stat::RpcNames,
+        Stat::RpcSeenFull,
+        Stat::RpcNamesDropped,
+        Stat::RpcOther,
+        Stat::RpcMethodsFull,
+        Stat::TlsConns,
+        Stat::TlsBound,
+        Stat::TlsConnsFull,
+        Stat::TlsUnbound,
+        Stat::TlsClosed,
     ];
+
+    /// The [`STATS_MAP`] index of an HTTP/2 machine counter.
+    pub const fn from_h2(s: crate::h2::H2Stat) -> u32 {
+        Stat::H2Streams as u32 + s as u32
+    }
 
     /// snake_case name (gRPC `Info` counters, prefixed `ebpf_`).
     pub const fn name(self) -> &'static str {
@@ -446,6 +689,39 @@ impl Stat {
             Stat::EndpointAllocFailed => "endpoint_alloc_failed",
             Stat::OverflowMapFull => "overflow_map_full",
             Stat::BudgetsMapFull => "budgets_map_full",
+            Stat::H2Streams => "h2_streams",
+            Stat::H2StreamTableFull => "h2_stream_table_full",
+            Stat::H2ResetUnanswered => "h2_reset_unanswered",
+            Stat::H2GoawayUnprocessed => "h2_goaway_unprocessed",
+            Stat::H2Unanswered => "h2_unanswered",
+            Stat::H2OrphanResponses => "h2_orphan_responses",
+            Stat::H2HpackDesync => "h2_hpack_desync",
+            Stat::H2UnknownRefs => "h2_unknown_refs",
+            Stat::H2CacheEvictions => "h2_cache_evictions",
+            Stat::H2Lost => "h2_lost",
+            Stat::H2UnplacedAhead => "h2_unplaced_ahead",
+            Stat::H2Retransmits => "h2_retransmits",
+            Stat::H2SeqGaps => "h2_seq_gaps",
+            Stat::H2OutOfOrder => "h2_out_of_order",
+            Stat::H2StepBudget => "h2_step_budget",
+            Stat::H2LoadErrors => "h2_load_errors",
+            Stat::H2Resyncs => "h2_resyncs",
+            Stat::H2ResyncDropped => "h2_resync_dropped",
+            Stat::H2LateStart => "h2_late_start",
+            Stat::H2ConnsOpened => "h2_conns_opened",
+            Stat::H2ConnsJoined => "h2_conns_joined",
+            Stat::H2ConnsClosed => "h2_conns_closed",
+            Stat::H2SocketsMapFull => "h2_sockets_map_full",
+            Stat::RpcNames => "rpc_names",
+            Stat::RpcSeenFull => "rpc_seen_full",
+            Stat::RpcNamesDropped => "rpc_names_dropped",
+            Stat::RpcOther => "rpc_other",
+            Stat::RpcMethodsFull => "rpc_methods_full",
+            Stat::TlsConns => "tls_conns",
+            Stat::TlsBound => "tls_bound",
+            Stat::TlsConnsFull => "tls_conns_full",
+            Stat::TlsUnbound => "tls_unbound",
+            Stat::TlsClosed => "tls_closed",
         }
     }
 }
@@ -459,9 +735,15 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::http::Conn {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for crate::h2::H2Conn {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::PendingKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::BudgetKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RpcEndpointKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RpcMethodKey {}
 }
 
 #[cfg(test)]
@@ -473,9 +755,15 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(size_of::<EndpointKey>(), 32);
+        assert_eq!(size_of::<EndpointKey>(), 40);
         assert_eq!(size_of::<PendingKey>(), 36);
         assert_eq!(size_of::<BudgetKey>(), 16);
+        assert_eq!(size_of::<RpcEndpointKey>(), 32);
+        assert_eq!(size_of::<RpcMethodKey>(), 40);
+        assert_eq!(
+            size_of::<crate::h2::hpack::PathBuf>(),
+            8 + crate::h2::hpack::PATH_BUF
+        );
         assert_eq!(size_of::<EndpointStats>(), 32 + 4 * HIST_SLOTS);
         assert_eq!(size_of::<EndpointStats>() % 8, 0);
         assert_eq!(align_of::<Conn>(), 8);
@@ -487,6 +775,25 @@ mod tests {
         for (i, s) in Stat::ALL.iter().enumerate() {
             assert_eq!(*s as usize, i);
         }
+        // The HTTP/2 machine's counters map onto `Stat` in their order.
+        assert_eq!(crate::h2::H2_STAT_COUNT, 19);
+        assert_eq!(
+            Stat::from_h2(crate::h2::H2Stat::Streams),
+            Stat::H2Streams as u32
+        );
+        assert_eq!(
+            Stat::from_h2(crate::h2::H2Stat::LoadErrors),
+            Stat::H2LoadErrors as u32
+        );
+        assert_eq!(
+            Stat::from_h2(crate::h2::H2Stat::ResyncDropped),
+            Stat::H2ResyncDropped as u32
+        );
+        assert_eq!(Stat::from_h2(crate::h2::H2Stat::Lost), Stat::H2Lost as u32);
+        assert_eq!(
+            Stat::from_h2(crate::h2::H2Stat::LateStart),
+            Stat::H2LateStart as u32
+        );
         for v in 0..=9u8 {
             assert_eq!(Method::from_u8(v) as u8, v);
         }

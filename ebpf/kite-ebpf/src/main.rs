@@ -23,6 +23,10 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod h2;
+mod route;
+mod tls;
+
 use core::{
     ffi::c_void,
     intrinsics::{AtomicOrdering, atomic_xadd},
@@ -46,6 +50,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, SkBuffContext, SockContext},
 };
 use kite_common::{
+    h2::opens_h2,
     hist,
     http::{
         Completion, Conn, MAX_STEPS, Payload, ROLE_CLIENT, ROLE_SERVER, START_LEN, Scratch,
@@ -54,8 +59,8 @@ use kite_common::{
     maps::{
         BudgetKey, DEFAULT_BUDGET_DIVISOR, DEFAULT_MAX_BUDGETS, DEFAULT_MAX_ENDPOINTS,
         DEFAULT_MAX_OVERFLOW, DEFAULT_MAX_PENDING, DEFAULT_MAX_SOCKETS, Direction, EndpointKey,
-        EndpointStats, LIVE_PENDING, LIVE_PENDING_SWEPT, LIVE_SLOTS, LIVE_SOCKETS, PendingKey,
-        STAT_COUNT, Stat,
+        EndpointStats, LIVE_H2_SOCKETS, LIVE_PENDING, LIVE_PENDING_SWEPT, LIVE_SLOTS, LIVE_SOCKETS,
+        PendingKey, Protocol, RPC_OTHER, STAT_COUNT, Stat, TRANSPORT_TCP,
     },
 };
 
@@ -90,14 +95,18 @@ static LIVE: Array<u64> = Array::with_max_entries(LIVE_SLOTS, 0);
 static PENDING: HashMap<PendingKey, Conn> =
     HashMap::with_max_entries(DEFAULT_MAX_PENDING, BPF_F_NO_PREALLOC);
 
-/// Slot 0: `kite_listener`. The listener path is a tail call because a state pointer into
+/// Slot 0: `kite_listener`, slot 1: `kite_h2_ingress` (egress has its own array,
+/// `TAILS_TX`). The listener path is a tail call because a state pointer into
 /// `PENDING` and one into `SOCKETS` are different types to the verifier: inlined in one program,
 /// the parser would be verified twice (twice the instructions, a deeper stack).
 #[map(name = "TAILS")]
-static TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub(crate) static TAILS: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 /// [`TAILS`] slot of `kite_listener`.
 const TAIL_LISTENER: u32 = 0;
+
+/// [`TAILS`] slot of `kite_h2_ingress`.
+pub(crate) const TAIL_H2: u32 = 1;
 
 /// Per-endpoint histograms. Bounded; when full, requests of new keys are recorded in their
 /// overflow endpoint ([`Stat::EndpointsMapFull`], [`OVERFLOW`]).
@@ -141,7 +150,7 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 /// values inside map memory, so the `bpf_loop` callback's states converge after one iteration
 /// instead of being explored once per byte position. Every use is bounded by explicit checks.
 #[repr(C)]
-struct Work {
+pub(crate) struct Work {
     seg: Segment,
     scratch: Scratch,
     /// The packet's first 40 bytes: an IPv4 header without options and the TCP header's first
@@ -164,7 +173,7 @@ const _: () = assert!(core::mem::offset_of!(Work, hdr) % 8 == 0);
 /// context, a packet received meanwhile) must not find its cursor and window overwritten, so
 /// each nesting level has its own (see [`enter`]).
 #[map(name = "WORK")]
-static WORK: PerCpuArray<Work> = PerCpuArray::with_max_entries(2, 0);
+pub(crate) static WORK: PerCpuArray<Work> = PerCpuArray::with_max_entries(2, 0);
 
 /// Per-CPU nesting depth of the `cgroup_skb` programs (process context, then softirq).
 #[map(name = "NEST")]
@@ -172,7 +181,7 @@ static NEST: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Enters a program run: the [`WORK`] slot of this nesting level.
 #[inline(always)]
-fn enter() -> u32 {
+pub(crate) fn enter() -> u32 {
     match NEST.get_ptr_mut(0) {
         // SAFETY: this CPU's value; an interrupting run restores it before this one resumes.
         Some(p) => unsafe {
@@ -186,11 +195,28 @@ fn enter() -> u32 {
 
 /// Leaves a program run (see [`enter`]).
 #[inline(always)]
-fn leave() {
+pub(crate) fn leave() {
     if let Some(p) = NEST.get_ptr_mut(0) {
         // SAFETY: as in `enter`.
         unsafe { *p = (*p).saturating_sub(1) };
     }
+}
+
+/// The endpoint key a record is built in, one per nesting level as [`WORK`]: in map memory
+/// because the key on the stack put the deepest call chain over the verifier's 512 bytes.
+#[map(name = "KEYS")]
+static KEYS: PerCpuArray<EndpointKey> = PerCpuArray::with_max_entries(2, 0);
+
+/// This run's [`KEYS`] slot (the [`enter`] level of the innermost run on this CPU).
+#[inline(always)]
+pub(crate) fn key_slot() -> *mut EndpointKey {
+    let d = match NEST.get_ptr_mut(0) {
+        // SAFETY: this CPU's value.
+        Some(p) => unsafe { *p },
+        None => 1,
+    };
+    KEYS.get_ptr_mut(d.wrapping_sub(1) & 1)
+        .unwrap_or(core::ptr::null_mut())
 }
 
 /// Never written: the zero value new map entries are copied from (too big for the stack).
@@ -202,8 +228,14 @@ static ZERO_CONN: Array<Conn> = Array::with_max_entries(1, 0);
 static ZERO_STATS: Array<EndpointStats> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
-fn bump(stat: Stat, n: u64) {
-    if let Some(p) = STATS.get_ptr_mut(stat as u32) {
+pub(crate) fn bump(stat: Stat, n: u64) {
+    bump_at(stat as u32, n);
+}
+
+/// Adds `n` to the [`STATS`] counter at index `i` (a [`Stat`] as `u32`).
+#[inline(always)]
+pub(crate) fn bump_at(i: u32, n: u64) {
+    if let Some(p) = STATS.get_ptr_mut(i) {
         // SAFETY: a per-CPU value of this CPU; programs do not migrate while running.
         unsafe { *p += n };
     }
@@ -214,7 +246,7 @@ const EEXIST: i32 = 17;
 
 /// Adds `n` to a `u64` shared by all CPUs, atomically.
 #[inline(always)]
-fn xadd64(p: *mut u64, n: u64) {
+pub(crate) fn xadd64(p: *mut u64, n: u64) {
     // SAFETY: a map value; one atomic instruction.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, n) };
 }
@@ -226,7 +258,7 @@ fn xadd64(p: *mut u64, n: u64) {
 /// method and status) and null returned. Kept out of line: only requests of new keys (and
 /// overflow requests) come here.
 #[inline(never)]
-fn new_endpoint(key: &mut EndpointKey, done: &Completion) -> *mut EndpointStats {
+fn new_endpoint(key: &mut EndpointKey, latency_ns: u64, req: u64, resp: u64) -> *mut EndpointStats {
     let Some(zero) = ZERO_STATS.get(0) else {
         return core::ptr::null_mut();
     };
@@ -260,11 +292,11 @@ fn new_endpoint(key: &mut EndpointKey, done: &Completion) -> *mut EndpointStats 
                 // The map is full: the request still counts, in the overflow endpoint.
                 Err(e) if e == -E2BIG => {
                     bump(Stat::EndpointsMapFull, 1);
-                    return overflow(key, done, zero);
+                    return overflow(key, latency_ns, req, resp, zero);
                 }
                 Err(_) => {
                     bump(Stat::EndpointAllocFailed, 1);
-                    return overflow(key, done, zero);
+                    return overflow(key, latency_ns, req, resp, zero);
                 }
             }
             return match ENDPOINTS.get_ptr_mut(&*key) {
@@ -276,12 +308,18 @@ fn new_endpoint(key: &mut EndpointKey, done: &Completion) -> *mut EndpointStats 
             };
         }
     }
-    overflow(key, done, zero)
+    overflow(key, latency_ns, req, resp, zero)
 }
 
-/// Records `done` in the overflow endpoint of `key`'s (cgroup, direction, method, status).
+/// Records an exchange in the overflow endpoint of `key`'s (cgroup, direction, method, status).
 #[inline(always)]
-fn overflow(key: &mut EndpointKey, done: &Completion, zero: &EndpointStats) -> *mut EndpointStats {
+fn overflow(
+    key: &mut EndpointKey,
+    latency_ns: u64,
+    req: u64,
+    resp: u64,
+    zero: &EndpointStats,
+) -> *mut EndpointStats {
     key.addr = [0; 16];
     key.port = 0;
     let mut s = OVERFLOW.get_ptr_mut(&*key);
@@ -293,13 +331,13 @@ fn overflow(key: &mut EndpointKey, done: &Completion, zero: &EndpointStats) -> *
         bump(Stat::OverflowMapFull, 1);
         return core::ptr::null_mut();
     };
-    let b = hist::bucket_index(done.latency_ns);
+    let b = hist::bucket_index(latency_ns);
     // SAFETY: a map value shared by all CPUs: atomic adds only.
     unsafe {
         xadd64(&raw mut (*s).count, 1);
-        xadd64(&raw mut (*s).latency_sum_ns, done.latency_ns);
-        xadd64(&raw mut (*s).req_bytes, done.req_bytes);
-        xadd64(&raw mut (*s).resp_bytes, done.resp_bytes);
+        xadd64(&raw mut (*s).latency_sum_ns, latency_ns);
+        xadd64(&raw mut (*s).req_bytes, req);
+        xadd64(&raw mut (*s).resp_bytes, resp);
         if b < hist::NUM_BUCKETS {
             atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*s).buckets[b], 1);
         }
@@ -308,61 +346,189 @@ fn overflow(key: &mut EndpointKey, done: &Completion, zero: &EndpointStats) -> *
     core::ptr::null_mut()
 }
 
+/// Records one finished exchange (an HTTP/1 request, an HTTP/2 stream, a TLS request) under
+/// `key` (built by the caller in [`key_slot`]'s memory; `key` may be rewritten into its overflow
+/// key): the endpoint's per-CPU histogram in [`ENDPOINTS`], created within its (cgroup,
+/// direction)'s budget, else the overflow endpoint. Counts [`Stat::Requests`]. The one recording
+/// path of every sink (HTTP/1 [`KernelSink`], HTTP/2 and TLS).
+///
+/// `on_new` is called when `key` is not in [`ENDPOINTS`]: it may change the key (a gRPC method
+/// or HTTP/1 route beyond its endpoint's bound becomes `RPC_OTHER`) and returns whether it
+/// did, so the changed key is looked up before a new entry is made.
+#[inline(always)]
+pub(crate) fn record_endpoint_with(
+    key: &mut EndpointKey,
+    latency_ns: u64,
+    req: u64,
+    resp: u64,
+    on_new: impl FnOnce(&mut EndpointKey) -> bool,
+) {
+    let stats = match ENDPOINTS.get_ptr_mut(&*key) {
+        Some(p) => p,
+        None => {
+            let found = if on_new(key) {
+                ENDPOINTS.get_ptr_mut(&*key)
+            } else {
+                None
+            };
+            let p = match found {
+                Some(p) => p,
+                None => new_endpoint(key, latency_ns, req, resp),
+            };
+            if p.is_null() {
+                return;
+            }
+            p
+        }
+    };
+    let b = hist::bucket_index(latency_ns);
+    // SAFETY: a per-CPU value of this CPU.
+    unsafe {
+        (*stats).count += 1;
+        (*stats).latency_sum_ns += latency_ns;
+        (*stats).req_bytes += req;
+        (*stats).resp_bytes += resp;
+        if b < hist::NUM_BUCKETS {
+            (*stats).buckets[b] = (*stats).buckets[b].wrapping_add(1);
+        }
+    }
+    bump(Stat::Requests, 1);
+}
+
 struct KernelSink;
+
+/// A `101 Switching Protocols` exchange held back by [`KernelSink`] until the packet that
+/// carried it is done (`h2::upgrade`): an `Upgrade: h2c` answered with `101` becomes HTTP/2
+/// stream 1 (measured there, not here), any other switch is recorded as HTTP/1 as before.
+#[repr(C)]
+pub(crate) struct Upgrade {
+    /// Address of the connection's [`Conn`] (0: nothing held).
+    pub(crate) owner: u64,
+    /// The exchange.
+    pub(crate) done: Completion,
+    /// When the packet carrying the end of the `101` was seen.
+    pub(crate) now_ns: u64,
+    /// Sequence number of the byte after the `101` response.
+    pub(crate) resp_end: u32,
+    /// Explicit padding.
+    pub(crate) _pad: u32,
+}
+
+/// One [`Upgrade`] per nesting level, as [`WORK`].
+#[map(name = "UPGRADE")]
+pub(crate) static UPGRADE: PerCpuArray<Upgrade> = PerCpuArray::with_max_entries(2, 0);
+
+/// This run's nesting level (the [`WORK`] / [`UPGRADE`] slot).
+#[inline(always)]
+pub(crate) fn level() -> u32 {
+    match NEST.get_ptr_mut(0) {
+        // SAFETY: this CPU's value.
+        Some(p) => unsafe { (*p).wrapping_sub(1) & 1 },
+        None => 0,
+    }
+}
+
+/// Holds a `101` back (see [`Upgrade`]). (Recording it here instead would make the deepest
+/// call chain one call deeper than the verifier allows.)
+/// The exchange comes by value: a `&Completion` would put it on `Conn::complete`'s stack.
+#[inline(never)]
+fn hold_upgrade(conn: &Conn, latency_ns: u64, req_bytes: u64, resp_bytes: u64, method: u32) {
+    let l = level();
+    let (Some(u), Some(w)) = (UPGRADE.get_ptr_mut(l), WORK.get_ptr(l)) else {
+        // Per-CPU array lookups within bounds do not fail.
+        return;
+    };
+    // SAFETY: this CPU's map values.
+    unsafe {
+        (*u).owner = core::ptr::from_ref(conn) as u64;
+        (*u).done = Completion {
+            latency_ns,
+            req_bytes,
+            resp_bytes,
+            status: 101,
+            method: method as u8,
+        };
+        (*u).now_ns = (*w).seg.now_ns;
+        (*u).resp_end = (*w).seg.seq.wrapping_add((*w).seg.pos);
+    }
+}
+
+/// Records one HTTP/1 exchange of `conn`, read from TCP payload.
+#[inline(always)]
+pub(crate) fn record_http1(conn: &Conn, done: &Completion) {
+    record_http1_over(conn, done, TRANSPORT_TCP);
+}
+
+/// Records one HTTP/1 exchange of `conn` carried by `transport` (TCP, or TLS plaintext).
+#[inline(always)]
+pub(crate) fn record_http1_over(conn: &Conn, done: &Completion, transport: u8) {
+    let direction = if conn.role == ROLE_SERVER {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    };
+    let key = key_slot();
+    if key.is_null() {
+        return;
+    }
+    // SAFETY: this run's slot of a per-CPU map (see `key_slot`).
+    let key = unsafe { &mut *key };
+    *key = EndpointKey {
+        cgroup_id: conn.cgroup_id,
+        addr: conn.addr,
+        port: conn.port,
+        status: done.status,
+        direction: direction as u8,
+        method: done.method,
+        version: conn.response_version(),
+        protocol: Protocol::Http as u8,
+        rpc: conn.open_route(),
+        transport,
+        _pad: [0; 3],
+    };
+    // A route beyond its endpoint's bound becomes `_OTHER` (the bound gRPC methods have).
+    record_endpoint_with(
+        key,
+        done.latency_ns,
+        done.req_bytes,
+        done.resp_bytes,
+        |k: &mut EndpointKey| k.rpc > RPC_OTHER && h2::bound_rpc(k),
+    );
+}
 
 impl Sink for KernelSink {
     #[inline(always)]
     fn record(&mut self, conn: &Conn, done: &Completion) {
-        let direction = if conn.role == ROLE_SERVER {
-            Direction::Inbound
-        } else {
-            Direction::Outbound
-        };
-        let mut key = EndpointKey {
-            cgroup_id: conn.cgroup_id,
-            addr: conn.addr,
-            port: conn.port,
-            status: done.status,
-            direction: direction as u8,
-            method: done.method,
-            version: conn.response_version(),
-            _pad: 0,
-        };
-        let stats = match ENDPOINTS.get_ptr_mut(&key) {
-            Some(p) => p,
-            None => {
-                let p = new_endpoint(&mut key, done);
-                if p.is_null() {
-                    return;
-                }
-                p
-            }
-        };
-        let b = hist::bucket_index(done.latency_ns);
-        // SAFETY: a per-CPU value of this CPU.
-        unsafe {
-            (*stats).count += 1;
-            (*stats).latency_sum_ns += done.latency_ns;
-            (*stats).req_bytes += done.req_bytes;
-            (*stats).resp_bytes += done.resp_bytes;
-            if b < hist::NUM_BUCKETS {
-                (*stats).buckets[b] = (*stats).buckets[b].wrapping_add(1);
-            }
+        if done.status == 101 {
+            // Nothing is live across this call (the packet programs' stack is at its limit).
+            hold_upgrade(
+                conn,
+                done.latency_ns,
+                done.req_bytes,
+                done.resp_bytes,
+                done.method as u32,
+            );
+            return;
         }
-        bump(Stat::Requests, 1);
+        record_http1(conn, done);
     }
 
     #[inline(always)]
     fn add(&mut self, stat: Stat, n: u64) {
         bump(stat, n);
     }
+
+    #[inline(always)]
+    fn route(&mut self, conn: &Conn, id: u32) {
+        route::route_name(conn, id);
+    }
 }
 
 /// Payload bytes of the packet, `base` being the offset of the TCP payload.
 #[repr(C)]
-struct Skb {
-    skb: *mut __sk_buff,
-    base: u32,
+pub(crate) struct Skb {
+    pub(crate) skb: *mut __sk_buff,
+    pub(crate) base: u32,
 }
 
 impl Payload for Skb {
@@ -418,36 +584,47 @@ const IPPROTO_TCP: u8 = 6;
 const TCP_FIN: u8 = 0x01;
 
 #[inline(always)]
-fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
+pub(crate) fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
     [
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
     ]
 }
 
 /// What the programs need of a TCP packet's headers besides the copies in [`Work`].
-struct Tcp {
+pub(crate) struct Tcp {
     /// Offset of the payload.
-    base: u32,
+    pub(crate) base: u32,
     /// Payload length.
-    len: u32,
-    fin: bool,
+    pub(crate) len: u32,
+    pub(crate) fin: bool,
 }
 
 impl Tcp {
     #[inline(always)]
-    fn sport(w: &Work) -> u16 {
+    pub(crate) fn sport(w: &Work) -> u16 {
         u16::from_be_bytes([w.tcp[0], w.tcp[1]])
     }
 
     #[inline(always)]
-    fn dport(w: &Work) -> u16 {
+    pub(crate) fn dport(w: &Work) -> u16 {
         u16::from_be_bytes([w.tcp[2], w.tcp[3]])
+    }
+}
+
+/// The packet's source address (IPv4 mapped) into `w.key.remote`, from the IP header that
+/// [`headers`] read into `w.hdr`.
+#[inline(always)]
+pub(crate) fn source(w: &mut Work) {
+    if w.hdr[0] >> 4 == 4 {
+        w.key.remote = mapped_v4([w.hdr[12], w.hdr[13], w.hdr[14], w.hdr[15]]);
+    } else {
+        w.key.remote.copy_from_slice(&w.hdr[8..24]);
     }
 }
 
 /// Copies `len` packet bytes at `off` to `dst` (map memory).
 #[inline(always)]
-fn load_bytes(ctx: &SkBuffContext, off: u32, dst: *mut u8, len: u32) -> Result<(), i64> {
+pub(crate) fn load_bytes(ctx: &SkBuffContext, off: u32, dst: *mut u8, len: u32) -> Result<(), i64> {
     // SAFETY: `dst` has room for `len` bytes; the helper checks the packet bounds.
     let r = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const c_void, off, dst.cast(), len) };
     if r == 0 { Ok(()) } else { Err(r) }
@@ -456,7 +633,7 @@ fn load_bytes(ctx: &SkBuffContext, off: u32, dst: *mut u8, len: u32) -> Result<(
 /// Reads the IP and TCP headers into `w`; `None` for anything but a first (or only) TCP
 /// fragment. With `src`, the source address goes to `w.key.remote`.
 #[inline(always)]
-fn headers(ctx: &SkBuffContext, w: &mut Work, src: bool) -> Result<Option<Tcp>, i64> {
+pub(crate) fn headers(ctx: &SkBuffContext, w: &mut Work, src: bool) -> Result<Option<Tcp>, i64> {
     // One copy covers an IPv4 header without options and the TCP header's first 20 bytes
     // (every IPv4 TCP packet has them), or the whole IPv6 header: helper calls cost more than
     // the bytes. Read straight from the packet when its linear part holds them (TCP's headers
@@ -499,9 +676,6 @@ fn headers(ctx: &SkBuffContext, w: &mut Work, src: bool) -> Result<Option<Tcp>, 
                 load_bytes(ctx, ihl, w.tcp.as_mut_ptr(), 16)?;
             }
             let h = &w.hdr;
-            if src {
-                w.key.remote = mapped_v4([h[12], h[13], h[14], h[15]]);
-            }
             w.dst = mapped_v4([h[16], h[17], h[18], h[19]]);
             ihl
         }
@@ -509,15 +683,15 @@ fn headers(ctx: &SkBuffContext, w: &mut Work, src: bool) -> Result<Option<Tcp>, 
             if w.hdr[6] != IPPROTO_TCP {
                 return Ok(None);
             }
-            if src {
-                w.key.remote.copy_from_slice(&w.hdr[8..24]);
-            }
             w.dst.copy_from_slice(&w.hdr[24..40]);
             load_bytes(ctx, 40, w.tcp.as_mut_ptr(), 16)?;
             40
         }
         _ => return Ok(None),
     };
+    if src {
+        source(w);
+    }
     let doff = ((w.tcp[12] >> 4) as u32) * 4;
     let fin = w.tcp[13] & TCP_FIN != 0;
     let base = l4 + doff;
@@ -527,7 +701,7 @@ fn headers(ctx: &SkBuffContext, w: &mut Work, src: bool) -> Result<Option<Tcp>, 
 
 /// Adds `d` (wrapping: `u64::MAX` subtracts one) to a [`LIVE`] slot, atomically.
 #[inline(always)]
-fn live_add(slot: u32, d: u64) {
+pub(crate) fn live_add(slot: u32, d: u64) {
     if let Some(p) = LIVE.get_ptr_mut(slot) {
         // SAFETY: a map value; the add is one atomic instruction (`lock xadd`).
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, d) };
@@ -535,7 +709,7 @@ fn live_add(slot: u32, d: u64) {
 }
 
 #[inline(always)]
-fn live(slot: u32) -> u64 {
+pub(crate) fn live(slot: u32) -> u64 {
     // SAFETY: a map value, read once.
     LIVE.get_ptr(slot)
         .map_or(0, |p| unsafe { core::ptr::read_volatile(p) })
@@ -554,7 +728,7 @@ fn sockets_ptr() -> *mut c_void {
 
 /// The connection state of a socket, if it has one.
 #[inline(always)]
-fn storage(sk: *mut c_void) -> *mut Conn {
+pub(crate) fn storage(sk: *mut c_void) -> *mut Conn {
     // SAFETY: `sk` is a socket pointer checked by the verifier.
     unsafe { bpf_sk_storage_get(sockets_ptr(), sk, core::ptr::null_mut(), 0) }.cast()
 }
@@ -640,7 +814,10 @@ fn stream_start(sk: *mut bpf_sock, w: &Work, rx: bool) -> bool {
         if rx {
             (*tp).bytes_received == 0 && seq == (*tp).rcv_nxt
         } else {
-            (*tp).bytes_acked == 0 && seq == (*tp).snd_una
+            // The acknowledgment of the SYN counts one byte (`tcp_snd_una_update`): a sent
+            // stream's first byte is at `snd_una` with `bytes_acked` 1 (0 never happens once
+            // established, so outbound streams were never judged).
+            (*tp).bytes_acked <= 1 && seq == (*tp).snd_una
         }
     }
 }
@@ -668,6 +845,14 @@ fn starts_http(ctx: &SkBuffContext, w: &mut Work, base: u32, len: u32) -> Result
     Ok(opens_connection(&w.head, n))
 }
 
+/// Whether a stream starts like an HTTP/2 SETTINGS frame (length, type 4, flags, stream 0):
+/// a server's first bytes, sent before the client preface may have arrived. Such a stream is
+/// not judged, so that the preface still starts tracking.
+#[inline(always)]
+fn h2_settings(h: &[u8; START_LEN], n: usize) -> bool {
+    n >= 9 && h[3] == 4 && h[5] == 0 && h[6] == 0 && h[7] == 0 && h[8] == 0 && h[0] == 0
+}
+
 /// For data coming in on a socket that has received none of its stream yet, ahead of the
 /// stream's first byte: that byte's sequence number (`rcv_nxt`, the kernel's next expected).
 #[inline(always)]
@@ -689,14 +874,14 @@ fn first_byte_ahead(sk: *mut bpf_sock, w: &Work) -> Option<u32> {
 
 /// The packet's socket (any kind: request and time-wait sockets too), if it has one.
 #[inline(always)]
-fn ctx_sock(ctx: &SkBuffContext) -> *mut bpf_sock {
+pub(crate) fn ctx_sock(ctx: &SkBuffContext) -> *mut bpf_sock {
     // SAFETY: reading the context's socket pointer.
     unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk }
 }
 
 /// The packet's full socket, if it has one.
 #[inline(always)]
-fn full_sock(ctx: &SkBuffContext) -> *mut bpf_sock {
+pub(crate) fn full_sock(ctx: &SkBuffContext) -> *mut bpf_sock {
     // SAFETY: reading the context's socket pointer; the helper accepts it or null-checks.
     unsafe {
         let sk = (*ctx.skb.skb).__bindgen_anon_2.sk;
@@ -722,6 +907,9 @@ fn on_packet<const BENCH: bool>(ctx: &SkBuffContext, rx: bool, slot: u32) -> Res
     let Some(p) = headers(ctx, w, claiming)? else {
         return Ok(());
     };
+    if BENCH && bench_stop(STOP_HEADERS) {
+        return Ok(());
+    }
     if p.len == 0 && !p.fin && !claiming {
         return Ok(());
     }
@@ -734,10 +922,26 @@ fn on_packet<const BENCH: bool>(ctx: &SkBuffContext, rx: bool, slot: u32) -> Res
     let mut conn = storage(sk.cast());
     if BENCH {
         conn = bench_conn();
+        if bench_stop(STOP_STORAGE) {
+            return Ok(());
+        }
     }
     if conn.is_null() {
         if judged(sk) {
             // Not HTTP: decided at the stream's first byte.
+            return Ok(());
+        }
+        if !h2::h2_storage(sk.cast()).is_null() || (BENCH && bench_h2()) {
+            // An HTTP/2 connection: parsed by `kite_h2_*`, which enter on their own.
+            if p.len > 0 {
+                leave();
+                if BENCH {
+                    bench_h2_tail(ctx);
+                } else {
+                    h2::tail(ctx, rx);
+                }
+                let _ = enter();
+            }
             return Ok(());
         }
         // SAFETY: the context's socket, non-null.
@@ -799,11 +1003,41 @@ fn on_packet<const BENCH: bool>(ctx: &SkBuffContext, rx: bool, slot: u32) -> Res
             // overtaken): tracking starts at the first byte, whatever this segment looks like
             // (a body made of request lines must not become a request).
             let ahead_of = if rx { first_byte_ahead(sk, w) } else { None };
-            if ahead_of.is_none() && !starts_http(ctx, w, p.base, p.len)? {
-                if !BENCH && stream_start(sk, w, rx) {
-                    judge(sk);
+            if ahead_of.is_none() {
+                let http = starts_http(ctx, w, p.base, p.len)?;
+                let n = if p.len < START_LEN as u32 {
+                    p.len as usize
+                } else {
+                    START_LEN
+                };
+                // The client preface (which HTTP/1 would take for a request with method
+                // `PRI`) at the stream's first byte: an HTTP/2 connection (prior knowledge).
+                if !BENCH && opens_h2(&w.head, n) && stream_start(sk, w, rx) {
+                    if h2::open(ctx, sk, w, rx) {
+                        leave();
+                        h2::tail(ctx, rx);
+                        let _ = enter();
+                    }
+                    return Ok(());
                 }
-                return Ok(());
+                if !http {
+                    // `BENCH`: a test run's socket has no TCP state (not at its stream's
+                    // start); the join test runs, nothing is joined.
+                    if stream_start(sk, w, rx) {
+                        if !BENCH && !h2_settings(&w.head, n) {
+                            tls::client_hello(ctx, sk, w, rx);
+                            judge(sk);
+                        }
+                    } else if !(BENCH && bench_stop(STOP_JOIN))
+                        && h2::join::<BENCH>(ctx, sk, w, rx, ((p.base as u64) << 32) | p.len as u64)
+                    {
+                        // Joined midway: `kite_h2_*` parses this packet.
+                        leave();
+                        h2::tail(ctx, rx);
+                        let _ = enter();
+                    }
+                    return Ok(());
+                }
             }
             if BENCH {
                 // The dummy socket of a test run gets no state.
@@ -825,6 +1059,9 @@ fn on_packet<const BENCH: bool>(ctx: &SkBuffContext, rx: bool, slot: u32) -> Res
                 unsafe {
                     let cg = bpf_skb_cgroup_id(ctx.skb.skb);
                     (*c).init(role, cg, w.dst, Tcp::dport(w), bpf_ktime_get_ns());
+                    if route::routes_on() {
+                        (*c).enable_routes();
+                    }
                     if let Some(first) = ahead_of {
                         (*c).start_rx_at(first);
                     }
@@ -838,11 +1075,57 @@ fn on_packet<const BENCH: bool>(ctx: &SkBuffContext, rx: bool, slot: u32) -> Res
     // SAFETY: socket storage of this socket.
     if unsafe { (*conn).role == ROLE_NONE || (*conn).ignored() } || (p.len == 0 && !p.fin) {
         // Released by its process (what still arrives is not measured), given up (not
-        // HTTP/1.x, or upgraded), or a bare ACK.
+        // HTTP/1.x, or upgraded: an `Upgrade: h2c` has an HTTP/2 state now), or a bare ACK.
+        if !BENCH && p.len > 0 && unsafe { (*conn).role != ROLE_NONE && (*conn).ignored() } {
+            // One instance per direction: a program may only reference its own direction's
+            // program array (`h2::tail`).
+            let _ = if rx {
+                upgraded::<true>(ctx)
+            } else {
+                upgraded::<false>(ctx)
+            };
+        }
         return Ok(());
     }
-    parse(ctx, conn, work, rx, &p);
+    parse::<BENCH, false>(ctx, conn, work, rx, &p);
     Ok(())
+}
+
+/// A packet of a connection the HTTP/1 machine gave up: one that switched to HTTP/2
+/// (`Upgrade: h2c`) goes to `kite_h2_*`. Out of line, as [`switched`].
+#[inline(never)]
+fn upgraded<const RX: bool>(ctx: &SkBuffContext) -> i32 {
+    let sk = ctx_sock(ctx);
+    if !sk.is_null() && !h2::h2_storage(sk.cast()).is_null() {
+        leave();
+        h2::tail(ctx, RX);
+        let _ = enter();
+    }
+    0
+}
+
+/// The connection switched protocols in this packet: a `101` held back ([`Upgrade`]) goes to
+/// `kite_h2_*` (an h2c upgrade starts HTTP/2 there, anything else is recorded as HTTP/1). Out
+/// of line: the packet programs' deepest call chain is at the verifier's stack limit (and
+/// returns `i32`: the verifier allows tail calls in subprograms that return an int).
+#[inline(never)]
+fn switched<const RX: bool>(ctx: &SkBuffContext, conn: *mut Conn) -> i32 {
+    let Some(u) = UPGRADE.get_ptr_mut(level()) else {
+        return 0;
+    };
+    // SAFETY: this CPU's map value; `conn` is this socket's storage.
+    unsafe {
+        if (*u).owner != conn as u64 {
+            return 0;
+        }
+        leave();
+        h2::tail(ctx, RX);
+        let _ = enter();
+        // The jump failed: record it as HTTP/1.
+        (*u).owner = 0;
+        record_http1(&*conn, &(*u).done);
+    }
+    0
 }
 
 /// Data that reached a listening socket: parsed on a connection state parked in [`PENDING`].
@@ -875,6 +1158,9 @@ fn on_listener(ctx: &SkBuffContext, slot: u32) -> Result<(), i64> {
                     unsafe {
                         let cg = bpf_skb_cgroup_id(ctx.skb.skb);
                         (*c).init(ROLE_SERVER, cg, w.dst, w.key.local_port, bpf_ktime_get_ns());
+                        if route::routes_on() {
+                            (*c).enable_routes();
+                        }
                     }
                     live_add(LIVE_PENDING, 1);
                     c
@@ -890,19 +1176,36 @@ fn on_listener(ctx: &SkBuffContext, slot: u32) -> Result<(), i64> {
             }
         }
     };
-    parse(ctx, conn, work, true, &p);
+    parse::<false, true>(ctx, conn, work, true, &p);
     Ok(())
 }
 
-/// Runs the connection's state machine over the packet's payload.
+/// Runs the connection's state machine over the packet's payload (`PARKED`: a state in
+/// [`PENDING`]).
 #[inline(always)]
-fn parse(ctx: &SkBuffContext, conn: *mut Conn, work: *mut Work, rx: bool, p: &Tcp) {
+fn parse<const BENCH: bool, const PARKED: bool>(
+    ctx: &SkBuffContext,
+    conn: *mut Conn,
+    work: *mut Work,
+    rx: bool,
+    p: &Tcp,
+) {
     // SAFETY: `conn` and `work` are map values; `walk` outlives the bpf_loop call.
     unsafe {
         let t = &(*work).tcp;
         let seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
         let ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
-        (*work).seg = Segment::new(rx, p.len, bpf_ktime_get_ns());
+        // No clock call for a segment inside a body (`needs_clock`: nothing in it reads the
+        // time); a parked state's always reads it (its age is how the agent sweeps it).
+        let now = if PARKED || (*conn).needs_clock(rx, seq, p.len) {
+            bpf_ktime_get_ns()
+        } else {
+            0
+        };
+        (*work).seg = Segment::new(rx, p.len, now);
+        if BENCH && bench_stop(STOP_CLOCK) {
+            return;
+        }
         let mut walk = Walk {
             conn,
             work,
@@ -912,7 +1215,9 @@ fn parse(ctx: &SkBuffContext, conn: *mut Conn, work: *mut Work, rx: bool, p: &Tc
             },
         };
         let c = &mut *conn;
-        if c.begin(&mut (*work).seg, seq, ack, &mut KernelSink) {
+        if c.begin(&mut (*work).seg, seq, ack, &mut KernelSink)
+            && !(BENCH && bench_stop(STOP_BEGIN))
+        {
             bpf_loop(
                 MAX_STEPS,
                 walk_step as *mut c_void,
@@ -920,7 +1225,21 @@ fn parse(ctx: &SkBuffContext, conn: *mut Conn, work: *mut Work, rx: bool, p: &Tc
                 0,
             );
         }
+        if BENCH && (bench_stop(STOP_BEGIN) || bench_stop(STOP_LOOP)) {
+            return;
+        }
         c.end(&mut (*work).seg, p.fin, &mut KernelSink);
+        // Read back from `walk` (on the stack already): kept in registers across the calls
+        // above, they made the packet programs' frame too big for the verifier's 512 bytes.
+        let conn = core::ptr::read_volatile(&walk.conn);
+        if !BENCH && (*conn).ignored() {
+            let ctx = SkBuffContext::new(core::ptr::read_volatile(&walk.skb.skb));
+            let _ = if rx {
+                switched::<true>(&ctx, conn)
+            } else {
+                switched::<false>(&ctx, conn)
+            };
+        }
     }
 }
 
@@ -984,6 +1303,37 @@ const BENCH_COPY: u32 = 1;
 const BENCH_BUCKET_CALLS: u64 = 64;
 /// `kite_bench` only judges the socket not HTTP (the benchmark's own cost of that case).
 const BENCH_JUDGE: u32 = 3;
+/// `kite_bench` runs the packet path of an HTTP/2 connection: `kite_ingress`/`kite_egress` up
+/// to the tail call, then `kite_bench_h2` (the path of `kite_h2_*`) on a canned
+/// [`H2Conn`](kite_common::h2::H2Conn) ([`BENCH_H2_CONNS`]; `conn` is 1 + its slot).
+const BENCH_H2: u32 = 4;
+/// `kite_bench` only copies the canned HTTP/2 state (the benchmark's own cost, reported apart).
+const BENCH_H2_COPY: u32 = 5;
+
+/// Where `kite_bench` cuts its packet path short (`kite-bench micro --decompose`): 0 runs it
+/// whole, else one of the `STOP_*` points. Only the `BENCH` instance of the path reads it.
+#[map(name = "BENCH_STOP")]
+static BENCH_STOP: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Stop after reading the headers (with what comes before: the `VERDICTS` check, `NEST`, the
+/// `packets` counter, `WORK`, the `PENDING` check).
+const STOP_HEADERS: u32 = 1;
+/// Stop after the `SOCKETS` lookup (and the benchmark's copy of the canned state).
+const STOP_STORAGE: u32 = 2;
+/// Stop after the segment's clock read and set-up.
+const STOP_CLOCK: u32 = 3;
+/// Stop after `Conn::begin`.
+const STOP_BEGIN: u32 = 4;
+/// Stop after the parser's `bpf_loop`.
+const STOP_LOOP: u32 = 5;
+/// Stop before the HTTP/2 join test of a segment that is not HTTP/1 (`h2::join`).
+const STOP_JOIN: u32 = 6;
+
+/// Whether `kite_bench` stops at `at` ([`BENCH_STOP`]).
+#[inline(always)]
+fn bench_stop(at: u32) -> bool {
+    BENCH_STOP.get(0).is_some_and(|s| *s == at)
+}
 
 /// The microbenchmark's settings (written by `kite-bench micro`; never used by the agent).
 #[map(name = "BENCH_CFG")]
@@ -1002,13 +1352,109 @@ static BENCH_STATE: PerCpuArray<Conn> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "BENCH_OUT")]
 static BENCH_OUT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// `kite_bench_h2`, for [`BENCH_H2`] (slot 0, set by `kite-bench micro`).
+#[map(name = "BENCH_TAILS")]
+static BENCH_TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Canned HTTP/2 connection states for the microbenchmark (written by user space).
+#[map(name = "BENCH_H2_CONNS")]
+static BENCH_H2_CONNS: Array<kite_common::h2::H2Conn> = Array::with_max_entries(8, 0);
+
+/// The state one `kite_bench_h2` run works on (see [`bench_h2_conn`]).
+#[map(name = "BENCH_H2_STATE")]
+static BENCH_H2_STATE: PerCpuArray<kite_common::h2::H2Conn> = PerCpuArray::with_max_entries(1, 0);
+
+/// The first stream slot the canned packet's stream may use (its home slot; written by user
+/// space): [`bench_h2_conn`] copies the slots from there on that the stream table probes.
+#[map(name = "BENCH_H2_SLOT")]
+static BENCH_H2_SLOT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether `kite_bench` runs [`BENCH_H2`].
+#[inline(always)]
+fn bench_h2() -> bool {
+    BENCH_CFG.get(0).is_some_and(|c| c.what == BENCH_H2)
+}
+
+/// Jumps to `kite_bench_h2` (as `h2::tail` to `kite_h2_*`).
+#[inline(always)]
+fn bench_h2_tail(ctx: &SkBuffContext) {
+    // SAFETY: jumps to a program of the same type; on failure nothing happens.
+    unsafe {
+        let _ = BENCH_TAILS.tail_call(ctx, 0);
+    }
+}
+
+/// Copies `words` 8-byte words from `from` to `to`, both at byte offset `at`.
+#[inline(always)]
+fn bench_copy_words(from: *const u64, to: *mut u64, at: usize, words: usize) {
+    let mut i = 0;
+    while i < words {
+        // SAFETY: the callers' ranges lie inside two 8-aligned map values of the same type.
+        unsafe { *to.add(at / 8 + i) = *from.add(at / 8 + i) };
+        i += 1;
+    }
+}
+
+/// The canned HTTP/2 state `kite_bench_h2`'s packet finds, copied fresh: everything but the
+/// stream table, and the [`H2_PROBES`](kite_common::h2::H2_PROBES) slots from
+/// [`BENCH_H2_SLOT`] on (the only ones the canned stream's packet can touch). Null for none.
+#[inline(always)]
+pub(crate) fn bench_h2_conn() -> *mut kite_common::h2::H2Conn {
+    use kite_common::h2::{H2_PROBES, H2_STREAMS, H2Conn, Slot};
+    let Some(cfg) = BENCH_CFG.get(0) else {
+        return core::ptr::null_mut();
+    };
+    if cfg.conn == 0 {
+        return core::ptr::null_mut();
+    }
+    let (Some(from), Some(to), Some(first)) = (
+        BENCH_H2_CONNS.get(cfg.conn - 1),
+        BENCH_H2_STATE.get_ptr_mut(0),
+        BENCH_H2_SLOT.get(0),
+    ) else {
+        return core::ptr::null_mut();
+    };
+    let from = core::ptr::from_ref(from).cast::<u64>();
+    let words = to.cast::<u64>();
+    let slots = core::mem::offset_of!(H2Conn, slots);
+    let after = slots + core::mem::size_of::<[Slot; H2_STREAMS]>();
+    const _: () = assert!(core::mem::size_of::<Slot>() % 8 == 0);
+    const _: () = assert!(core::mem::offset_of!(H2Conn, slots) % 8 == 0);
+    bench_copy_words(from, words, 0, slots / 8);
+    let first = (*first as usize).min(H2_STREAMS - H2_PROBES);
+    bench_copy_words(
+        from,
+        words,
+        slots + first * core::mem::size_of::<Slot>(),
+        H2_PROBES * core::mem::size_of::<Slot>() / 8,
+    );
+    bench_copy_words(
+        from,
+        words,
+        after,
+        (core::mem::size_of::<H2Conn>() - after) / 8,
+    );
+    to
+}
+
+/// The microbenchmark's HTTP/2 packet path ([`BENCH_H2`]): `kite_h2_ingress`/`kite_h2_egress`
+/// on a canned state. Reached by tail call from `kite_bench`; never attached.
+#[cgroup_skb]
+pub fn kite_bench_h2(ctx: SkBuffContext) -> i32 {
+    let rx = BENCH_CFG.get(0).is_some_and(|c| c.rx != 0);
+    let slot = enter();
+    let _ = h2::on_packet::<true>(&ctx, rx, slot);
+    leave();
+    1
+}
+
 /// The canned state `kite_bench`'s packet finds, copied fresh; null for none.
 #[inline(always)]
 fn bench_conn() -> *mut Conn {
     let Some(cfg) = BENCH_CFG.get(0) else {
         return core::ptr::null_mut();
     };
-    if cfg.conn == 0 {
+    if cfg.conn == 0 || cfg.what == BENCH_H2 {
         return core::ptr::null_mut();
     }
     let (Some(from), Some(to)) = (BENCH_CONNS.get(cfg.conn - 1), BENCH_STATE.get_ptr_mut(0)) else {
@@ -1075,7 +1521,10 @@ pub fn kite_bench(ctx: SkBuffContext) -> i32 {
         BENCH_COPY => {
             let _ = bench_conn();
         }
-        BENCH_PATH | BENCH_JUDGE => {
+        BENCH_H2_COPY => {
+            let _ = bench_h2_conn();
+        }
+        BENCH_PATH | BENCH_JUDGE | BENCH_H2 => {
             if cfg.judged != 0 {
                 // The test run's dummy socket (the same for all its repeats). This lookup is
                 // the benchmark's own cost, measured alone by `BENCH_JUDGE`.
@@ -1112,13 +1561,18 @@ pub fn kite_sock_release(ctx: SockContext) -> i32 {
         // SAFETY: socket storage of this socket.
         unsafe {
             if (*c).role != ROLE_NONE {
+                // A level of its own: a packet's program may interrupt this one (see `enter`).
+                enter();
                 (*c).release(&mut KernelSink);
+                leave();
                 (*c).role = ROLE_NONE;
                 live_add(LIVE_SOCKETS, u64::MAX);
                 bump(Stat::ConnsClosed, 1);
             }
         }
     }
+    // Also after an HTTP/1 state: an `Upgrade: h2c` connection has both.
+    h2::release(ctx.sock.cast());
     1
 }
 
@@ -1131,11 +1585,15 @@ pub fn kite_sock_state(ctx: BtfTracePointContext) -> i32 {
     if newstate != BPF_TCP_CLOSE as i32 {
         return 0;
     }
-    if live(LIVE_SOCKETS) == 0 {
+    if live(LIVE_SOCKETS) == 0 && live(LIVE_H2_SOCKETS) == 0 {
         return 0;
     }
     let sk: *mut c_void = ctx.arg(0);
     // `sk` is the tracepoint's `struct sock *`.
+    if live(LIVE_H2_SOCKETS) != 0 {
+        h2::release(sk);
+        h2::delete(sk);
+    }
     let c = storage(sk);
     if c.is_null() {
         return 0;
@@ -1143,7 +1601,9 @@ pub fn kite_sock_state(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: socket storage of this socket.
     unsafe {
         if (*c).role != ROLE_NONE {
+            enter();
             (*c).release(&mut KernelSink);
+            leave();
             (*c).role = ROLE_NONE;
             live_add(LIVE_SOCKETS, u64::MAX);
             bump(Stat::ConnsReaped, 1);

@@ -1,4 +1,5 @@
-//! The detail view of one endpoint: last window and totals, status codes and methods, the
+//! The detail view of one endpoint: last window and totals, status codes (grpc-status for gRPC
+//! endpoints) and methods (gRPC: one line per method with its figures and statuses), the
 //! latency distribution of the last window, RPS and p50/p99 history.
 
 use kite_proto::v1;
@@ -8,7 +9,7 @@ use ratatui::{
     style::{Color, Style, Stylize as _},
     symbols::Marker,
     text::{Line, Span},
-    widgets::{Axis, Block, Borders, Chart, Dataset, GraphType, Paragraph, Widget},
+    widgets::{Axis, Block, Borders, Chart, Dataset, GraphType, Paragraph, Widget, Wrap},
 };
 
 use super::{error_span, table::fit};
@@ -26,13 +27,21 @@ pub(super) fn render(app: &App, e: &Entry, area: Rect, buf: &mut Buffer) {
     .areas(area);
     title_line(app, e, title, buf);
     info_line(e, info, buf);
-    let charts_h = if rest.height >= 14 {
-        (rest.height * 2 / 5).max(6)
+    // Laid out for 80×24 first: the figures, status codes and distribution always; history
+    // as two sparkline rows under them, or as charts once there is room (≥ 22 rows).
+    let (charts_h, spark_h) = if rest.height >= 22 {
+        ((rest.height * 2 / 5).max(6), 0)
+    } else if rest.height >= 14 {
+        (0, 2)
     } else {
-        0
+        (0, 0)
     };
-    let [middle, charts] =
-        Layout::vertical([Constraint::Fill(1), Constraint::Length(charts_h)]).areas(rest);
+    let [middle, sparks, charts] = Layout::vertical([
+        Constraint::Fill(1),
+        Constraint::Length(spark_h),
+        Constraint::Length(charts_h),
+    ])
+    .areas(rest);
     let [left, right] = Layout::horizontal([Constraint::Length(30), Constraint::Fill(1)])
         .spacing(1)
         .areas(middle);
@@ -48,18 +57,69 @@ pub(super) fn render(app: &App, e: &Entry, area: Rect, buf: &mut Buffer) {
     // History and histogram come from the detailed copy the agent's task fetched.
     let detailed = app.detailed(e);
     distribution(detailed, right, buf);
+    let window = app
+        .agents
+        .get(e.key.agent)
+        .map_or(1.0, |a| a.window_seconds)
+        .max(0.001);
+    if spark_h > 0 {
+        history_sparks(&detailed.history, window, sparks, buf);
+    }
     if charts_h > 0 {
         let [rps, lat] =
             Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
                 .spacing(2)
                 .areas(charts);
-        let window = app
-            .agents
-            .get(e.key.agent)
-            .map_or(1.0, |a| a.window_seconds)
-            .max(0.001);
         rps_chart(&detailed.history, window, rps, buf);
         latency_chart(&detailed.history, window, lat, buf);
+    }
+}
+
+/// RPS and p99 history in one line each (small terminals): a label, then the newest
+/// `width` windows as bars, newest on the right.
+fn history_sparks(h: &[v1::Point], window: f64, area: Rect, buf: &mut Buffer) {
+    let rows = Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).split(area);
+    let label_w = 28u16;
+    for (i, (name, f, color)) in [
+        (
+            "RPS",
+            (|p: &v1::Point| p.rps) as fn(&v1::Point) -> f64,
+            Color::Green,
+        ),
+        ("p99", |p: &v1::Point| p.p99_seconds, Color::Magenta),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let [label, bars] =
+            Layout::horizontal([Constraint::Length(label_w), Constraint::Fill(1)]).areas(rows[i]);
+        let max = h.iter().map(f).fold(0.0, f64::max);
+        let text = if h.is_empty() {
+            format!(" {name} history: none yet")
+        } else {
+            let m = if name == "RPS" {
+                human::rate(max)
+            } else {
+                human::latency(Some(max))
+            };
+            format!(
+                " {name} max {m}, {}",
+                human::latency(Some(h.len() as f64 * window))
+            )
+        };
+        Line::from(Span::raw(text).dim()).render(label, buf);
+        let data: Vec<u64> = h
+            .iter()
+            .rev()
+            .take(bars.width as usize)
+            .map(|p| (f(p).max(0.0) * 1e6).round() as u64)
+            .collect();
+        ratatui::widgets::Sparkline::default()
+            .data(data)
+            .max(((max * 1e6).round() as u64).max(1))
+            .direction(ratatui::widgets::RenderDirection::RightToLeft)
+            .style(Style::new().fg(color))
+            .render(bars, buf);
     }
 }
 
@@ -70,16 +130,22 @@ fn title_line(app: &App, e: &Entry, area: Rect, buf: &mut Buffer) {
         Span::raw(" · "),
         Span::raw(e.addr.clone()).bold(),
         Span::raw(format!(
-            " · {} · on {}",
+            " · {} · {} · on {}",
             match e.direction {
                 v1::Direction::Inbound => "inbound",
                 v1::Direction::Outbound => "outbound",
                 v1::Direction::Unspecified => "?",
             },
+            e.protocol,
             e.node
         )),
     ];
-    if !app.detail_is_live() {
+    if let Some(age) = app.stale_for(e.key.agent) {
+        spans.push(Span::styled(
+            format!("  stale: its agent went away {} ago", human::age(age)),
+            Style::new().fg(Color::DarkGray),
+        ));
+    } else if !app.detail_is_live() {
         spans.push(Span::styled(
             "  not reported any more (last values)",
             Style::new().fg(Color::Red),
@@ -124,7 +190,8 @@ fn kv(k: &str, v: String) -> [Span<'static>; 2] {
 
 fn window_stats(e: &Entry, area: Rect, buf: &mut Buffer) {
     let w = e.ep.last.unwrap_or_default();
-    let err = w.error_ratio;
+    // ERR%: server errors, as in the table.
+    let err = crate::app::Stats::of(&w).error_ratio();
     let lines = vec![
         Line::from_iter(
             kv("RPS", human::rate(w.rps))
@@ -144,7 +211,12 @@ fn window_stats(e: &Entry, area: Rect, buf: &mut Buffer) {
         Line::from(vec![
             Span::raw(" err ").dim(),
             error_span(format!("{:>7}", format!("{}%", human::percent(err))), err),
-            Span::raw(format!("  4xx {} 5xx {}", w.status_4xx, w.status_5xx)).dim(),
+            Span::raw(if e.is_grpc() {
+                format!("  srv {} failed {}", w.rpc_server_errors, w.rpc_errors)
+            } else {
+                format!("  5xx {} 4xx {}", w.status_5xx, w.status_4xx)
+            })
+            .dim(),
         ]),
         Line::from(vec![
             Span::raw(" B/s ").dim(),
@@ -168,7 +240,7 @@ fn totals_stats(e: &Entry, area: Rect, buf: &mut Buffer) {
     let err = if t.requests == 0 {
         0.0
     } else {
-        (t.status_4xx + t.status_5xx) as f64 / t.requests as f64
+        (t.status_5xx + t.rpc_server_errors) as f64 / t.requests as f64
     };
     let lines = vec![
         Line::from(vec![
@@ -197,14 +269,40 @@ fn status_color(code: u32) -> Color {
     }
 }
 
+/// How a gRPC status is shown: its name (`OK`, `NOT_FOUND`), `unknown` when the kernel could
+/// not know it; coloured green (OK), red (a server error in OpenTelemetry's gRPC conventions),
+/// yellow (the caller's error), dim (unknown).
+fn grpc_status(s: &v1::StatusCount) -> (String, Style) {
+    let style = match s.status {
+        0 => Style::new().fg(Color::Green),
+        2 | 4 | 12 | 13 | 14 | 15 => Style::new().fg(Color::Red),
+        GRPC_STATUS_UNKNOWN => Style::new().dim(),
+        _ => Style::new().fg(Color::Yellow),
+    };
+    let name = if s.name.is_empty() {
+        "unknown".to_string()
+    } else {
+        s.name.clone()
+    };
+    (name, style)
+}
+
+/// [`v1::StatusCount::status`] of a gRPC call whose grpc-status could not be known.
+const GRPC_STATUS_UNKNOWN: u32 = 0xffff;
+
 fn statuses(e: &Entry, area: Rect, buf: &mut Buffer) {
+    let grpc = e.is_grpc();
     let total: u64 = e.ep.statuses.iter().map(|s| s.count).sum();
-    // Errors first (5xx, then 4xx), then by count: on a small terminal the box shows only its
-    // first lines, and those are what someone opening the detail view looks for.
+    // Errors first (5xx, then 4xx; gRPC: server errors, then the caller's), then by count: on
+    // a small terminal the box shows only its first lines, and those are what someone opening
+    // the detail view looks for.
     let mut statuses: Vec<&v1::StatusCount> = e.ep.statuses.iter().collect();
-    let class = |code: u32| match code {
-        500.. => 0,
-        400..500 => 1,
+    let class = |code: u32| match (grpc, code) {
+        (true, 0) | (true, GRPC_STATUS_UNKNOWN) => 2,
+        (true, 2 | 4 | 12 | 13 | 14 | 15) => 0,
+        (true, _) => 1,
+        (false, 500..) => 0,
+        (false, 400..500) => 1,
         _ => 2,
     };
     statuses.sort_by(|a, b| {
@@ -214,24 +312,71 @@ fn statuses(e: &Entry, area: Rect, buf: &mut Buffer) {
             b.status,
         ))
     });
+    let share = |n: u64, of: u64| {
+        Span::raw(format!(
+            " {:>5}%",
+            human::percent(n as f64 / of.max(1) as f64)
+        ))
+        .dim()
+    };
     let mut lines: Vec<Line<'_>> = statuses
         .iter()
         .map(|s| {
+            let (label, style) = if grpc {
+                let (name, style) = grpc_status(s);
+                (format!(" {name:<15}"), style)
+            } else {
+                (
+                    format!(" {:<4}", s.status),
+                    Style::new().fg(status_color(s.status)),
+                )
+            };
             Line::from(vec![
-                Span::styled(format!(" {:<4}", s.status), status_color(s.status)),
-                Span::raw(format!("{:>7}", human::rate(s.count as f64))),
-                Span::raw(format!(
-                    " {:>5}%",
-                    human::percent(s.count as f64 / total.max(1) as f64)
-                ))
-                .dim(),
+                Span::styled(label, style),
+                Span::raw(if grpc {
+                    format!("{:>6}", human::rate(s.count as f64))
+                } else {
+                    format!("{:>7}", human::rate(s.count as f64))
+                }),
+                share(s.count, total),
             ])
         })
         .collect();
     if lines.is_empty() {
         lines.push(Line::raw(" no requests in the last window").dim());
     }
-    if !e.ep.methods.is_empty() {
+    if grpc {
+        // One line per method: its calls, p99, failures and statuses.
+        for m in &e.ep.rpcs {
+            let w = m.last.unwrap_or_default();
+            let name = if m.name.is_empty() {
+                "(method unknown)"
+            } else {
+                m.name.as_str()
+            };
+            let width = area.width.saturating_sub(2) as usize;
+            lines.push(Line::from(
+                Span::raw(format!(" {}", super::table::fit_method(name, width))).bold(),
+            ));
+            lines.push(Line::from(vec![
+                Span::raw(format!(
+                    "   {}/s p99 {} err ",
+                    human::rate(w.rps),
+                    human::latency(w.p99_seconds)
+                )),
+                {
+                    let err = crate::app::Stats::of(&w).error_ratio();
+                    error_span(format!("{}%", human::percent(err)), err)
+                },
+            ]));
+            let mut spans = vec![Span::raw("  ")];
+            for st in &m.statuses {
+                let (name, style) = grpc_status(st);
+                spans.push(Span::styled(format!(" {name} {}", st.count), style));
+            }
+            lines.push(Line::from(spans));
+        }
+    } else if !e.ep.methods.is_empty() {
         let methods: Vec<String> =
             e.ep.methods
                 .iter()
@@ -242,8 +387,15 @@ fn statuses(e: &Entry, area: Rect, buf: &mut Buffer) {
             Span::raw(methods.join(" · ")),
         ]));
     }
+    let title = if grpc {
+        " grpc-status · methods "
+    } else {
+        " Status codes "
+    };
+    // Method lines are longer than the column: wrapped, not cut.
     Paragraph::new(lines)
-        .block(section(" Status codes ".into()))
+        .block(section(title.into()))
+        .wrap(Wrap { trim: false })
         .render(area, buf);
 }
 

@@ -19,6 +19,8 @@ use ratatui::{
     widgets::{Block, Clear, Paragraph, Widget, Wrap},
 };
 
+use kite_proto::v1;
+
 use crate::{
     app::{App, Conn, View},
     human,
@@ -64,7 +66,8 @@ struct Areas {
 
 impl Areas {
     fn of(app: &App, area: Rect) -> Self {
-        let agent_lines = app.agents.len().clamp(1, MAX_AGENT_LINES) as u16;
+        let notice = usize::from(app.notice.is_some());
+        let agent_lines = (app.present().count() + notice).clamp(1, MAX_AGENT_LINES) as u16;
         let spark = if area.height >= 16 { SPARK_HEIGHT } else { 0 };
         let [header, agents, body, spark_area, footer] = Layout::vertical([
             Constraint::Length(1),
@@ -91,45 +94,126 @@ pub fn table_body_height(app: &App) -> usize {
     Areas::of(app, area).body.height.saturating_sub(1) as usize
 }
 
+/// The table's columns, left to right, at the app's terminal width (what `1`–`9`, `0`, `s`
+/// and `<`/`>` sort by).
+pub(crate) fn table_columns(app: &App) -> Vec<crate::app::SortKey> {
+    table::columns(app, app.size.0)
+        .into_iter()
+        .map(|c| c.0)
+        .collect()
+}
+
 fn header(app: &App, area: Rect, buf: &mut Buffer) {
     let t = &app.totals;
-    let shown = if app.row_count() == app.known {
+    let mut shown = if app.endpoint_rows() == app.known {
         format!("{} endpoints", app.known)
     } else {
-        format!("{}/{} endpoints", app.row_count(), app.known)
+        format!("{}/{} endpoints", app.endpoint_rows(), app.known)
     };
-    let arrow = if app.reverse { "▲" } else { "▼" };
-    let mut spans = vec![
-        Span::styled(" kite ", Style::new().bold().reversed()),
-        Span::raw(format!(" {shown} │ ")),
-        Span::raw("RPS ").dim(),
-        Span::raw(human::rate(t.rps)).bold(),
-        Span::raw(" │ ").dim(),
-        Span::raw("err ").dim(),
-        error_span(
-            format!("{}%", human::percent(t.error_ratio())),
-            t.error_ratio(),
-        ),
-        Span::raw(" │ ").dim(),
-        Span::raw(format!("{}/s", human::bytes(t.bytes_per_second))),
-        Span::raw(" │ ").dim(),
-        Span::raw(format!("sort {}{arrow}", app.sort.label())),
-    ];
+    if app.stale_rows > 0 {
+        shown.push_str(&format!(
+            " ({} stale{})",
+            app.stale_rows,
+            if app.hide_stale { ", hidden" } else { "" }
+        ));
+    }
+    let sep = || Span::raw(" │ ").dim();
+    // Each direction on its own: a call between two measured workloads is in both.
+    let side = |name: &'static str, s: &crate::app::Stats, with_4xx: bool| {
+        let (e5, e4) = (s.error_ratio(), s.client_error_ratio());
+        let mut v = vec![
+            sep(),
+            Span::raw(format!("{name} ")).dim(),
+            Span::raw(format!("{}/s", human::rate(s.rps))).bold(),
+            Span::raw(" err ").dim(),
+            error_span(format!("{}%", human::percent(e5)), e5),
+        ];
+        if with_4xx {
+            v.push(Span::raw(" 4xx ").dim());
+            v.push(Span::styled(
+                format!("{}%", human::percent(e4)),
+                if e4 > 0.0 {
+                    Style::new().fg(Color::Yellow)
+                } else {
+                    Style::new()
+                },
+            ));
+        }
+        v
+    };
+    let sides = |with_4xx: bool| {
+        let mut v = Vec::new();
+        for (d, name, s) in [
+            (v1::Direction::Inbound, "in", &t.inbound),
+            (v1::Direction::Outbound, "out", &t.outbound),
+        ] {
+            if app.direction.is_none_or(|x| x == d) {
+                v.extend(side(name, s, with_4xx));
+            }
+        }
+        v
+    };
+    // What the user set comes first, so that a narrow terminal cuts figures, not states.
+    let mut head = vec![Span::raw(format!(" {shown}"))];
+    if app.grouping != crate::app::Grouping::Endpoint {
+        head.push(sep());
+        head.push(Span::styled(
+            format!("by {}", app.grouping.label()),
+            Style::new().fg(Color::Cyan),
+        ));
+    }
+    if let Some(d) = app.direction {
+        head.push(sep());
+        head.push(Span::styled(
+            format!("{} only", d.short()),
+            Style::new().fg(Color::Cyan),
+        ));
+    }
     if !app.filter.is_empty() {
-        spans.push(Span::raw(" │ ").dim());
-        spans.push(Span::styled(
+        head.push(sep());
+        head.push(Span::styled(
             format!("filter \"{}\"", app.filter),
             Style::new().fg(Color::Cyan),
         ));
     }
     if app.paused {
-        spans.push(Span::raw(" "));
-        spans.push(Span::styled(
+        head.push(Span::raw(" "));
+        head.push(Span::styled(
             " PAUSED ",
             Style::new().bg(Color::Yellow).fg(Color::Black).bold(),
         ));
     }
-    Line::from(spans).render(area, buf);
+    let bytes = vec![
+        sep(),
+        Span::raw(format!(
+            "{}/s",
+            human::bytes(t.inbound.bytes_per_second + t.outbound.bytes_per_second)
+        )),
+    ];
+    let badge = Span::styled(" kite ", Style::new().bold().reversed());
+    let width = |v: &[Span<'_>]| v.iter().map(|s| s.width()).sum::<usize>();
+    let room = area.width as usize;
+    let full = sides(true);
+    let mut line = Vec::new();
+    let base = width(&head) + width(&full);
+    if base + badge.width() + width(&bytes) <= room {
+        line.push(badge);
+        line.extend(head);
+        line.extend(full);
+        line.extend(bytes);
+    } else if base + badge.width() <= room {
+        line.push(badge);
+        line.extend(head);
+        line.extend(full);
+    } else if base <= room {
+        line.extend(head);
+        line.extend(full);
+    } else {
+        // The 4xx shares are in the table's 4XX% column.
+        line.extend(head);
+        line.extend(sides(false));
+    }
+    Line::from(line).render(area, buf);
 }
 
 /// An error percentage, coloured by how bad it is.
@@ -144,7 +228,7 @@ pub(crate) fn error_span<'a>(text: String, ratio: f64) -> Span<'a> {
     Span::styled(text, style)
 }
 
-fn agent_line(a: &crate::app::AgentView) -> Line<'_> {
+fn agent_line(a: &crate::app::AgentView, stale: Option<std::time::Duration>) -> Line<'_> {
     let node = a.node.as_deref().filter(|n| *n != a.label);
     let mut spans = Vec::new();
     let (mark, color) = match a.conn {
@@ -158,6 +242,8 @@ fn agent_line(a: &crate::app::AgentView) -> Line<'_> {
         spans.push(Span::raw(format!(" ({n})")));
     }
     spans.push(Span::raw(" "));
+    // Just after the state word.
+    let at = spans.len() + 1;
     match &a.conn {
         Conn::Connected => {
             spans.push(Span::styled("connected", Style::new().fg(color)));
@@ -184,6 +270,19 @@ fn agent_line(a: &crate::app::AgentView) -> Line<'_> {
             spans.push(Span::raw(format!(" · retry in {}", retry(*retry_in))).dim());
         }
     }
+    if let Some(age) = stale {
+        // Right after the state word, so that a narrow terminal cuts the error instead.
+        spans.insert(
+            at,
+            Span::styled(
+                format!(
+                    " (last snapshot {} ago, its rows kept; x hides)",
+                    human::age(age)
+                ),
+                Style::new().fg(Color::DarkGray),
+            ),
+        );
+    }
     Line::from(spans)
 }
 
@@ -197,16 +296,26 @@ fn retry(d: std::time::Duration) -> String {
 }
 
 fn agents(app: &App, area: Rect, buf: &mut Buffer) {
-    let lines: Vec<Line<'_>> = if app.agents.len() <= MAX_AGENT_LINES {
-        app.agents.iter().map(agent_line).collect()
+    let mut lines: Vec<Line<'_>> = Vec::new();
+    if let Some(n) = &app.notice {
+        lines.push(Line::from(Span::styled(
+            format!(" {n}"),
+            Style::new().fg(Color::Yellow),
+        )));
+    }
+    let room = MAX_AGENT_LINES - lines.len();
+    let present = app.present();
+    let n = present.clone().count();
+    if n <= room {
+        lines.extend(present.map(|(i, a)| agent_line(a, app.stale_for(i))));
     } else {
         // Many agents: a count, then the ones that are not connected.
-        let count = |f: fn(&Conn) -> bool| app.agents.iter().filter(|a| f(&a.conn)).count();
+        let count = |f: fn(&Conn) -> bool| present.clone().filter(|(_, a)| f(&a.conn)).count();
         let up = count(|c| matches!(c, Conn::Connected));
         let connecting = count(|c| matches!(c, Conn::Connecting { .. }));
         let down = count(|c| matches!(c, Conn::Down { .. }));
-        let mut lines = vec![Line::from(vec![
-            Span::raw(format!(" {} agents: ", app.agents.len())),
+        lines.push(Line::from(vec![
+            Span::raw(format!(" {n} agents: ")),
             Span::styled(format!("{up} connected"), Style::new().fg(Color::Green)),
             Span::raw(", "),
             Span::styled(
@@ -215,21 +324,16 @@ fn agents(app: &App, area: Rect, buf: &mut Buffer) {
             ),
             Span::raw(", "),
             Span::styled(format!("{down} down"), Style::new().fg(Color::Red)),
-        ])];
+        ]));
         lines.extend(
-            app.agents
-                .iter()
-                .filter(|a| !matches!(a.conn, Conn::Connected))
-                .chain(
-                    app.agents
-                        .iter()
-                        .filter(|a| matches!(a.conn, Conn::Connected)),
-                )
-                .take(MAX_AGENT_LINES - 1)
-                .map(agent_line),
+            present
+                .clone()
+                .filter(|(_, a)| !matches!(a.conn, Conn::Connected))
+                .chain(present.filter(|(_, a)| matches!(a.conn, Conn::Connected)))
+                .take(room - 1)
+                .map(|(i, a)| agent_line(a, app.stale_for(i))),
         );
-        lines
-    };
+    }
     Paragraph::new(lines).render(area, buf);
 }
 
@@ -256,10 +360,10 @@ fn footer(app: &App, area: Rect, buf: &mut Buffer) {
         let hints: &[(&str, &str)] = match app.view {
             View::Table => &[
                 ("q", "quit"),
-                ("↑↓", "move"),
                 ("Enter", "detail"),
-                ("s", "sort"),
-                ("S", "reverse"),
+                ("1-9 s", "sort"),
+                ("g", "group"),
+                ("d", "dir"),
                 ("/", "filter"),
                 ("space", "pause"),
                 ("?", "help"),
@@ -285,20 +389,28 @@ fn footer(app: &App, area: Rect, buf: &mut Buffer) {
 const HELP: &[(&str, &str)] = &[
     ("↑ ↓  k j", "move the selection"),
     ("PgUp PgDn", "one page up / down"),
-    ("Home End g G", "first / last row"),
-    ("s", "sort by the next column: RPS, p99, errors, name"),
+    ("Home End G", "first / last row"),
+    (
+        "g",
+        "group: endpoint, workload, namespace (Enter → ▸ ▾ opens one)",
+    ),
+    ("1-9 0", "sort by column 1 … 10 (again: reverse)"),
+    ("s > <", "sort by the next / previous column"),
     ("S", "reverse the sort order"),
+    ("d", "direction: both, inbound only, outbound only"),
     ("/", "filter: type text, Enter applies, Esc clears"),
     ("Enter", "detail of the selected endpoint"),
+    ("→ ← l h", "show / hide a gRPC endpoint's methods (▸ ▾)"),
     ("Esc", "back to the table / clear the filter"),
     ("space", "pause the display (data keeps arriving)"),
+    ("x", "hide / show the greyed rows of agents that went away"),
     ("?", "this help"),
     ("q  Ctrl-C", "quit"),
 ];
 
 fn help(area: Rect, buf: &mut Buffer) {
     let width = 64.min(area.width);
-    let height = (HELP.len() as u16 + 5).min(area.height);
+    let height = (HELP.len() as u16 + 6).min(area.height);
     let popup = Rect {
         x: area.x + (area.width - width) / 2,
         y: area.y + (area.height - height) / 2,
@@ -316,7 +428,9 @@ fn help(area: Rect, buf: &mut Buffer) {
         })
         .collect();
     lines.push(Line::raw(""));
-    lines.push(Line::raw(" RPS, P50/P90/P99: the agent's last window. ERR%: 4xx + 5xx.").dim());
+    lines.push(Line::raw(" RPS, P50/P90/P99: the agent's last window. ERR%: 5xx (gRPC:").dim());
+    lines
+        .push(Line::raw(" server-error statuses); 4XX%: 4xx (gRPC: other statuses but OK).").dim());
     lines.push(Line::raw(" B/S: request + response bytes per second.").dim());
     Paragraph::new(lines)
         .wrap(Wrap { trim: false })

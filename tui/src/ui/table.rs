@@ -1,4 +1,5 @@
-//! The table of endpoints and the sparklines of the selected one.
+//! The table of endpoints (gRPC methods of unfolded endpoints as rows under them) and the
+//! sparklines of the selected one.
 
 use ratatui::{
     buffer::Buffer,
@@ -12,21 +13,84 @@ use ratatui::{
 
 use super::error_span;
 use crate::{
-    app::{App, Conn, Entry, SortKey},
+    app::{App, Conn, RowView, SortKey, Stats},
     human,
 };
 
-/// Numeric columns: title and width.
-const NUMBERS: [(&str, u16); 6] = [
-    ("RPS", 6),
-    ("P50", 6),
-    ("P90", 6),
-    ("P99", 6),
-    ("ERR%", 5),
-    ("B/S", 6),
+/// Numeric columns and their widths, left to right.
+const NUMBERS: [(SortKey, u16); 7] = [
+    (SortKey::Rps, 6),
+    (SortKey::P50, 6),
+    (SortKey::P90, 6),
+    (SortKey::P99, 6),
+    (SortKey::Errors, 5),
+    (SortKey::ClientErrors, 5),
+    (SortKey::Bytes, 6),
+];
+/// Numeric columns left out, in this order, while the name column would be narrower than
+/// [`MIN_NAME`].
+const DROP: [SortKey; 4] = [
+    SortKey::P90,
+    SortKey::Bytes,
+    SortKey::P50,
+    SortKey::ClientErrors,
 ];
 const DIR_WIDTH: u16 = 3;
 const SPACING: u16 = 1;
+/// Narrowest name column before numeric columns make room.
+const MIN_NAME: u16 = 18;
+/// Widest name column: on a wide terminal the numbers stay beside the names instead of
+/// being pushed to the right edge (long cgroup paths keep their end, see [`fit`]).
+const MAX_NAME: u16 = 48;
+/// Terminal width from which NAMESPACE and WORKLOAD get columns of their own (when known).
+const K8S_COLUMNS_FROM: u16 = 120;
+
+/// The table's columns at `width` for what `app` shows: (column, width), left to right.
+pub(crate) fn columns(app: &App, width: u16) -> Vec<(SortKey, u16)> {
+    let w = &app.widths;
+    let mut text: Vec<(SortKey, u16)> = Vec::new();
+    if app.multi_node() {
+        text.push((SortKey::Node, w.node.clamp(4, 12) as u16));
+    }
+    text.push((SortKey::Name, 0));
+    if width >= K8S_COLUMNS_FROM {
+        if w.namespace > 0 {
+            text.push((SortKey::Namespace, w.namespace.clamp(9, 20) as u16));
+        }
+        if w.workload > 0 {
+            text.push((SortKey::Workload, w.workload.clamp(8, 24) as u16));
+        }
+    }
+    text.push((SortKey::Endpoint, w.addr.clamp(8, 23) as u16));
+    if width >= K8S_COLUMNS_FROM && w.server > 0 {
+        text.push((SortKey::Server, w.server.clamp(6, 24) as u16));
+    }
+    text.extend([
+        (SortKey::Dir, DIR_WIDTH),
+        (SortKey::Proto, w.proto.clamp(5, 12) as u16),
+    ]);
+    let sum = |cols: &[(SortKey, u16)]| cols.iter().map(|(_, w)| w + SPACING).sum::<u16>();
+    let mut numbers: Vec<(SortKey, u16)> = NUMBERS.to_vec();
+    for drop in DROP {
+        if width.saturating_sub(sum(&text) + sum(&numbers)) >= MIN_NAME {
+            break;
+        }
+        numbers.retain(|(k, _)| *k != drop);
+    }
+    let room = width.saturating_sub(sum(&text) + sum(&numbers)).max(4);
+    let name_w = room.min((w.name as u16).clamp(MIN_NAME.min(room), MAX_NAME));
+    for c in &mut text {
+        if c.0 == SortKey::Name {
+            c.1 = name_w;
+        }
+    }
+    text.extend(numbers);
+    text
+}
+
+fn right(s: String) -> Cell<'static> {
+    Cell::from(Line::from(s).alignment(Alignment::Right))
+}
 
 /// Shortens `s` to `width` characters with an ellipsis, keeping the end of paths (their most
 /// specific part) and the start of anything else.
@@ -47,6 +111,17 @@ pub(crate) fn fit(s: &str, width: usize) -> String {
     }
 }
 
+/// Shortens a gRPC method (`package.Service/Method`) to `width` characters, keeping its end:
+/// the method and service names tell methods apart, the package rarely does.
+pub(crate) fn fit_method(s: &str, width: usize) -> String {
+    let n = s.chars().count();
+    if n <= width || width == 0 {
+        return fit(s, width);
+    }
+    let tail: String = s.chars().skip(n - (width - 1)).collect();
+    format!("…{tail}")
+}
+
 /// Shortens an `address:port` to `width` characters, keeping the port (what tells two
 /// endpoints of one long IPv6 address apart).
 pub(crate) fn fit_addr(s: &str, width: usize) -> String {
@@ -63,72 +138,26 @@ pub(crate) fn fit_addr(s: &str, width: usize) -> String {
     }
 }
 
-fn right(s: String) -> Cell<'static> {
-    Cell::from(Line::from(s).alignment(Alignment::Right))
-}
-
-/// The numeric columns shown at this width: all of them unless the name column would get
-/// narrower than [`MIN_NAME`]; then P90, then B/S, are left out.
-fn numbers_for(width: u16, other: u16) -> Vec<(&'static str, u16)> {
-    let mut cols: Vec<(&str, u16)> = NUMBERS.to_vec();
-    for drop in ["P90", "B/S"] {
-        let used: u16 = cols.iter().map(|(_, w)| w + SPACING).sum::<u16>() + other;
-        if width.saturating_sub(used) >= MIN_NAME {
-            break;
-        }
-        cols.retain(|(t, _)| *t != drop);
-    }
-    cols
-}
-
-/// Narrowest name column before numeric columns make room.
-const MIN_NAME: u16 = 18;
-
 pub(super) fn render(app: &App, area: Rect, buf: &mut Buffer) {
-    let multi = app.multi_node();
-    let node_w = if multi {
-        app.widths.1.clamp(4, 12) as u16
-    } else {
-        0
-    };
-    let addr_w = app.widths.0.clamp(8, 23) as u16;
-    // Node, address and direction columns with their spacing.
-    let other = if multi { node_w + SPACING } else { 0 } + addr_w + SPACING + DIR_WIDTH + SPACING;
-    let numbers = numbers_for(area.width, other);
-    let used: u16 = numbers.iter().map(|(_, w)| w + SPACING).sum::<u16>() + other;
-    let name_w = area.width.saturating_sub(used).max(4);
-
-    let mut widths = Vec::new();
-    let mut titles = Vec::new();
-    if multi {
-        widths.push(Constraint::Length(node_w));
-        titles.push(Cell::from("NODE"));
-    }
-    widths.extend([
-        Constraint::Length(name_w),
-        Constraint::Length(addr_w),
-        Constraint::Length(DIR_WIDTH),
-    ]);
-    let arrow = |up: bool| if up { "▲" } else { "▼" };
-    let name_title = if app.sort == SortKey::Name {
-        format!("NAME{}", arrow(!app.reverse))
-    } else {
-        "NAME".to_string()
-    };
-    titles.extend([
-        Cell::from(name_title),
-        Cell::from("ENDPOINT"),
-        Cell::from("DIR"),
-    ]);
-    for (t, w) in &numbers {
-        widths.push(Constraint::Length(*w));
-        let title = if *t == app.sort.label() {
-            format!("{t}{}", arrow(app.reverse))
-        } else {
-            t.to_string()
-        };
-        titles.push(right(title));
-    }
+    let cols = columns(app, area.width);
+    let widths: Vec<Constraint> = cols.iter().map(|(_, w)| Constraint::Length(*w)).collect();
+    let titles: Vec<Cell<'static>> = cols
+        .iter()
+        .map(|(k, _)| {
+            let title = if *k == app.sort {
+                // ▲: A to Z, or smallest first; ▼ the other way.
+                let up = k.is_text() != app.reverse;
+                format!("{}{}", k.label(), if up { "▲" } else { "▼" })
+            } else {
+                k.label().to_string()
+            };
+            if k.is_text() {
+                Cell::from(title)
+            } else {
+                right(title)
+            }
+        })
+        .collect();
 
     let height = area.height.saturating_sub(1) as usize;
     let selected = app.selected;
@@ -138,20 +167,22 @@ pub(super) fn render(app: &App, area: Rect, buf: &mut Buffer) {
         .min(selected)
         .max((selected + 1).saturating_sub(height));
     let rows = (offset..(offset + height).min(app.row_count())).filter_map(|i| {
-        let e = app.row(i)?;
-        let row = row(
-            e,
-            multi,
-            node_w as usize,
-            name_w as usize,
-            addr_w as usize,
-            &numbers,
-        );
-        Some(if i == selected {
-            row.style(Style::new().add_modifier(Modifier::REVERSED))
-        } else {
-            row
-        })
+        if let Some(g) = app.group_row(i) {
+            return Some(group_row(app, g, &cols, i == selected, app.row_is_stale(i)));
+        }
+        let v = app.row_view(i)?;
+        let stale = app
+            .row_is_stale(i)
+            .then(|| app.stale_for(v.entry.key.agent))
+            .flatten();
+        Some(row(
+            app,
+            v,
+            &cols,
+            stale,
+            i == selected,
+            app.is_member_row(i),
+        ))
     });
     let header = Row::new(titles).style(Style::new().bold().fg(Color::Cyan));
     Table::new(rows, widths)
@@ -172,49 +203,206 @@ pub(super) fn render(app: &App, area: Rect, buf: &mut Buffer) {
     }
 }
 
-fn row(
-    e: &Entry,
-    multi: bool,
-    node_w: usize,
-    name_w: usize,
-    addr_w: usize,
-    numbers: &[(&str, u16)],
+/// A group's row: `▸`/`▾` and its name, the number of its endpoints in the ENDPOINT column,
+/// its figures (percentiles from the merged histograms; `-` until every member's came).
+fn group_row(
+    app: &App,
+    g: &crate::app::Group,
+    cols: &[(SortKey, u16)],
+    selected: bool,
+    stale: bool,
 ) -> Row<'static> {
-    let mut cells = Vec::with_capacity(10);
-    if multi {
-        cells.push(Cell::from(fit(&e.node, node_w)));
+    let s = g.stats;
+    let cells = cols.iter().map(|(k, w)| {
+        let w = *w as usize;
+        match k {
+            SortKey::Name => {
+                let mark = if app.is_expanded(&g.key) {
+                    "▾"
+                } else {
+                    "▸"
+                };
+                Cell::from(format!("{mark} {}", fit(&g.name, w.saturating_sub(2))))
+            }
+            SortKey::Node => Cell::from(fit(&g.node, w)),
+            SortKey::Namespace => Cell::from(fit(&g.key.namespace, w)),
+            SortKey::Workload if g.key.namespace.is_empty() => Cell::from(""),
+            SortKey::Workload => Cell::from(fit(&g.key.workload, w)),
+            SortKey::Endpoint => Cell::from(fit(
+                &match g.members.len() {
+                    1 => "1 endpoint".to_string(),
+                    n => format!("{n} endpoints"),
+                },
+                w,
+            )),
+            SortKey::Server => Cell::from(""),
+            SortKey::Dir => Cell::from(g.direction.short()),
+            SortKey::Proto => Cell::from(g.protocol.clone()),
+            SortKey::Rps => right(human::rate(s.rps)),
+            SortKey::P50 if stale => right(human::latency(s.p50)),
+            SortKey::P90 if stale => right(human::latency(s.p90)),
+            SortKey::P99 if stale => right(human::latency(s.p99)),
+            SortKey::P50 => latency_cell(app, s.p50),
+            SortKey::P90 => latency_cell(app, s.p90),
+            SortKey::P99 => latency_cell(app, s.p99),
+            SortKey::Errors if stale => right(human::percent(s.error_ratio())),
+            SortKey::Errors => {
+                let r = s.error_ratio();
+                Cell::from(Line::from(error_span(human::percent(r), r)).alignment(Alignment::Right))
+            }
+            SortKey::ClientErrors => right(human::percent(s.client_error_ratio())),
+            SortKey::Bytes => right(human::bytes(s.bytes_per_second)),
+        }
+    });
+    let mut style = Style::new().bold();
+    if stale {
+        style = style.fg(Color::DarkGray);
     }
-    cells.extend([
-        Cell::from(fit(&e.name, name_w)),
-        Cell::from(fit_addr(&e.addr, addr_w)),
-        Cell::from(e.direction.short()),
-    ]);
-    let err = e.error_ratio();
-    for (t, _) in numbers {
-        cells.push(match *t {
-            "RPS" => right(human::rate(e.rps())),
-            "P50" => right(human::latency(e.p50())),
-            "P90" => right(human::latency(e.p90())),
-            "P99" => right(human::latency(e.p99())),
-            "ERR%" => Cell::from(
-                Line::from(error_span(human::percent(err), err)).alignment(Alignment::Right),
-            ),
-            _ => right(human::bytes(e.bytes_per_second())),
-        });
+    if selected {
+        style = style.add_modifier(Modifier::REVERSED);
     }
-    Row::new(cells)
+    Row::new(cells.collect::<Vec<_>>()).style(style)
+}
+
+/// A latency, coloured by the user's thresholds.
+fn latency_cell(app: &App, secs: Option<f64>) -> Cell<'static> {
+    let t = app.thresholds;
+    let style = match secs {
+        Some(s) if s >= t.bad => Style::new().fg(Color::Red),
+        Some(s) if s >= t.warn => Style::new().fg(Color::Yellow),
+        _ => Style::new(),
+    };
+    Cell::from(Line::from(Span::styled(human::latency(secs), style)).alignment(Alignment::Right))
+}
+
+/// The NAME cell of a gRPC endpoint with methods says whether they are unfolded (`▾`) or not
+/// (`▸`); a method row is indented under its endpoint and leaves the other text cells empty.
+///
+/// A row of an agent that went away (`stale`: the time since its last snapshot) is grey,
+/// without the colours of errors and latencies (old numbers), its name after `✗` and that age.
+fn row(
+    app: &App,
+    v: RowView<'_>,
+    cols: &[(SortKey, u16)],
+    stale: Option<std::time::Duration>,
+    selected: bool,
+    member: bool,
+) -> Row<'static> {
+    // Members of an expanded group are indented under it.
+    let indent = if member { "  " } else { "" };
+    let e = v.entry;
+    // With a NAMESPACE column the name is the pod's alone.
+    let split = cols.iter().any(|(k, _)| *k == SortKey::Namespace);
+    let stats = match v.method {
+        Some(m) => m.last.as_ref().map(Stats::of).unwrap_or_default(),
+        None => e.stats(),
+    };
+    let cells = cols.iter().map(|(k, w)| {
+        let w = *w as usize;
+        match (k, v.method) {
+            (SortKey::Name, Some(m)) => {
+                let name = if m.name.is_empty() {
+                    "(method unknown)"
+                } else {
+                    m.name.as_str()
+                };
+                Cell::from(format!(
+                    "{indent}  └ {}",
+                    fit_method(name, w.saturating_sub(4 + indent.len()))
+                ))
+            }
+            (SortKey::Name, None) => {
+                let name = match e.ep.workload.as_ref() {
+                    Some(wl) if split && !wl.pod.is_empty() => wl.pod.as_str(),
+                    _ => e.name.as_str(),
+                };
+                let age = stale.map(|d| format!("✗{} ", human::age(d)));
+                let w =
+                    w.saturating_sub(age.as_ref().map_or(0, |a| a.chars().count()) + indent.len());
+                let text = if e.ep.rpcs.is_empty() {
+                    fit(name, w)
+                } else {
+                    let mark = if app.is_unfolded(&e.key) {
+                        "▾"
+                    } else {
+                        "▸"
+                    };
+                    format!("{mark} {}", fit(name, w.saturating_sub(2)))
+                };
+                Cell::from(format!("{indent}{}{text}", age.unwrap_or_default()))
+            }
+            (k, Some(_)) if k.is_text() => Cell::from(""),
+            (SortKey::Node, _) => Cell::from(fit(&e.node, w)),
+            (SortKey::Namespace, _) => Cell::from(fit(e.namespace(), w)),
+            (SortKey::Workload, _) => Cell::from(fit(e.workload(), w)),
+            (SortKey::Endpoint, _) => Cell::from(fit_addr(&e.addr, w)),
+            (SortKey::Server, _) => Cell::from(fit(app.server_workload(e).unwrap_or(""), w)),
+            (SortKey::Dir, _) => Cell::from(e.direction.short()),
+            (SortKey::Proto, _) => Cell::from(e.protocol.clone()),
+            (SortKey::Rps, _) => right(human::rate(stats.rps)),
+            (SortKey::P50 | SortKey::P90 | SortKey::P99, _) if stale.is_some() => {
+                right(human::latency(match k {
+                    SortKey::P50 => stats.p50,
+                    SortKey::P90 => stats.p90,
+                    _ => stats.p99,
+                }))
+            }
+            (SortKey::Errors, _) if stale.is_some() => right(human::percent(stats.error_ratio())),
+            (SortKey::ClientErrors, _) if stale.is_some() => {
+                right(human::percent(stats.client_error_ratio()))
+            }
+            (SortKey::P50, _) => latency_cell(app, stats.p50),
+            (SortKey::P90, _) => latency_cell(app, stats.p90),
+            (SortKey::P99, _) => latency_cell(app, stats.p99),
+            (SortKey::Errors, _) => {
+                let r = stats.error_ratio();
+                Cell::from(Line::from(error_span(human::percent(r), r)).alignment(Alignment::Right))
+            }
+            (SortKey::ClientErrors, _) => {
+                let r = stats.client_error_ratio();
+                let style = if r > 0.0 {
+                    Style::new().fg(Color::Yellow)
+                } else {
+                    Style::new()
+                };
+                Cell::from(
+                    Line::from(Span::styled(human::percent(r), style)).alignment(Alignment::Right),
+                )
+            }
+            (SortKey::Bytes, _) => right(human::bytes(stats.bytes_per_second)),
+        }
+    });
+    let mut style = if stale.is_some() {
+        Style::new().fg(Color::DarkGray)
+    } else if v.method.is_some() {
+        Style::new().dim()
+    } else {
+        Style::new()
+    };
+    if selected {
+        style = style.add_modifier(Modifier::REVERSED);
+    }
+    Row::new(cells.collect::<Vec<_>>()).style(style)
 }
 
 fn empty_message(app: &App) -> Line<'static> {
-    let any = |f: fn(&Conn) -> bool| app.agents.iter().any(|a| f(&a.conn));
+    let any = |f: fn(&Conn) -> bool| app.present().any(|(_, a)| f(&a.conn));
     let text = if !app.active_filter().is_empty() && app.known > 0 {
         format!(
             "Nothing matches \"{}\" (Esc clears the filter).",
             app.active_filter()
         )
+    } else if let Some(d) = app.direction.filter(|_| app.known > 0) {
+        format!(
+            "No {} endpoints (d shows both directions).",
+            match d {
+                kite_proto::v1::Direction::Outbound => "outbound",
+                _ => "inbound",
+            }
+        )
     } else if !any(|c| matches!(c, Conn::Connected)) {
         if any(|c| matches!(c, Conn::Down { .. }))
-            || app.agents.iter().any(|a| a.last_error.is_some())
+            || app.present().any(|(_, a)| a.last_error.is_some())
         {
             "No agent reachable yet; retrying (errors above). Is kite-agent running there? See --addr, --kube."
                 .into()
@@ -282,7 +470,16 @@ pub(super) fn sparklines(app: &App, area: Rect, buf: &mut Buffer) {
 
 #[cfg(test)]
 mod tests {
-    use super::{fit, fit_addr};
+    use super::{fit, fit_addr, fit_method};
+
+    #[test]
+    fn long_methods_keep_their_end() {
+        assert_eq!(fit_method("a.B/C", 10), "a.B/C");
+        assert_eq!(
+            fit_method("helloworld.Greeter/SayHello", 18),
+            "….Greeter/SayHello"
+        );
+    }
 
     #[test]
     fn long_addresses_keep_their_port() {

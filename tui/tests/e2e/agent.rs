@@ -26,12 +26,29 @@ pub struct InProcessAgent {
 impl InProcessAgent {
     /// Starts an agent measuring `cg` with windows of `interval`, and waits until it is ready.
     pub fn start(cg: &TestCgroup, interval: &str) -> Self {
+        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_on(cg, interval, grpc, "tui-test-node")
+    }
+
+    /// Like [`start`](Self::start), serving gRPC on `grpc` (e.g. the address of an agent
+    /// that was stopped, to restart it) and naming its node `node`.
+    pub fn start_on(cg: &TestCgroup, interval: &str, grpc: SocketAddr, node: &str) -> Self {
+        Self::start_with(Some(cg), interval, grpc, node)
+    }
+
+    /// An agent of node `node` that measures no cgroup until pods say hello on its
+    /// [`socket`](Self::socket) (as on a node without the Kubernetes API).
+    pub fn start_for_pods(interval: &str, node: &str) -> Self {
+        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_with(None, interval, grpc, node)
+    }
+
+    fn start_with(cg: Option<&TestCgroup>, interval: &str, grpc: SocketAddr, node: &str) -> Self {
         let state_dir = std::env::temp_dir().join(unique("kite-tui-agent"));
         std::fs::create_dir_all(&state_dir).unwrap();
-        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let socket = state_dir.join("kite.sock");
-        let args = [
+        let mut args = vec![
             "kite-agent".to_string(),
             "--grpc-addr".into(),
             grpc.to_string(),
@@ -44,12 +61,13 @@ impl InProcessAgent {
             "--interval".into(),
             interval.into(),
             "--node-name".into(),
-            "tui-test-node".into(),
+            node.into(),
             "--kube".into(),
             "off".into(),
-            "--cgroup".into(),
-            cg.cgroup.path.clone(),
         ];
+        if let Some(cg) = cg {
+            args.extend(["--cgroup".into(), cg.cgroup.path.clone()]);
+        }
         let config = Config::try_parse_from(args).expect("agent arguments");
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
@@ -71,23 +89,42 @@ impl InProcessAgent {
             shutdown,
             thread: Some(thread),
         };
-        agent.wait_ready();
+        // Without a cgroup there is nothing to poll (no generation, not ready): the socket
+        // that pods say hello on is what such an agent offers first.
+        agent.wait_ready(cg.is_some());
         agent
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self, polling: bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if http_status(self.metrics, "/readyz") == Some(200) {
+            let ready = if polling {
+                http_status(self.metrics, "/readyz") == Some(200)
+            } else {
+                self.socket().exists() && http_status(self.metrics, "/healthz") == Some(200)
+            };
+            if ready {
                 return;
             }
             if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
                 let r = self.thread.take().unwrap().join();
                 panic!("kite-agent stopped: {r:?}");
             }
-            assert!(Instant::now() < deadline, "kite-agent not ready in 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "kite-agent not ready in 30 s (socket {}: {}, /healthz {:?}, /readyz {:?})",
+                self.socket().display(),
+                self.socket().exists(),
+                http_status(self.metrics, "/healthz"),
+                http_status(self.metrics, "/readyz"),
+            );
             thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Its enrollment socket (pods' hellos).
+    pub fn socket(&self) -> PathBuf {
+        self.state_dir.join("kite.sock")
     }
 
     /// `host:port` of its gRPC server.

@@ -36,20 +36,20 @@ fn paced_load(addr: SocketAddr, conns: usize, pace: Duration, stop: Arc<AtomicBo
 
 /// Load threads; stopped and joined on drop (also when the test fails, before the servers
 /// go away).
-struct Loads {
+pub(crate) struct Loads {
     stop: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<(u64, f64)>>,
 }
 
 impl Loads {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
         }
     }
 
-    fn start(&mut self, addr: &str, conns: usize, pace: Duration) {
+    pub(crate) fn start(&mut self, addr: &str, conns: usize, pace: Duration) {
         let (stop, addr) = (self.stop.clone(), addr.parse().unwrap());
         self.threads
             .push(thread::spawn(move || paced_load(addr, conns, pace, stop)));
@@ -82,11 +82,15 @@ fn row<'a>(screen: &'a str, addr: &str) -> Option<Vec<&'a str>> {
         .find(|t| t.contains(&addr) && t.contains(&"in"))
 }
 
-/// The RPS shown for `addr` (the field after the direction).
+/// The RPS shown for `addr` (the field after the direction and the protocol, which must be
+/// nginx's HTTP/1.1).
 fn shown_rps(screen: &str, addr: &str) -> Option<f64> {
     let r = row(screen, addr)?;
     let i = r.iter().position(|f| *f == addr)?;
-    parse_rate(r.get(i + 2)?)
+    if r.get(i + 2) != Some(&"HTTP/1.1") {
+        return None;
+    }
+    parse_rate(r.get(i + 3)?)
 }
 
 /// Line number of `addr`'s row.
@@ -151,21 +155,93 @@ fn dashboard_sorts_filters_opens_details_and_restores_the_terminal() {
         }
     }
 
-    // Sorting: reverse, then through every column and back.
+    // Sorting: reverse, then columns by their digit (two agents: NODE 1, NAME 2, ENDPOINT 3,
+    // DIR 4, PROTO 5, RPS 6, P50 7, P90 8, P99 9, ERR% 0), by > and s (the next column), and
+    // back.
     tmux.keys(&["S"]);
     let s = tmux.wait_for("reversed RPS order", WAIT, |s| {
         s.contains("RPS▲") && line_of(s, &quiet) < line_of(s, &busy)
     });
     assert!(line_of(&s, &busy).is_some());
-    tmux.keys(&["s"]);
+    tmux.keys(&["9"]);
     tmux.wait_for("sorted by p99", WAIT, |s| s.contains("P99▼"));
-    tmux.keys(&["s"]);
+    tmux.keys(&["0"]);
     tmux.wait_for("sorted by errors", WAIT, |s| s.contains("ERR%▼"));
-    tmux.keys(&["s"]);
+    tmux.keys(&[">"]);
+    tmux.wait_for("sorted by 4xx", WAIT, |s| s.contains("4XX%▼"));
+    tmux.keys(&["2"]);
     tmux.wait_for("sorted by name", WAIT, |s| s.contains("NAME▲"));
     tmux.keys(&["s"]);
+    // ENDPOINT A to Z: the lower port first.
+    let (low, high) = if busy_port < quiet_port {
+        (&busy, &quiet)
+    } else {
+        (&quiet, &busy)
+    };
+    tmux.wait_for("sorted by endpoint", WAIT, |s| {
+        s.contains("ENDPOINT▲") && line_of(s, low) < line_of(s, high)
+    });
+    tmux.keys(&["6"]);
     tmux.wait_for("sorted by RPS again", WAIT, |s| {
         s.contains("RPS▼") && line_of(s, &busy) < line_of(s, &quiet)
+    });
+
+    // The direction filter: nginx's endpoints are inbound.
+    tmux.keys(&["d"]);
+    tmux.wait_for("inbound only", WAIT, |s| {
+        s.contains("in only") && line_of(s, &busy).is_some() && line_of(s, &quiet).is_some()
+    });
+    tmux.keys(&["d"]);
+    tmux.wait_for("outbound only", WAIT, |s| {
+        s.contains("out only") && line_of(s, &busy).is_none() && line_of(s, &quiet).is_none()
+    });
+    tmux.keys(&["d"]);
+    tmux.wait_for("both directions", WAIT, |s| {
+        !s.contains(" only") && line_of(s, &busy).is_some() && line_of(s, &quiet).is_some()
+    });
+
+    // Grouping: both nginx endpoints are one workload (their cgroup) inbound; the group's
+    // percentiles need every member's histogram, which the stream is asked for again.
+    tmux.keys(&["g"]);
+    let group_line = |s: &str| -> Option<Vec<String>> {
+        s.lines()
+            .find(|l| l.contains("2 endpoints") && l.contains("HTTP/1.1"))
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+    };
+    let s = tmux.wait_for("grouped by workload, with percentiles", WAIT, |s| {
+        s.contains("by workload")
+            && group_line(s).is_some_and(|f| {
+                let i = f
+                    .iter()
+                    .position(|x| x == "HTTP/1.1")
+                    .unwrap_or(usize::MAX - 9);
+                // RPS, P50 (P90, P99 follow): figures, not "-".
+                f.get(i + 2).is_some_and(|p| p != "-" && p.ends_with('s'))
+                    && f.get(i + 4).is_some_and(|p| p != "-" && p.ends_with('s'))
+            })
+    });
+    let f = group_line(&s).unwrap();
+    let i = f.iter().position(|x| x == "HTTP/1.1").unwrap();
+    let group_rps = parse_rate(&f[i + 1]).expect("the group's RPS");
+    assert!(group_rps > 150.0, "both endpoints' requests: {s}");
+    assert!(line_of(&s, &busy).is_none(), "folded: {s}");
+    // Enter shows its endpoints under it, Enter again folds it.
+    tmux.keys(&["Home", "Enter"]);
+    tmux.wait_for("the group's endpoints", WAIT, |s| {
+        line_of(s, &busy).is_some() && line_of(s, &quiet).is_some() && s.contains("▾")
+    });
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the group folded", WAIT, |s| {
+        line_of(s, &busy).is_none() && s.contains("▸")
+    });
+    // By namespace (none known: one group), then endpoints again.
+    tmux.keys(&["g"]);
+    tmux.wait_for("grouped by namespace", WAIT, |s| {
+        s.contains("by namespace") && s.contains("(no namespace)")
+    });
+    tmux.keys(&["g"]);
+    tmux.wait_for("endpoints again", WAIT, |s| {
+        !s.contains("by namespace") && line_of(s, &busy).is_some() && line_of(s, &quiet).is_some()
     });
 
     // Filtering: `/`, text, Enter keeps only the quiet endpoint; Esc clears.
@@ -183,7 +259,7 @@ fn dashboard_sorts_filters_opens_details_and_restores_the_terminal() {
     });
 
     // Detail of the busy endpoint (first row), and back.
-    tmux.keys(&["g"]);
+    tmux.keys(&["Home"]);
     tmux.keys(&["Enter"]);
     // History and histogram come from the focused endpoint's own `List`: bars with the
     // p50/p99 marks and a history of several windows.

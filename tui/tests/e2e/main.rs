@@ -10,7 +10,9 @@
 mod agent;
 mod dashboard;
 mod once;
+mod prom_view;
 mod prometheus;
+mod stale;
 mod tmux;
 
 /// The binary under test.

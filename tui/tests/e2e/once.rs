@@ -130,3 +130,84 @@ fn once_fails_clearly_when_no_agent_answers() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// gRPC calls through the kernel (Python's grpcio, server and client in the measured cgroup):
+/// `--once -o json` has the endpoint as gRPC with the client's methods, per-method call counts
+/// and grpc-status names; the table lists the methods under it.
+#[test]
+fn once_shows_grpc_endpoints_with_their_methods_and_statuses() {
+    use kite_testkit::grpc::{self, SERVICE, Stack};
+    if !ebpf_available("once_shows_grpc_endpoints_with_their_methods_and_statuses") {
+        return;
+    }
+    let _serial = serial();
+    let cg = TestCgroup::new("tui-once-grpc");
+    let place = Place::in_cgroup(&cg);
+    let port = free_port();
+    let _srv = grpc::server(Stack::Python, place, port);
+    let agent = InProcessAgent::start(&cg, "500ms");
+    const SPEC: &str = "Unary:1:0,Lookup:1:5,Unary:1:14";
+    let calls = grpc::client(
+        Stack::Python,
+        place,
+        &format!("127.0.0.1:{port}"),
+        30,
+        3,
+        SPEC,
+        Duration::from_secs(60),
+    );
+    assert_eq!(calls.counts(), grpc::planned(30, SPEC));
+    thread::sleep(Duration::from_millis(1600));
+
+    let out = once(&["-o", "json", "--addr", &agent.addr()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("a JSON document");
+    let ep = doc["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"]["port"] == port && d["id"]["direction"] == "inbound")
+        .unwrap_or_else(|| panic!("no endpoint on port {port}: {doc:#}"));
+    assert_eq!(ep["id"]["protocol"], "gRPC", "{ep:#}");
+    assert_eq!(ep["id"]["tls"], false);
+    assert_eq!(ep["totals"]["requests"], 30);
+    // 10 NOT_FOUND and 10 UNAVAILABLE failed; only UNAVAILABLE is a server error.
+    assert_eq!(ep["totals"]["rpc_errors"], 20);
+    assert_eq!(ep["totals"]["rpc_server_errors"], 10);
+    assert_eq!(ep["totals"]["status_4xx"], 0);
+    // Per method, as the client counted (its names once the kernel sent them, else ids).
+    let id_of = |method: &str| {
+        let path = format!("/{SERVICE}/{method}");
+        kite_common::maps::rpc_id(kite_common::h2::hpack::path_id(path.as_bytes()))
+    };
+    let rpcs = ep["rpcs"].as_array().unwrap();
+    assert_eq!(rpcs.len(), 2, "{ep:#}");
+    for (method, calls) in [("Unary", 20), ("Lookup", 10)] {
+        let m = rpcs
+            .iter()
+            .find(|m| m["id"] == id_of(method))
+            .unwrap_or_else(|| panic!("no {method}: {ep:#}"));
+        let name = m["name"].as_str().unwrap();
+        assert!(
+            name == format!("{SERVICE}/{method}") || name == format!("rpc#{:08x}", id_of(method)),
+            "{name}"
+        );
+        assert_eq!(m["totals"]["requests"], calls, "{m:#}");
+    }
+    // The table: the endpoint's row says gRPC, its methods follow it.
+    let out = once(&["--addr", &agent.addr()]);
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains(&format!("127.0.0.1:{port}")) && l.contains(" in "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(lines[at].contains("gRPC"), "{table}");
+    assert!(lines[at + 1].trim_start().starts_with("└ "), "{table}");
+    assert!(lines[at + 2].trim_start().starts_with("└ "), "{table}");
+}

@@ -105,7 +105,14 @@ fn native_histogram_quantiles_agree_with_the_tui_and_the_client() {
         let own = report.quantile(q).as_secs_f64();
         eprintln!("  q={q}: native Prometheus {prom:.6} s, kite-tui {tui:.6} s, client {own:.6} s");
         within(&format!("q={q} Prometheus vs kite-tui"), prom, tui, 0.05);
-        within(&format!("q={q} Prometheus vs the client"), prom, own, 0.05);
+        // The client's clock holds the kernel's (see `le` below): never below the kernel's
+        // figure (2.2 %, half a native bucket, for interpolation), above it by the client's
+        // own overhead, which is 0.5–1 ms on this loaded two-core machine.
+        assert!(
+            prom <= own * 1.025 && prom >= own * 0.95 - 0.001,
+            "q={q}: Prometheus {prom:.6} s, the client {own:.6} s: more than 2.5 % above \
+             or 5 % + 1 ms below"
+        );
     }
 
     // The classic histogram: p99 within one classic bucket of the client's.
@@ -121,19 +128,37 @@ fn native_histogram_quantiles_agree_with_the_tui_and_the_client() {
         a.abs_diff(b) <= 1,
         "classic p99 {classic_p99} vs client {own_p99}"
     );
-    // `le="0.01"` exists and holds the requests the client saw take at most 10 ms (within
-    // 5 %: the client's clock also counts its own system calls).
+    // `le="0.01"` exists and holds the requests that took at most 10 ms. The kernel's clock
+    // runs inside the client's (request in, response out, both between the client's write and
+    // its read), so every request the client saw take ≤ 10 ms is in, and what else is in took
+    // the client at most 10 ms plus its own overhead: the client–kernel gap at the median,
+    // twice over and at least a quarter millisecond, then 5 % for the stragglers the client's
+    // scheduler delayed further. An edge that counted below 10 ms falls under the lower bound;
+    // one that counted beyond 10 ms plus the client's own overhead, over the upper one.
     let le10 = classic
         .scalar(&format!(
             "sum(http_server_request_duration_seconds_bucket{{{sel},le=\"0.01\"}})"
         ))
         .expect("le=\"0.01\"");
-    let at_most_10ms = report
-        .latencies
-        .iter()
-        .filter(|l| l.as_secs_f64() <= 0.01)
-        .count() as f64;
-    within("le=0.01 vs the client's count", le10, at_most_10ms, 0.05);
+    let client_at_most = |secs: f64| {
+        report
+            .latencies
+            .iter()
+            .filter(|l| l.as_secs_f64() <= secs)
+            .count() as f64
+    };
+    let gap = (report.quantile(0.5).as_secs_f64() - ep["totals"]["p50_seconds"].as_f64().unwrap())
+        .max(0.0);
+    let slack = (2.0 * gap).max(0.000_25);
+    let (low, high) = (client_at_most(0.01), client_at_most(0.01 + slack) * 1.05);
+    eprintln!(
+        "  le=0.01: {le10} requests; the client saw {low} in ≤ 10 ms, {high:.0} in ≤ {:.2} ms (+5 %)",
+        (0.01 + slack) * 1e3
+    );
+    assert!(
+        le10 >= low && le10 <= high,
+        "le=\"0.01\" holds {le10}, outside [{low}, {high:.0}]"
+    );
 
     // The protobuf exposition was parsed by Prometheus itself: the target is up and the
     // non-histogram families are there too.

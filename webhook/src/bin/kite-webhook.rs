@@ -63,6 +63,16 @@ async fn run() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::GrpcCerts(g) => {
+            certs::grpc_bundle(&g.names, &g.client, g.days)?.write(&g.out_dir)?;
+            println!(
+                "wrote {dir}/{{ca.crt,agent.crt,agent.key,client.crt,client.key}}\n  \
+                 kite-agent --grpc-tls-cert {dir}/agent.crt --grpc-tls-key {dir}/agent.key --grpc-client-ca {dir}/ca.crt\n  \
+                 kite-tui --tls-cert {dir}/client.crt --tls-key {dir}/client.key --ca {dir}/ca.crt",
+                dir = g.out_dir.display()
+            );
+            Ok(())
+        }
     }
 }
 

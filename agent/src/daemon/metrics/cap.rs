@@ -1,4 +1,5 @@
-//! The cap on exported label sets of the `http_*` families (`--max-series`).
+//! The cap on exported label sets of the histogram families (`--max-series`): `http_*` and
+//! `rpc_*`, server and client, all together.
 //!
 //! Label sets are admitted in the order they first appear (the busiest first among those that
 //! appear in the same scrape) until the cap is reached; later ones are folded into one
@@ -17,7 +18,7 @@ use std::{
     hash::{DefaultHasher, Hash as _, Hasher as _},
 };
 
-use super::{Agg, Labels};
+use super::{Agg, ByFamily, Labels, N_FAMILIES};
 use crate::stats::Series;
 
 /// Default `--max-series`. A label set is 25 lines of classic text (20 `le` buckets, `+Inf`,
@@ -31,7 +32,7 @@ pub const DEFAULT_MAX_SERIES: usize = 800;
 /// limit.
 pub const OVERFLOW_LABEL: &str = "otel_metric_overflow";
 
-/// A label set's identity: its family (0 server, 1 client) and a 64-bit hash of its labels
+/// A label set's identity: its family (an index into `FAMILIES`) and a 64-bit hash of its labels
 /// (two label sets sharing a hash would share a decision, and still be counted).
 type Key = (usize, u64);
 
@@ -55,11 +56,11 @@ pub(super) struct Cap {
     admitted: HashSet<Key>,
     folded: HashSet<Key>,
     /// Per family: the last totals of every kernel series in a folded label set, by its id.
-    parts: [HashMap<u64, Series>; 2],
+    parts: [HashMap<u64, Series>; N_FAMILIES],
     /// Per family: what kernel series no longer in a folded label set had recorded.
-    retired: [Series; 2],
+    retired: [Series; N_FAMILIES],
     /// Per family: label sets folded so far (a folded endpoint's renamed label set not again).
-    folded_total: [u64; 2],
+    folded_total: [u64; N_FAMILIES],
     /// `k8s_node_name`, when the series carry it (the overflow series does too).
     node: Option<(String, String)>,
 }
@@ -76,13 +77,9 @@ pub(super) struct Folded {
 }
 
 impl Cap {
-    /// Keeps at most `max` label sets over both families of `by_family` and replaces the rest
+    /// Keeps at most `max` label sets over all families of `by_family` and replaces the rest
     /// with one overflow series per family (present once anything was folded in it).
-    pub fn apply(
-        &mut self,
-        max: usize,
-        by_family: &mut [BTreeMap<Labels, Agg<'_>>; 2],
-    ) -> [Folded; 2] {
+    pub fn apply(&mut self, max: usize, by_family: &mut ByFamily<'_>) -> [Folded; N_FAMILIES] {
         // Pods' series carry the node, a host cgroup's may not: any one that does.
         if self.node.is_none()
             && let Some(node) = by_family
@@ -92,14 +89,15 @@ impl Cap {
         {
             self.node = Some(node.clone());
         }
-        let keys: [Vec<Key>; 2] = [0, 1].map(|f| by_family[f].keys().map(|l| key(f, l)).collect());
+        let keys: [Vec<Key>; N_FAMILIES] =
+            std::array::from_fn(|f| by_family[f].keys().map(|l| key(f, l)).collect());
         let seen: HashSet<Key> = keys.iter().flatten().copied().collect();
         self.admitted.retain(|k| seen.contains(k));
         self.folded.retain(|k| seen.contains(k));
         // New label sets, the busiest first (ties in label order: deterministic). One holding a
         // kernel series that was folded is that series renamed: folded again, not counted.
         let mut new: Vec<(u64, Key)> = Vec::new();
-        for f in 0..2 {
+        for f in 0..N_FAMILIES {
             for ((_, agg), k) in by_family[f].iter().zip(&keys[f]) {
                 if self.admitted.contains(k) || self.folded.contains(k) {
                     continue;
@@ -124,8 +122,8 @@ impl Cap {
                 self.folded_total[k.0] += 1;
             }
         }
-        let mut out: [Folded; 2] = Default::default();
-        for f in 0..2 {
+        let mut out: [Folded; N_FAMILIES] = Default::default();
+        for f in 0..N_FAMILIES {
             let mut parts = HashMap::new();
             let mut now = 0;
             let map = std::mem::take(&mut by_family[f]);
@@ -212,9 +210,9 @@ mod tests {
         cap: &mut Cap,
         max: usize,
         server: &[(u16, u64, u64)],
-    ) -> (Vec<u16>, u64, [Folded; 2]) {
+    ) -> (Vec<u16>, u64, [Folded; N_FAMILIES]) {
         let owned: Vec<Series> = server.iter().map(|(_, _, n)| series(*n)).collect();
-        let mut by = [BTreeMap::new(), BTreeMap::new()];
+        let mut by: ByFamily = Default::default();
         for ((port, id, _), s) in server.iter().zip(&owned) {
             by[0].insert(labels(*port), agg(*id, s));
         }
@@ -240,7 +238,11 @@ mod tests {
     }
 
     /// A scrape where each label set is its own kernel series, named by its port.
-    fn scrape(cap: &mut Cap, max: usize, server: &[(u16, u64)]) -> (Vec<u16>, u64, [Folded; 2]) {
+    fn scrape(
+        cap: &mut Cap,
+        max: usize,
+        server: &[(u16, u64)],
+    ) -> (Vec<u16>, u64, [Folded; N_FAMILIES]) {
         let parts: Vec<(u16, u64, u64)> = server.iter().map(|(p, n)| (*p, *p as u64, *n)).collect();
         scrape_parts(cap, max, &parts)
     }
@@ -312,7 +314,7 @@ mod tests {
     fn the_overflow_series_takes_the_node_from_any_series() {
         let mut cap = Cap::default();
         let s = [series(5), series(1), series(3)];
-        let mut by = [BTreeMap::new(), BTreeMap::new()];
+        let mut by: ByFamily = Default::default();
         by[0].insert(
             vec![("cgroup".to_string(), "/a".to_string())],
             agg(1, &s[0]),
@@ -349,7 +351,7 @@ mod tests {
         let mut cap = Cap::default();
         let server: Vec<Series> = (0..10).map(|p| series(10 + p)).collect();
         let client = series(1);
-        let mut by = [BTreeMap::new(), BTreeMap::new()];
+        let mut by: ByFamily = Default::default();
         for p in 0..10u16 {
             by[0].insert(labels(p), agg(p as u64, &server[p as usize]));
             by[1].insert(labels(p), agg(100 + p as u64, &client));
@@ -360,5 +362,28 @@ mod tests {
         assert_eq!(by[1].len(), 3);
         assert_eq!(f[1].now, 8);
         assert_eq!(by[1][&cap.overflow_labels()].series.count, 8);
+    }
+
+    #[test]
+    fn the_cap_covers_the_rpc_families_too() {
+        let mut cap = Cap::default();
+        let http: Vec<Series> = (0..4).map(|p| series(100 + p)).collect();
+        let grpc: Vec<Series> = (0..6).map(|p| series(1 + p)).collect();
+        let mut by: ByFamily = Default::default();
+        for p in 0..4u16 {
+            by[0].insert(labels(p), agg(p as u64, &http[p as usize]));
+        }
+        for p in 0..6u16 {
+            by[2].insert(labels(p), agg(200 + p as u64, &grpc[p as usize]));
+        }
+        let f = cap.apply(6, &mut by);
+        // 4 busy HTTP label sets and the 2 busiest gRPC ones kept; 4 gRPC ones folded into the
+        // rpc_server family's own overflow series, with their requests (1+2+3+4).
+        assert_eq!(by[0].len(), 4);
+        assert_eq!(by[2].len(), 3);
+        assert_eq!(f[2].now, 4);
+        assert_eq!(f[2].total, 4);
+        assert_eq!(by[2][&cap.overflow_labels()].series.count, 10);
+        assert_eq!(f[0], Folded::default());
     }
 }

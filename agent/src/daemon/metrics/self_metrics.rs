@@ -20,6 +20,22 @@ pub(super) fn gauge(
     ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
 
+/// A counter family with one label (`event`, …): one sample per (value, count).
+fn event_counters<'a>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    counts: impl IntoIterator<Item = (&'a str, u64)>,
+) -> Result<(), fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, v) in counts {
+        ConstCounter::new(v)
+            .encode(m.encode_family(&vec![(label.to_string(), value.to_string())])?)?;
+    }
+    Ok(())
+}
+
 pub(super) fn self_metrics(st: &State, enc: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
     gauge(
         enc,
@@ -70,18 +86,13 @@ pub(super) fn self_metrics(st: &State, enc: &mut DescriptorEncoder) -> Result<()
         None,
         MetricType::Counter,
     )?)?;
-    {
-        let mut m = enc.encode_descriptor(
-            "kite_agent_events",
-            "Agent events: enrollments (enrolled, refused, bad), vanished cgroups, poll errors, expired endpoints, idle endpoints evicted at a budget, --cgroups removed and attached later (re-created or appeared)",
-            None,
-            MetricType::Counter,
-        )?;
-        for (name, v) in st.agent.named() {
-            ConstCounter::new(v)
-                .encode(m.encode_family(&vec![("event".to_string(), name.to_string())])?)?;
-        }
-    }
+    event_counters(
+        enc,
+        "kite_agent_events",
+        "Agent events: enrollments (enrolled, refused, bad), vanished cgroups, poll errors, expired endpoints, idle endpoints evicted at a budget, --cgroups removed and attached later (re-created or appeared)",
+        "event",
+        st.agent.named(),
+    )?;
     guard_metrics(st, enc)?;
     process_metrics(enc)?;
     gauge(
@@ -89,6 +100,31 @@ pub(super) fn self_metrics(st: &State, enc: &mut DescriptorEncoder) -> Result<()
         "kite_waiting_cgroups",
         "--cgroup paths that do not exist (yet, or any more): waited for, not attached",
         st.waiting_cgroups.len() as i64,
+    )?;
+    gauge(
+        enc,
+        "kite_tls_libraries_probed",
+        "libssl files (distinct inodes) whose SSL_read/SSL_write Kite probes for TLS plaintext",
+        st.tls_libraries as i64,
+    )?;
+    gauge(
+        enc,
+        "kite_tls_unsupported_processes",
+        "Processes of the measured cgroups whose TLS Kite cannot see (Go's crypto/tls, statically linked OpenSSL/BoringSSL, rustls): their HTTPS is not measured; the log names each binary",
+        st.tls_unsupported.len() as i64,
+    )?;
+    let k = st.tls_kernel;
+    event_counters(
+        enc,
+        "kite_ebpf_tls_events",
+        "TLS connection events of the uprobe programs: an SSL* with state doing I/O on another recognised socket, OpenSSL having reused it (rebound: a fresh state, the old one's finished requests recorded), a socket closing after its SSL* moved on (stale_closes: ignored), a connection carrying HTTP/2 inside TLS, measured (h2) or not, the 1 024 HTTP/2-in-TLS states being in use (h2_unsupported)",
+        "event",
+        [
+            ("rebound", k.rebound),
+            ("stale_closes", k.stale_closes),
+            ("h2", k.h2_opened),
+            ("h2_unsupported", k.h2_unsupported),
+        ],
     )?;
     gauge(
         enc,
@@ -209,6 +245,91 @@ pub(super) const EBPF_FAMILIES: &[Family] = &[
         "New endpoint keys recorded without a budget: the budgets map was full",
         "",
         &[(Stat::BudgetsMapFull, "")],
+    ),
+    (
+        "kite_ebpf_http2_connections",
+        "HTTP/2 connection states: tracking started at the client preface or midway (opened), of them joined midway at a segment of frame shape (joined), ended at socket release or close (closed), not tracked because 4096 were tracked already or the state could not be allocated (sockets_map_full)",
+        "event",
+        &[
+            (Stat::H2ConnsOpened, "opened"),
+            (Stat::H2ConnsJoined, "joined"),
+            (Stat::H2ConnsClosed, "closed"),
+            (Stat::H2SocketsMapFull, "sockets_map_full"),
+        ],
+    ),
+    (
+        "kite_ebpf_http2_streams",
+        "HTTP/2 streams recorded (also in kite_ebpf_requests_total)",
+        "",
+        &[(Stat::H2Streams, "")],
+    ),
+    (
+        "kite_ebpf_http2_streams_lost",
+        "HTTP/2 streams seen and not recorded: no free slot in the connection's stream table (stream_table_full), reset before a response (reset_unanswered), above a GOAWAY's last stream id (goaway_unprocessed), unanswered when the connection went (unanswered), a response with no request known (orphan_responses), open while a direction was lost or resynchronised (resync_dropped)",
+        "reason",
+        &[
+            (Stat::H2StreamTableFull, "stream_table_full"),
+            (Stat::H2ResetUnanswered, "reset_unanswered"),
+            (Stat::H2GoawayUnprocessed, "goaway_unprocessed"),
+            (Stat::H2Unanswered, "unanswered"),
+            (Stat::H2OrphanResponses, "orphan_responses"),
+            (Stat::H2ResyncDropped, "resync_dropped"),
+        ],
+    ),
+    (
+        "kite_ebpf_http2_events",
+        "HTTP/2 byte-stream and HPACK events: insertion count unknowable (hpack_desync), a dynamic reference not resolvable (unknown_refs), a cached insertion evicted (cache_evictions), framing lost (lost), bytes beyond a gap never placed (unplaced_ahead), retransmitted (retransmits), gaps skipped inside payloads (seq_gaps), segments waiting beyond a gap (out_of_order), step budget exceeded (step_budget), payload loads failed (load_errors), a lost direction taken up again at a segment of frame shape (resyncs), a direction whose first bytes (the peer's preface) went by before the state existed taken up at its first segment with nothing lost (late_start)",
+        "event",
+        &[
+            (Stat::H2HpackDesync, "hpack_desync"),
+            (Stat::H2UnknownRefs, "unknown_refs"),
+            (Stat::H2CacheEvictions, "cache_evictions"),
+            (Stat::H2Lost, "lost"),
+            (Stat::H2UnplacedAhead, "unplaced_ahead"),
+            (Stat::H2Retransmits, "retransmits"),
+            (Stat::H2SeqGaps, "seq_gaps"),
+            (Stat::H2OutOfOrder, "out_of_order"),
+            (Stat::H2StepBudget, "step_budget"),
+            (Stat::H2LoadErrors, "load_errors"),
+            (Stat::H2Resyncs, "resyncs"),
+            (Stat::H2LateStart, "late_start"),
+        ],
+    ),
+    (
+        "kite_ebpf_rpc_names",
+        "gRPC method names and HTTP/1 route texts the kernel sent user space, once each (sent), not sent because the seen-names map (4096) was full (seen_full) or the ring buffer was (dropped: sent again at the next chance)",
+        "event",
+        &[
+            (Stat::RpcNames, "sent"),
+            (Stat::RpcSeenFull, "seen_full"),
+            (Stat::RpcNamesDropped, "dropped"),
+        ],
+    ),
+    (
+        "kite_ebpf_rpc_other",
+        "gRPC calls and HTTP/1 requests recorded under method or route _OTHER: their endpoint had 64 methods or routes already (endpoint_bound), or the kernel's method maps were full (methods_map_full)",
+        "reason",
+        &[
+            (Stat::RpcOther, "endpoint_bound"),
+            (Stat::RpcMethodsFull, "methods_map_full"),
+        ],
+    ),
+    (
+        "kite_ebpf_tls_connections",
+        "TLS connections: recognised by their ClientHello on the packet side (recognised; judged not HTTP there), tied to their SSL* and parsed from plaintext (bound), state freed at SSL_free or TCP_CLOSE (closed), not tracked because the TLS state map was full (state_map_full)",
+        "event",
+        &[
+            (Stat::TlsConns, "recognised"),
+            (Stat::TlsBound, "bound"),
+            (Stat::TlsClosed, "closed"),
+            (Stat::TlsConnsFull, "state_map_full"),
+        ],
+    ),
+    (
+        "kite_ebpf_tls_calls_unbound",
+        "SSL reads and writes with plaintext on an SSL* not tied to a recognised socket (its handshake began before Kite attached): not measured",
+        "",
+        &[(Stat::TlsUnbound, "")],
     ),
 ];
 
@@ -377,38 +498,31 @@ fn guard_metrics(st: &State, enc: &mut DescriptorEncoder) -> Result<(), fmt::Err
             }
         }
     }
-    {
-        let mut m = enc.encode_descriptor(
-            "kite_watch_events",
-            "Watch streams: started, refused (RESOURCE_EXHAUSTED beyond --max-watch-streams), snapshots skipped because a client did not read in time (latest wins)",
-            None,
-            MetricType::Counter,
-        )?;
-        for (event, v) in [
+    event_counters(
+        enc,
+        "kite_watch_events",
+        "Watch streams: started, refused (RESOURCE_EXHAUSTED beyond --max-watch-streams), snapshots skipped because a client did not read in time (latest wins)",
+        "event",
+        [
             ("started", &g.watch_started),
             ("refused", &g.watch_refused),
             ("skipped_snapshots", &g.watch_skipped),
-        ] {
-            ConstCounter::new(v.load(Relaxed))
-                .encode(m.encode_family(&vec![("event".to_string(), event.to_string())])?)?;
-        }
-    }
-    let mut m = enc.encode_descriptor(
+        ]
+        .map(|(e, v)| (e, v.load(Relaxed))),
+    )?;
+    event_counters(
+        enc,
         "kite_scrape_events",
         "/metrics answers: expositions encoded (once per poll and format), scrapes served bytes encoded for another, served the previous poll's exposition (--max-scrapes expositions still being read), cut at the send deadline",
-        None,
-        MetricType::Counter,
-    )?;
-    for (event, v) in [
-        ("encoded", &g.scrape_encoded),
-        ("shared", &g.scrape_shared),
-        ("stale", &g.scrape_stale),
-        ("send_timeout", &g.scrape_send_timeout),
-    ] {
-        ConstCounter::new(v.load(Relaxed))
-            .encode(m.encode_family(&vec![("event".to_string(), event.to_string())])?)?;
-    }
-    Ok(())
+        "event",
+        [
+            ("encoded", &g.scrape_encoded),
+            ("shared", &g.scrape_shared),
+            ("stale", &g.scrape_stale),
+            ("send_timeout", &g.scrape_send_timeout),
+        ]
+        .map(|(e, v)| (e, v.load(Relaxed))),
+    )
 }
 
 #[cfg(test)]

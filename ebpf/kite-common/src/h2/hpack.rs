@@ -27,6 +27,34 @@ use crate::maps::Method;
 
 /// Cached insertions per direction.
 pub const CACHE: usize = 32;
+/// Bytes of a decoded `:path` literal kept for user space (gRPC method names, sent once per
+/// new method): `/package.Service/Method` is tens of bytes; longer paths are cut here and
+/// marked ([`PathBuf`]'s length is the whole decoded length).
+pub const PATH_BUF: usize = 128;
+
+/// The decoded bytes of the last `:path` literal of a header block. Also the record the
+/// kernel sends user space for a new gRPC method (`RPC_NAMES`, see `maps::RPC_NAMES_MAP`),
+/// as it is: 8 + [`PATH_BUF`] bytes, little-endian.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug)]
+pub struct PathBuf {
+    /// [`path_id`] of the decoded path (of all of it, also when cut).
+    pub id: u32,
+    /// Decoded length (may exceed [`PATH_BUF`]: then only the first bytes are here).
+    pub len: u32,
+    /// The first `min(len, PATH_BUF)` bytes.
+    pub bytes: [u8; PATH_BUF],
+}
+
+impl Default for PathBuf {
+    fn default() -> Self {
+        Self {
+            id: 0,
+            len: 0,
+            bytes: [0; PATH_BUF],
+        }
+    }
+}
 /// The table size every encoder starts with (SETTINGS_HEADER_TABLE_SIZE's initial value).
 pub const DEFAULT_TABLE_SIZE: u32 = 4096;
 
@@ -107,18 +135,30 @@ const METHOD_VALUES: [u8; 9] = [
 const GRPC_CT: &[u8; 16] = b"application/grpc";
 
 /// FNV-1a offset basis.
-const FNV_BASIS: u32 = 0x811c_9dc5;
+pub(crate) const FNV_BASIS: u32 = 0x811c_9dc5;
 const FNV_PRIME: u32 = 0x0100_0193;
+
+/// One byte into an FNV-1a hash.
+#[inline(always)]
+pub(crate) const fn fnv_step(h: u32, b: u8) -> u32 {
+    (h ^ b as u32).wrapping_mul(FNV_PRIME)
+}
+
+/// A finished FNV-1a hash as a path id: never [`PATH_UNKNOWN`].
+#[inline(always)]
+pub(crate) const fn fnv_id(h: u32) -> u32 {
+    if h == PATH_UNKNOWN { 1 } else { h }
+}
 
 /// FNV-1a of a path, as [`super::H2Done::path_id`] gives it (never [`PATH_UNKNOWN`]).
 pub const fn path_id(path: &[u8]) -> u32 {
     let mut h = FNV_BASIS;
     let mut i = 0;
     while i < path.len() {
-        h = (h ^ path[i] as u32).wrapping_mul(FNV_PRIME);
+        h = fnv_step(h, path[i]);
         i += 1;
     }
-    if h == PATH_UNKNOWN { 1 } else { h }
+    fnv_id(h)
 }
 
 /// Name lengths of the static table (RFC 7541 Appendix A), index 1..=61 (64 entries: indexed
@@ -304,8 +344,8 @@ pub struct HpackDir {
     pub r_ct: u8,
     /// The block referenced something Kite could not resolve.
     pub r_unknown: u8,
-    /// Explicit padding.
-    pub _pad: u8,
+    /// The block's `:path` was a literal, decoded into `path`.
+    pub r_path_lit: u8,
     /// Loop accumulators kept in map memory (volatile): the verifier does not track map
     /// memory, so each iteration starts from the same state and paths do not multiply.
     pub tmp_a: u32,
@@ -315,6 +355,8 @@ pub struct HpackDir {
     pub bits: Bits,
     /// Cached insertions.
     pub cache: [CacheEntry; CACHE],
+    /// The block's `:path` literal, decoded (valid with `r_path_lit`).
+    pub path: PathBuf,
 }
 
 /// What a header block said, as [`super::H2Done`] fields.
@@ -400,6 +442,7 @@ impl HpackDir {
         self.st = HP_OP;
         self.r_found = 0;
         self.r_unknown = 0;
+        self.r_path_lit = 0;
     }
 
     /// The header block ended.
@@ -624,7 +667,10 @@ impl HpackDir {
             }
             _ => {
                 // T_PATH
-                self.s_acc = (self.s_acc ^ c as u32).wrapping_mul(FNV_PRIME);
+                self.s_acc = fnv_step(self.s_acc, c);
+                if n < PATH_BUF {
+                    self.path.bytes[super::masked(n, PATH_BUF - 1)] = c;
+                }
             }
         }
         self.s_n = self.s_n.saturating_add(1);
@@ -687,12 +733,15 @@ impl HpackDir {
                 if bad { METHOD_UNKNOWN as u32 } else { m }
             }
             NK_PATH => {
+                if !bad {
+                    self.r_path_lit = 1;
+                    self.path.len = n as u32;
+                    self.path.id = fnv_id(self.s_acc);
+                }
                 if bad {
                     PATH_UNKNOWN
-                } else if self.s_acc == PATH_UNKNOWN {
-                    1
                 } else {
-                    self.s_acc
+                    fnv_id(self.s_acc)
                 }
             }
             NK_STATUS => {

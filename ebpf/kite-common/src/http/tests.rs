@@ -8,18 +8,38 @@ use proptest::prelude::*;
 
 use super::*;
 
-#[derive(Default)]
 struct Recorder {
     done: Vec<Completion>,
     /// [`Conn::response_version`] at each `record`.
     versions: Vec<u8>,
+    /// [`Conn::open_route`] at each `record`.
+    routes: Vec<u32>,
+    /// Route texts handed to [`Sink::route`], by id.
+    route_texts: std::collections::BTreeMap<u32, Vec<u8>>,
     stats: [u64; crate::maps::STAT_COUNT as usize],
+}
+
+// By hand: `[u64; N]` has no `Default` beyond 32 counters.
+impl Default for Recorder {
+    fn default() -> Self {
+        Self {
+            done: Vec::new(),
+            versions: Vec::new(),
+            routes: Vec::new(),
+            route_texts: Default::default(),
+            stats: [0; crate::maps::STAT_COUNT as usize],
+        }
+    }
 }
 
 impl Sink for Recorder {
     fn record(&mut self, conn: &Conn, done: &Completion) {
         self.done.push(*done);
         self.versions.push(conn.response_version());
+        self.routes.push(conn.open_route());
+    }
+    fn route(&mut self, conn: &Conn, id: u32) {
+        self.route_texts.insert(id, conn.route.text().to_vec());
     }
     fn add(&mut self, stat: Stat, n: u64) {
         self.stats[stat as usize] += n;
@@ -33,6 +53,9 @@ impl Recorder {
 }
 
 use crate::testing::Slice as Bytes;
+
+/// The time a segment that needs no clock is given ([`Conn::needs_clock`]).
+const CLOCKLESS_NS: u64 = 1 << 62;
 
 fn zero_conn() -> Conn {
     Conn {
@@ -60,7 +83,12 @@ fn zero_conn() -> Conn {
         skip_known: 0,
         resp_kind: 0,
         orphan_debt: 0,
-        _pad: [0; 2],
+        route_slot: 0,
+        _pad: [0; 1],
+        open_route: 0,
+        route_sent: 0,
+        q_route: [0; QUEUE_DEPTH],
+        route: crate::route::Route::new(),
     }
 }
 
@@ -72,6 +100,8 @@ struct Side {
     sink: Recorder,
     scratch: Scratch,
     steps_max: u32,
+    /// Requests get routes ([`Conn::enable_routes`]).
+    routes: bool,
     /// The first sequence number of the request stream, when known: a connection is only
     /// tracked from a segment in order there (the kernel checks the socket's `rcv_nxt`).
     first_seq: Option<u32>,
@@ -85,6 +115,7 @@ impl Side {
             sink: Recorder::default(),
             scratch: Scratch::ZERO,
             steps_max: 0,
+            routes: true,
             first_seq: None,
         }
     }
@@ -109,6 +140,9 @@ impl Side {
             }
             let mut c = zero_conn();
             c.init(self.role, 7, [0; 16], 80, now_ns);
+            if self.routes {
+                c.enable_routes();
+            }
             self.conn = Some(c);
         }
         let conn = self.conn.as_mut().unwrap();
@@ -128,6 +162,13 @@ impl Side {
                 conn.tx.next_seq.wrapping_sub(0xffff_f000)
             );
         }
+        // A segment that needs no clock gets a poisoned time: any use of it would show in the
+        // latencies checked.
+        let now_ns = if conn.needs_clock(rx, seq, data.len() as u32) {
+            now_ns
+        } else {
+            CLOCKLESS_NS
+        };
         let mut seg = Segment::new(rx, data.len() as u32, now_ns);
         if conn.begin(&mut seg, seq, ack, &mut self.sink) {
             let mut steps = 0;
@@ -181,6 +222,16 @@ impl Server {
     }
     fn tick(&mut self, ns: u64) {
         self.now += ns;
+    }
+    /// One exchange, then garbage both ways: both directions lost their way.
+    fn lost_both_ways() -> Self {
+        let mut s = Self::new();
+        s.recv(GET);
+        s.send(OK);
+        s.recv(b"\x16\x03\x01 random bytes that are not http\r\n\r\n");
+        s.send(b"\x00\x01 more garbage");
+        assert_eq!(s.side.sink.stat(Stat::SyncLost), 2);
+        s
     }
     fn recv(&mut self, data: &[u8]) {
         self.side
@@ -426,19 +477,29 @@ fn upgrade_stops_parsing() {
 
 #[test]
 fn garbage_loses_sync_then_resyncs_on_a_segment_start() {
-    let mut s = Server::new();
-    s.recv(GET);
-    s.send(OK);
-    s.recv(b"\x16\x03\x01 random bytes that are not http\r\n\r\n");
-    s.send(b"\x00\x01 more garbage");
-    // Both directions lost their way.
-    assert_eq!(s.side.sink.stat(Stat::SyncLost), 2);
+    let mut s = Server::lost_both_ways();
     // A later segment that starts with a request is followed again.
     s.recv(GET);
     s.tick(9);
     s.send(OK);
     assert_eq!(s.done().len(), 2);
     assert_eq!(s.done()[1].latency_ns, 9);
+}
+
+#[test]
+fn a_guessed_resync_inside_a_request_line_is_not_an_other_method() {
+    let mut s = Server::lost_both_ways();
+    // The next segment starts inside a POST's request line (its first bytes were in a segment
+    // lost on the way): `ST` before a space looks like a method, and the line ends in
+    // `HTTP/1.1`. A guess must not take it for an `_OTHER` request.
+    s.recv(b"ST /status/200 HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+    s.send(OK);
+    assert_eq!(s.done().len(), 1, "{:?}", s.done());
+    // A known method at a later segment start is followed again.
+    s.recv(GET);
+    s.send(OK);
+    assert_eq!(s.done().len(), 2);
+    assert_eq!(s.done()[1].method, Method::Get as u8);
 }
 
 #[test]
@@ -776,6 +837,8 @@ struct Exchange {
     interim: bool,
     /// HTTP/1.1 (else HTTP/1.0) in the request and status lines.
     http11: bool,
+    /// The request target.
+    target: String,
 }
 
 /// What a `100 Continue` adds before a response.
@@ -832,28 +895,57 @@ fn exchange() -> impl Strategy<Value = Exchange> {
         body(),
         proptest::bool::weighted(0.15),
         proptest::bool::weighted(0.7),
+        target(),
     )
-        .prop_map(|(method, req_body, status, resp_body, interim, http11)| {
-            let req_body = if method == Method::Get {
-                Body::None
-            } else {
-                req_body
-            };
-            // Responses without a declared length end at close; the generator keeps connections
-            // open, so give them one.
-            let resp_body = match resp_body {
-                Body::None => Body::Length(Vec::new()),
-                b => b,
-            };
-            Exchange {
-                method,
-                req_body,
-                status,
-                resp_body,
-                interim,
-                http11,
-            }
-        })
+        .prop_map(
+            |(method, req_body, status, resp_body, interim, http11, target)| {
+                let req_body = if method == Method::Get {
+                    Body::None
+                } else {
+                    req_body
+                };
+                // Responses without a declared length end at close; the generator keeps connections
+                // open, so give them one.
+                let resp_body = match resp_body {
+                    Body::None => Body::Length(Vec::new()),
+                    b => b,
+                };
+                Exchange {
+                    method,
+                    req_body,
+                    status,
+                    resp_body,
+                    interim,
+                    http11,
+                    target,
+                }
+            },
+        )
+}
+
+/// Request targets of every shape the route reader distinguishes: identifiers, query strings,
+/// deep paths, texts longer than a route keeps, absolute form, the root.
+fn target() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::from("/path?q=1")),
+        Just(String::from("/")),
+        any::<u32>().prop_map(|n| std::format!("/orders/{n}")),
+        any::<u128>().prop_map(|u| {
+            let h = std::format!("{u:032x}");
+            std::format!(
+                "/users/{}-{}-{}-{}-{}/items",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            )
+        }),
+        "[a-z]{1,12}".prop_map(|w| std::format!("/static/{w}.css#top")),
+        "[a-z]{1,3}(/[a-z0-9]{1,3}){0,11}".prop_map(|p| std::format!("/{p}")),
+        "[a-z]{20,30}".prop_map(|w| std::format!("/{w}/{w}/{w}/x")),
+        any::<u16>().prop_map(|n| std::format!("http://example.com:8080/a/{n}?b")),
+    ]
 }
 
 fn encode(first: String, headers: &[&str], body: &Body, send_body: bool) -> Vec<u8> {
@@ -899,7 +991,12 @@ impl Exchange {
             "Accept: */*",
         ];
         encode(
-            std::format!("{} /path?q=1 HTTP/1.{}", self.method.as_str(), self.minor()),
+            std::format!(
+                "{} {} HTTP/1.{}",
+                self.method.as_str(),
+                self.target,
+                self.minor()
+            ),
             &headers,
             &self.req_body,
             true,
@@ -962,6 +1059,8 @@ fn plan() -> impl Strategy<Value = Plan> {
 }
 
 struct Truth {
+    /// The target's route id.
+    route: u32,
     method: u8,
     version: u8,
     status: u16,
@@ -1092,6 +1191,7 @@ fn play(p: &Plan, server: &mut Side, client: &mut Side) -> Vec<Truth> {
     }
     (0..n)
         .map(|i| Truth {
+            route: crate::route::route_of(p.exchanges[i].target.as_bytes()).0,
             method: p.exchanges[i].method as u8,
             version: if p.exchanges[i].http11 {
                 Version::Http11
@@ -1116,6 +1216,16 @@ fn check(side: &Side, truth: &[Truth]) -> Result<(), TestCaseError> {
         prop_assert_eq!(d.latency_ns, t.latency_ns, "exchange {}", i);
         prop_assert_eq!(d.req_bytes, t.req_bytes, "exchange {}", i);
         prop_assert_eq!(d.resp_bytes, t.resp_bytes, "exchange {}", i);
+        prop_assert_eq!(side.sink.routes[i], t.route, "exchange {}", i);
+    }
+    // Every route recorded was named, with the text its id is the hash of (while it fits).
+    for &id in &side.sink.routes {
+        let text = side.sink.route_texts.get(&id);
+        prop_assert!(text.is_some(), "route {:08x} never named", id);
+        let text = text.unwrap();
+        if text.len() < crate::route::ROUTE_TEXT {
+            prop_assert_eq!(crate::route::route_id_of_text(text), id);
+        }
     }
     for s in [
         Stat::SyncLost,
