@@ -22,6 +22,11 @@ pub struct Hello {
     /// Name of the container saying hello, for the agent's log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// The pod's own route patterns (its `kite.io/routes` annotation, through the downward
+    /// API), in order; checked by the agent with [`crate::routes::pod_patterns`]. Left out
+    /// when empty, so the line is what agents before it read (they ignore the field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
 }
 
 impl Hello {
@@ -33,6 +38,7 @@ impl Hello {
             namespace: namespace.into(),
             uid: uid.into(),
             container: None,
+            routes: Vec::new(),
         }
     }
 
@@ -167,6 +173,29 @@ mod tests {
         let mut h = Hello::new("shop", "web-0", "0b9c-uid");
         h.container = Some("kite-init".into());
         assert_eq!(read(h.to_line().as_bytes()).await.unwrap(), h);
+    }
+
+    #[tokio::test]
+    async fn the_largest_hello_kite_init_sends_fits() {
+        use crate::routes::{MAX_POD_PATTERN_LEN, MAX_POD_PATTERNS};
+        // Kubernetes' longest names: pod 253, namespace 63, container 63 bytes.
+        let mut h = Hello::new(
+            &"n".repeat(63),
+            &"p".repeat(253),
+            "0f0d6d7e-1c2b-4e3f-9a8b-7c6d5e4f3a2b",
+        );
+        h.container = Some("c".repeat(63));
+        // The widest pattern characters JSON might escape are not path characters: the
+        // longest patterns are plain bytes.
+        h.routes = (0..MAX_POD_PATTERNS)
+            .map(|i| format!("/{i:x}{}", "a".repeat(MAX_POD_PATTERN_LEN - 2)))
+            .collect();
+        assert!(crate::routes::pod_patterns(&h.routes).is_ok());
+        let line = h.to_line();
+        assert!(line.len() <= MAX_HELLO, "{} bytes", line.len());
+        assert_eq!(read(line.as_bytes()).await.unwrap(), h);
+        // Without routes the field is not sent at all.
+        assert!(!Hello::new("a", "b", "c").to_line().contains("routes"));
     }
 
     #[tokio::test]

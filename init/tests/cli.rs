@@ -16,6 +16,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         "POD_UID",
         "KITE_SOCKET",
         "KITE_INIT_TIMEOUT",
+        "KITE_ROUTE_PATTERNS",
     ] {
         c.env_remove(k);
     }
@@ -134,4 +135,50 @@ fn the_downward_api_env_becomes_the_hello_and_the_ack_is_logged() {
         "{}",
         stderr(&o)
     );
+}
+
+/// Runs kite-init against a fake agent with `routes` as `KITE_ROUTE_PATTERNS`; returns the hello it
+/// sent and its stderr.
+fn hello_with_routes(name: &str, routes: &str) -> (serde_json::Value, String) {
+    let (socket, _d) = temp_socket(name);
+    let listener = UnixListener::bind(&socket).unwrap();
+    let agent = thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        (&s).write_all(b"{\"ok\":true,\"message\":\"attached\"}\n")
+            .unwrap();
+        line
+    });
+    let o = run(
+        &[],
+        &[
+            ("POD_NAME", "p"),
+            ("POD_NAMESPACE", "n"),
+            ("POD_UID", "u"),
+            ("KITE_SOCKET", socket.to_str().unwrap()),
+            ("KITE_ROUTE_PATTERNS", routes),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = agent.join().unwrap();
+    (serde_json::from_str(&line).unwrap(), stderr(&o))
+}
+
+#[test]
+fn the_pods_route_patterns_go_in_the_hello_and_malformed_ones_do_not() {
+    let (hello, said) = hello_with_routes("routes", "/orders/{id}\n  /files/{name}\n");
+    assert_eq!(
+        hello["routes"],
+        serde_json::json!(["/orders/{id}", "/files/{name}"])
+    );
+    assert!(said.contains("enrolled: attached"), "{said}");
+    // Malformed: the reason is logged, no pattern is sent, the pod is enrolled all the same.
+    let (hello, said) = hello_with_routes("bad-routes", "/orders/{id} files/{name}");
+    assert!(hello.get("routes").is_none(), "{hello}");
+    assert!(
+        said.contains("kite.io/routes: route pattern \"files/{name}\" does not start with /"),
+        "{said}"
+    );
+    assert!(said.contains("enrolled: attached"), "{said}");
 }

@@ -27,6 +27,11 @@ struct Args {
     /// This container's name, for the agent's log.
     #[arg(long, env = "KITE_CONTAINER_NAME", default_value = "kite-init")]
     container: String,
+    /// The pod's own route patterns (its `kite.io/routes` annotation through the downward
+    /// API): white-space separated, at most 16 of at most 128 bytes. Malformed ones are not
+    /// sent (said in the log); the pod is enrolled all the same, with inferred routes.
+    #[arg(long, env = "KITE_ROUTE_PATTERNS")]
+    route_patterns: Option<String>,
     /// Give up after this long (waiting for the socket included).
     #[arg(long, env = "KITE_INIT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -55,6 +60,12 @@ fn main() -> ExitCode {
     };
     let mut hello = Hello::new(namespace, pod, uid);
     hello.container = Some(args.container.clone());
+    match kite_init::routes::parse_annotation(args.route_patterns.as_deref().unwrap_or_default()) {
+        Ok(patterns) => {
+            hello.routes = patterns.iter().map(|p| p.as_str().to_string()).collect();
+        }
+        Err(e) => eprintln!("kite-init: {e}; not sent, the pod's routes are inferred"),
+    }
     let req = Request {
         socket: args.socket.clone(),
         hello,
