@@ -75,8 +75,9 @@ pub struct RpcNames {
     patterns: Vec<crate::route_pattern::RoutePattern>,
     /// The low-cardinality collapse of the route texts learnt.
     pub collapse: crate::route_pattern::Collapse,
-    /// Route texts as the kernel sent them (not those a pattern named): shown through
-    /// `collapse`.
+    /// Route texts as the kernel sent them (uncut): those no `--route` pattern named are
+    /// shown through `collapse`; all are matched against a pod's own patterns
+    /// ([`RpcNames::route`]).
     raw_routes: HashMap<u32, Box<str>>,
     /// What happened to the names offered.
     pub counters: RpcNameCounters,
@@ -158,7 +159,12 @@ impl RpcNames {
             }
         };
         let entry = match crate::route_pattern::find(&self.patterns, &name) {
-            Some(p) if !cut => Entry::Pattern(p.as_str().into()),
+            Some(p) if !cut => {
+                if self.names.len() < MAX_NAMES {
+                    self.raw_routes.insert(id, name.as_str().into());
+                }
+                Entry::Pattern(p.as_str().into())
+            }
             _ if cut || self.raw_routes.contains_key(&id) || self.names.len() >= MAX_NAMES => {
                 Entry::Name(name.into())
             }
@@ -177,6 +183,28 @@ impl RpcNames {
             }
         };
         self.insert(id, entry);
+    }
+
+    /// How HTTP/1 route `id` is shown for an endpoint whose pod declared `pod` patterns (its
+    /// `kite.io/routes`), and whether the name is a user's pattern (Prometheus `http_route`):
+    /// the first of `pod` that matches the kernel's text, else as [`RpcNames::get`] shows it
+    /// (a `--route` pattern, else the heuristic's route). A route whose text is not known, was
+    /// cut, or is ambiguous matches no pod pattern.
+    pub fn route<'a>(
+        &'a self,
+        pod: &'a [crate::route_pattern::RoutePattern],
+        id: u32,
+    ) -> (Rpc<'a>, bool) {
+        if !pod.is_empty()
+            && !matches!(self.names.get(&id), None | Some(Entry::Ambiguous))
+            && let Some(p) = self
+                .raw_routes
+                .get(&id)
+                .and_then(|text| crate::route_pattern::find(pod, text))
+        {
+            return (Rpc::Name(p.as_str()), true);
+        }
+        (self.get(id), self.is_pattern(id))
     }
 
     /// Keeps `name` for `id` (a second, different name makes the id ambiguous).
@@ -339,6 +367,38 @@ mod tests {
         assert_eq!(n.counters.full, 1);
         let last = format!("/s.S/M{}", MAX_NAMES - 1);
         assert!(matches!(n.get(id(&last)), Rpc::Id(_)));
+    }
+
+    #[test]
+    fn a_pods_patterns_come_first_then_the_agents_then_the_heuristic() {
+        use crate::route_pattern::RoutePattern;
+        let route = |t: &str| kite_common::route::route_id_of_text(t.as_bytes());
+        let mut n = RpcNames::default();
+        n.set_route_patterns(vec![RoutePattern::parse("/files/{name}").unwrap()]);
+        for t in ["/orders/*", "/files/report", "/"] {
+            n.learn_route(route(t), t.as_bytes(), false);
+        }
+        n.learn_route(route("/a/very/long"), b"/a/very/long", true);
+        let pod = [
+            RoutePattern::parse("/orders/{id}").unwrap(),
+            RoutePattern::parse("/files/{file}").unwrap(),
+            RoutePattern::parse("/a/**").unwrap(),
+        ];
+        let shown = |pod: &[RoutePattern], t: &str| {
+            let (rpc, pattern) = n.route(pod, route(t));
+            (rpc.label().unwrap(), pattern)
+        };
+        // The pod's pattern wins over the heuristic and over --route.
+        assert_eq!(shown(&pod, "/orders/*"), ("/orders/{id}".into(), true));
+        assert_eq!(shown(&pod, "/files/report"), ("/files/{file}".into(), true));
+        assert_eq!(shown(&pod, "/"), ("/".into(), false));
+        // Another pod (no patterns): --route, then the heuristic.
+        assert_eq!(shown(&[], "/orders/*"), ("/orders/*".into(), false));
+        assert_eq!(shown(&[], "/files/report"), ("/files/{name}".into(), true));
+        // A text the kernel cut matches no pattern; an unknown id stays an id.
+        let (rpc, pattern) = n.route(&pod, route("/a/very/long"));
+        assert_eq!((rpc, pattern), (Rpc::Name("/a/very/long…"), false));
+        assert!(matches!(n.route(&pod, 12345).0, Rpc::Id(12345)));
     }
 
     #[test]

@@ -281,6 +281,7 @@ impl Worker {
                                     source,
                                     since: SystemTime::now(),
                                     workload: None,
+                                    routes: Vec::new(),
                                 });
                         if workload.is_some() {
                             entry.workload = workload;
@@ -294,6 +295,7 @@ impl Worker {
                                 source,
                                 since: SystemTime::now(),
                                 workload: None,
+                                routes: Vec::new(),
                             })
                             .workload = Some(w);
                     }

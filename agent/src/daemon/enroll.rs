@@ -9,8 +9,17 @@
 //! rename a pod. Silent peers cannot jam the socket: no fixed pool, a per-peer-cgroup limit and
 //! a short hello deadline.
 //!
+//! A hello may carry the pod's own route patterns (its `kite.io/routes` annotation): checked
+//! with [`kite_init::routes::pod_patterns`] (at most 16 of at most 128 bytes, the `--route`
+//! grammar), all refused if one is malformed — the pod is enrolled all the same and the answer
+//! says why — and applied to that pod's cgroups only ([`AttachmentInfo::routes`]). They are
+//! set by the hello that enrolls the pod and kept across restarts; a later hello cannot change
+//! them, as it cannot rename the pod. They can only rename and merge the pod's own routes.
+//!
+//! [`AttachmentInfo::routes`]: super::state::AttachmentInfo::routes
+//!
 //! Wire format (one JSON line each way, defined in [`kite_init`]): hello
-//! `{"version":1,"pod":"web-0","namespace":"shop","uid":"…","container":"kite-init"}`, answer
+//! `{"version":1,"pod":"web-0","namespace":"shop","uid":"…","container":"kite-init","routes":["/orders/{id}"]}`, answer
 //! `{"ok":true,"cgroup":"/kubepods…/pod….slice","message":"attached"}` or
 //! `{"ok":false,"error":"…"}`.
 
@@ -179,6 +188,9 @@ struct Record {
     namespace: String,
     pod: String,
     uid: String,
+    /// The pod's route patterns, as applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    routes: Vec<String>,
 }
 
 /// Handles hellos.
@@ -523,6 +535,13 @@ impl Enroller {
             None
         };
         let workload = decide(&self.policy, peer, &groups_of(pid), &hello, &pod.uid, api)?;
+        let routes = kite_init::routes::pod_patterns(&hello.routes);
+        let enrolled_before = self
+            .shared
+            .read()
+            .attachments
+            .get(&cgroup.path)
+            .is_some_and(|a| a.workload.is_some());
         // Names are given once: a second hello cannot rename the pod.
         if let Some(w) = self
             .shared
@@ -543,16 +562,44 @@ impl Enroller {
             .dataplane
             .attach(cgroup.clone(), Source::Enrolled, Some(workload.clone()))
             .await?;
-        let message = match attached {
+        let mut message = match attached {
             Attached::New { .. } => "attached".to_string(),
             Attached::Already => "already attached".to_string(),
             Attached::CoveredBy(p) => format!("already measured through {p}"),
         };
+        let applied = {
+            let mut st = self.shared.write();
+            let kept = st.attachments.get_mut(&cgroup.path).map(|a| {
+                if !enrolled_before && let Ok(r) = &routes {
+                    a.routes = r.clone();
+                }
+                a.routes.clone()
+            });
+            if routes.is_err() {
+                st.agent.enroll_routes_refused += 1;
+            }
+            kept.unwrap_or_default()
+        };
+        let texts: Vec<String> = applied.iter().map(|p| p.as_str().to_string()).collect();
+        match &routes {
+            Err(e) if !enrolled_before => {
+                warn!(pod = %workload.pod, "route patterns refused: {e}");
+                message.push_str(&format!("; {e}: no pattern applied"));
+            }
+            _ if enrolled_before && texts != hello.routes => {
+                message.push_str("; route patterns unchanged (set when the pod was enrolled)");
+            }
+            _ if !texts.is_empty() => {
+                message.push_str(&format!(" with route patterns {}", texts.join(" ")));
+            }
+            _ => {}
+        }
         self.remember(Record {
             cgroup: cgroup.path.clone(),
             namespace: workload.namespace,
             pod: workload.pod,
             uid: pod.uid,
+            routes: texts,
         })
         .await;
         Ok((cgroup.path, message))
@@ -605,12 +652,20 @@ impl Enroller {
                 uid: r.uid.clone(),
                 ..Workload::default()
             };
+            // Saved as applied, so valid; a hand-edited file's bad ones are dropped.
+            let routes = kite_init::routes::pod_patterns(&r.routes).unwrap_or_else(|e| {
+                warn!(cgroup = %r.cgroup, "{e}: dropped");
+                Vec::new()
+            });
             match self
                 .dataplane
                 .attach(cgroup, Source::Enrolled, Some(workload))
                 .await
             {
                 Ok(_) => {
+                    if let Some(a) = self.shared.write().attachments.get_mut(&r.cgroup) {
+                        a.routes = routes;
+                    }
                     info!(cgroup = %r.cgroup, pod = %r.pod, "re-attached enrolled pod");
                     kept.push(r);
                 }

@@ -156,11 +156,16 @@ fn calls(st: &State, ep: &EndpointStats, iv: &Interval, grpc: bool) -> Vec<v1::R
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    // Routes shown under one name (a user pattern, a collapsed position) are one entry (the
-    // first id stands for them).
+    // Routes shown under one name (a user pattern — the pod's own first —, a collapsed
+    // position) are one entry (the first id stands for them).
     let mut named: Vec<(String, Vec<u32>)> = Vec::new();
     for id in ids {
-        let name = st.rpc_names.get(id).label().unwrap_or_default();
+        let shown = if grpc {
+            st.rpc_names.get(id)
+        } else {
+            st.route_name(ep, id).0
+        };
+        let name = shown.label().unwrap_or_default();
         match named.iter_mut().find(|(n, _)| !grpc && *n == name) {
             Some((_, group)) => group.push(id),
             None => named.push((name, vec![id])),

@@ -19,7 +19,8 @@ use crate::{
     cgroup::{Cgroup, is_within},
     ebpf::{Options, ProgramStats},
     pods::pod_of_path,
-    rpc_names::RpcNames,
+    route_pattern::RoutePattern,
+    rpc_names::{Rpc, RpcNames},
     stats::{Collector, EndpointStats},
 };
 
@@ -73,6 +74,9 @@ pub struct AttachmentInfo {
     pub since: SystemTime,
     /// The pod, for enrolled cgroups.
     pub workload: Option<Workload>,
+    /// The pod's own route patterns (its `kite.io/routes`, from the hello that enrolled it),
+    /// applied to its cgroups' routes before `--route`'s.
+    pub routes: Vec<RoutePattern>,
 }
 
 /// Counters of the agent itself (the eBPF programs' own are in [`State::counters`]).
@@ -84,6 +88,9 @@ pub struct AgentCounters {
     pub enroll_refused: u64,
     /// Hellos that could not be read (malformed, oversized, timeout).
     pub enroll_bad: u64,
+    /// Pods enrolled without their route patterns (`kite.io/routes` malformed or beyond its
+    /// bounds).
+    pub enroll_routes_refused: u64,
     /// Cgroups detached because they disappeared.
     pub vanished: u64,
     /// Polls that failed to read the maps.
@@ -100,11 +107,12 @@ pub struct AgentCounters {
 
 impl AgentCounters {
     /// Each counter with the name Prometheus (`event` label) and gRPC (`Info`) give it.
-    pub fn named(&self) -> [(&'static str, u64); 9] {
+    pub fn named(&self) -> [(&'static str, u64); 10] {
         [
             ("enrolled", self.enrolled),
             ("enroll_refused", self.enroll_refused),
             ("enroll_bad", self.enroll_bad),
+            ("enroll_routes_refused", self.enroll_routes_refused),
             ("vanished_cgroups", self.vanished),
             ("poll_errors", self.poll_errors),
             ("expired_endpoints", self.expired_endpoints),
@@ -290,6 +298,27 @@ impl State {
         }
     }
 
+    /// The route patterns of the pod a cgroup belongs to (its `kite.io/routes`); none for
+    /// other cgroups.
+    pub fn pod_routes(&self, cgroup_id: u64) -> &[RoutePattern] {
+        let Some(path) = self.path_of(cgroup_id) else {
+            return &[];
+        };
+        self.attachments
+            .values()
+            .filter(|a| !a.routes.is_empty() && is_within(path, &a.cgroup.path))
+            .map(|a| a.routes.as_slice())
+            .next()
+            .unwrap_or_default()
+    }
+
+    /// How HTTP/1 route `id` of an endpoint is shown, and whether by a user's pattern
+    /// (`http_route`): the endpoint's pod's patterns first, then `--route`'s, then the
+    /// heuristic's route ([`RpcNames::route`]).
+    pub fn route_name(&self, ep: &EndpointStats, id: u32) -> (Rpc<'_>, bool) {
+        self.rpc_names.route(self.pod_routes(ep.id.cgroup_id), id)
+    }
+
     /// An endpoint's cgroup path and workload.
     pub fn describe(&self, ep: &EndpointStats) -> (Option<String>, Option<Workload>) {
         let path = self.path_of(ep.id.cgroup_id).map(str::to_string);
@@ -323,6 +352,7 @@ mod tests {
                 source: Source::Enrolled,
                 since: SystemTime::now(),
                 workload: Some(hello.clone()),
+                routes: Vec::new(),
             },
         );
         let ctr = format!("{pod}/abc");

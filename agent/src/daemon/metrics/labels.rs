@@ -14,6 +14,7 @@
 //! | `network_protocol_version` | `1.0`, `1.1` (the response's status line), `2` | when known |
 //! | `url_scheme` | `http`, or `https` for what Kite read as TLS plaintext | always |
 //! | `url_template` | the route: the path with identifier-like segments as `*` (`/orders/*`); `rpc#<id>` while its text is not known; `_OTHER` beyond the kernel's bound of routes per endpoint | HTTP/1 with routes on, when the target was read |
+//! | `http_route` | instead of `url_template`, the user's pattern the route matched: the pod's own (`kite.io/routes`) first, then `--route`'s | when one matched |
 //! | `server_address`, `server_port` | server: the local address and port the request arrived at; client: the peer connected to | always |
 //! | `k8s_*` | the pod's namespace, name, workload | pods |
 //! | `k8s_node_name` | the node | when the agent follows the Kubernetes API, or the cgroup is a pod's |
@@ -77,8 +78,9 @@ pub(super) fn series_labels(
     ];
     // Not `http_route`: OpenTelemetry keeps that for the application's own route templates;
     // Kite's are inferred from the paths (`url.template` is the attribute for those).
-    if let Some(t) = st.rpc_names.get(route).label() {
-        let name = if st.rpc_names.is_pattern(route) {
+    let (shown, pattern) = st.route_name(ep, route);
+    if let Some(t) = shown.label() {
+        let name = if pattern {
             "http_route"
         } else {
             "url_template"
@@ -185,6 +187,7 @@ mod tests {
                     uid: "0f0d6d7e-1c2b-4e3f-9a8b-7c6d5e4f3a2b".into(),
                     ..Workload::default()
                 }),
+                routes: Vec::new(),
             },
         );
         s
@@ -300,6 +303,17 @@ mod tests {
         let ls = l(&st, user);
         assert_eq!(get(&ls), None);
         assert!(ls.contains(&("http_route".into(), "/users/{id}".into())));
+        // A pod's own pattern applies to its cgroups only, before --route's.
+        st.attachments.get_mut(POD).unwrap().routes = vec![
+            crate::route_pattern::RoutePattern::parse("/orders/{order}").unwrap(),
+            crate::route_pattern::RoutePattern::parse("/users/{user}").unwrap(),
+        ];
+        let in_pod = endpoint(2, Direction::Inbound);
+        let lp = |rpc| series_labels(&st, &in_pod, Method::Get, 200, Version::Http11, rpc);
+        assert!(lp(id).contains(&("http_route".into(), "/orders/{order}".into())));
+        assert!(lp(user).contains(&("http_route".into(), "/users/{user}".into())));
+        assert_eq!(get(&l(&st, id)).as_deref(), Some("/orders/*"));
+        assert!(l(&st, user).contains(&("http_route".into(), "/users/{id}".into())));
     }
 
     #[test]

@@ -89,7 +89,7 @@ pub(super) fn self_metrics(st: &State, enc: &mut DescriptorEncoder) -> Result<()
     event_counters(
         enc,
         "kite_agent_events",
-        "Agent events: enrollments (enrolled, refused, bad), vanished cgroups, poll errors, expired endpoints, idle endpoints evicted at a budget, --cgroups removed and attached later (re-created or appeared)",
+        "Agent events: enrollments (enrolled, refused, bad, enrolled without their malformed route patterns), vanished cgroups, poll errors, expired endpoints, idle endpoints evicted at a budget, --cgroups removed and attached later (re-created or appeared)",
         "event",
         st.agent.named(),
     )?;
