@@ -9,6 +9,12 @@
 //! The webhook never blocks a pod: anything it cannot handle (another kind, an unreadable pod)
 //! is allowed unchanged with a warning saying why, which `kubectl` shows to the user. Only a body
 //! that is not an `AdmissionReview` at all gets an HTTP 400 (there is no uid to answer to).
+//!
+//! A pod's own route patterns (annotation `kite.io/routes`, see [`kite_init::routes`]) reach
+//! the init container through the downward API (`KITE_ROUTE_PATTERNS`), and from it the agent
+//! in the hello. The webhook checks them as the agent will: malformed ones do not stop the
+//! pod either — it is injected, and the answer's warning (and audit annotation `routes`) says
+//! which pattern and why; kite-init then sends none and logs the same reason.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -29,6 +35,11 @@ pub const MONITOR_LABEL: &str = "kite.io/monitor";
 pub const INJECT_ANNOTATION: &str = "kite.io/inject";
 /// Annotation the webhook sets on the pods it changed.
 pub const INJECTED_ANNOTATION: &str = "kite.io/injected";
+/// Pod annotation holding the pod's own route patterns (white-space separated).
+pub use kite_init::routes::ROUTES_ANNOTATION;
+/// The init container's variable holding the pod's route patterns (the downward API's copy of
+/// [`ROUTES_ANNOTATION`]).
+pub const ROUTES_ENV: &str = "KITE_ROUTE_PATTERNS";
 /// Name of the injected init container; a pod that has one is left alone.
 pub const INIT_CONTAINER: &str = "kite-init";
 /// Preferred name of the socket volume.
@@ -82,8 +93,8 @@ impl Default for Injector {
 /// The outcome for one pod.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
-    /// Add the init container with this patch.
-    Inject(json_patch::Patch),
+    /// Add the init container with this patch; the warnings go to the user (`kubectl`).
+    Inject(json_patch::Patch, Vec<String>),
     /// Leave the pod as it is, for this reason.
     Skip(&'static str),
 }
@@ -217,10 +228,24 @@ fn respond(
 ) -> Answer {
     {
         let response = match decision {
-            Ok(Decision::Inject(patch)) => {
+            Ok(Decision::Inject(patch, warnings)) => {
                 tracing::info!(namespace = ?namespace, pod = %pod, "injecting kite-init");
                 match response.clone().with_patch(patch) {
-                    Ok(r) => r,
+                    Ok(mut r) => {
+                        for w in &warnings {
+                            tracing::warn!(namespace = ?namespace, pod = %pod, "{w}");
+                            r.audit_annotations.insert("routes".into(), w.clone());
+                        }
+                        if !warnings.is_empty() {
+                            r.warnings = Some(
+                                warnings
+                                    .iter()
+                                    .map(|w| format!("kite-webhook: {w}"))
+                                    .collect(),
+                            );
+                        }
+                        r
+                    }
                     Err(e) => warn(response, format!("cannot serialize the patch: {e}")),
                 }
             }
@@ -317,7 +342,18 @@ impl Injector {
         if spec.os.as_ref().is_some_and(|os| os.name != "linux") {
             return Decision::Skip("not a Linux pod");
         }
-        Decision::Inject(self.patch(pod))
+        // The pod's route patterns, checked as the agent will: malformed, the pod is still
+        // injected (measured with inferred routes) and the user is told why.
+        let warnings = match annotation(ROUTES_ANNOTATION) {
+            Some(v) => match kite_init::routes::parse_annotation(v) {
+                Ok(_) => Vec::new(),
+                Err(e) => vec![format!(
+                    "{e}; no pattern of the pod applies, its routes are inferred"
+                )],
+            },
+            None => Vec::new(),
+        };
+        Decision::Inject(self.patch(pod), warnings)
     }
 
     /// The patch adding the init container first, the socket volume and the marker annotation.
@@ -333,7 +369,28 @@ impl Injector {
             .chain((1..).map(|i| format!("{SOCKET_VOLUME}-{i}")))
             .find(|n| !volumes.contains(n.as_str()))
             .unwrap_or_default();
-        let container = to_value(&self.container(&volume_name));
+        let mut container = self.container(&volume_name);
+        let has_routes = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(ROUTES_ANNOTATION));
+        if has_routes && let Some(env) = container.env.as_mut() {
+            // Through the downward API, as the pod's names: the annotation itself, whatever
+            // is done to the pod's spec.
+            env.push(EnvVar {
+                name: ROUTES_ENV.into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: format!("metadata.annotations['{ROUTES_ANNOTATION}']"),
+                        ..ObjectFieldSelector::default()
+                    }),
+                    ..EnvVarSource::default()
+                }),
+            });
+        }
+        let container = to_value(&container);
         let volume = to_value(&Volume {
             name: volume_name,
             host_path: Some(HostPathVolumeSource {

@@ -257,3 +257,72 @@ fn pods_the_patch_would_break_are_left_alone() {
             .is_some()
     );
 }
+
+/// The init container's `KITE_ROUTE_PATTERNS` downward-API field, if any.
+fn routes_field(pod: &Value) -> Option<String> {
+    let init = init_containers(pod);
+    let env = init.first()?["env"].as_array()?;
+    env.iter().find(|e| e["name"] == ROUTES_ENV).map(|e| {
+        e["valueFrom"]["fieldRef"]["fieldPath"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    })
+}
+
+#[test]
+fn route_patterns_reach_the_init_container_through_the_downward_api() {
+    let mut r = review();
+    r["request"]["object"]["metadata"]["annotations"] =
+        json!({ROUTES_ANNOTATION: "/api/orders/{id}\n/files/{name}\n"});
+    let (resp, pod) = run(&Injector::default(), &r, Scope::Pod);
+    assert!(resp.allowed && resp.patch.is_some());
+    assert_eq!(resp.warnings, None);
+    assert_eq!(
+        routes_field(&pod).as_deref(),
+        Some("metadata.annotations['kite.io/routes']")
+    );
+    serde_json::from_value::<Pod>(pod).unwrap();
+    // Without the annotation, no variable.
+    let (_, pod) = run(&Injector::default(), &review(), Scope::Pod);
+    assert_eq!(routes_field(&pod), None);
+}
+
+#[test]
+fn malformed_route_patterns_are_answered_with_the_reason_and_do_not_block_the_pod() {
+    let many: Vec<String> = (0..17).map(|i| format!("/p{i}")).collect();
+    for (value, why) in [
+        (
+            "/orders/{id} orders/{id}".to_string(),
+            "kite.io/routes: route pattern \"orders/{id}\" does not start with /",
+        ),
+        (
+            "/static/**/x".to_string(),
+            "kite.io/routes: route pattern \"/static/**/x\": ** matches the rest, so it must come last",
+        ),
+        (
+            many.join(" "),
+            "kite.io/routes: 17 patterns, at most 16 are allowed",
+        ),
+        (format!("/{}", "a".repeat(200)), "is longer than 128 bytes"),
+    ] {
+        let mut r = review();
+        r["request"]["object"]["metadata"]["annotations"] = json!({ROUTES_ANNOTATION: value});
+        let (resp, pod) = run(&Injector::default(), &r, Scope::Pod);
+        assert!(resp.allowed, "{why}");
+        assert_eq!(init_containers(&pod).len(), 1, "still injected: {why}");
+        let warnings = resp.warnings.clone().unwrap_or_default();
+        assert_eq!(warnings.len(), 1, "{why}: {warnings:?}");
+        assert!(
+            warnings[0].starts_with("kite-webhook: kite.io/routes: ") && warnings[0].contains(why),
+            "{why}: {warnings:?}"
+        );
+        assert!(
+            warnings[0].ends_with("its routes are inferred"),
+            "{warnings:?}"
+        );
+        assert!(resp.audit_annotations["routes"].contains(why), "{why}");
+        // The init container still gets the annotation: kite-init logs the same reason.
+        assert!(routes_field(&pod).is_some());
+    }
+}
