@@ -97,6 +97,16 @@ impl Entry {
         self.ep.id.as_ref().is_some_and(|id| id.is_grpc())
     }
 
+    /// Its calls by what was called: a gRPC endpoint's methods, an HTTP/1 endpoint's routes
+    /// (the agent sends one list or the other, in the same message).
+    pub fn calls(&self) -> &[v1::RpcMethod] {
+        if self.ep.rpcs.is_empty() {
+            &self.ep.routes
+        } else {
+            &self.ep.rpcs
+        }
+    }
+
     /// Requests per second in the last window.
     pub fn rps(&self) -> f64 {
         self.window().map_or(0.0, |w| w.rps)
@@ -143,11 +153,21 @@ impl Entry {
     }
 
     /// Whether the filter text (lower case) is in its name, address, direction, protocol,
-    /// node, cgroup path, workload, container or one of its gRPC methods, ignoring ASCII case.
+    /// node, cgroup path, workload, container or one of its gRPC methods or routes, ignoring
+    /// ASCII case.
     pub fn matches(&self, needle_lower: &str) -> bool {
         if needle_lower.is_empty() {
             return true;
         }
+        self.matches_itself(needle_lower)
+            || self
+                .calls()
+                .iter()
+                .any(|m| contains_ignore_ascii_case(&m.name, needle_lower))
+    }
+
+    /// [`Entry::matches`] without its methods and routes.
+    pub(super) fn matches_itself(&self, needle_lower: &str) -> bool {
         let has = |hay: &str| contains_ignore_ascii_case(hay, needle_lower);
         let w = self.ep.workload.as_ref();
         has(&self.name)
@@ -155,7 +175,6 @@ impl Entry {
             || has(self.direction.short())
             || has(&self.protocol)
             || has(&self.node)
-            || self.ep.rpcs.iter().any(|m| has(&m.name))
             || self.ep.id.as_ref().is_some_and(|id| has(&id.cgroup_path))
             || w.is_some_and(|w| has(&w.workload_name) || has(&w.container))
     }
@@ -240,6 +259,8 @@ pub enum SortKey {
     Dir,
     /// Protocol.
     Proto,
+    /// The route (HTTP/1) or gRPC method of a row of the routes view.
+    Route,
     /// Requests per second, busiest first.
     Rps,
     /// p50 latency, slowest first.
@@ -284,6 +305,7 @@ impl SortKey {
             SortKey::Server => "SERVER",
             SortKey::Dir => "DIR",
             SortKey::Proto => "PROTO",
+            SortKey::Route => "ROUTE",
             SortKey::Rps => "RPS",
             SortKey::P50 => "P50",
             SortKey::P90 => "P90",
@@ -306,6 +328,7 @@ impl SortKey {
                 | SortKey::Server
                 | SortKey::Dir
                 | SortKey::Proto
+                | SortKey::Route
         )
     }
 
@@ -321,6 +344,8 @@ impl SortKey {
             SortKey::Server => Ordering::Equal,
             SortKey::Dir => a.key.direction.cmp(&b.key.direction),
             SortKey::Proto => a.protocol.cmp(&b.protocol),
+            // Rows of the routes view are sorted by the app (`App::rebuild`).
+            SortKey::Route => Ordering::Equal,
             _ => self.compare_stats(&a.stats(), &b.stats()),
         }
     }

@@ -83,6 +83,8 @@ pub enum Action {
     CycleDirection,
     /// Group rows: endpoint → workload → namespace → endpoint.
     CycleGrouping,
+    /// The routes view (one row per (endpoint, route), slowest p99 first) or back.
+    ToggleRoutes,
     /// Reverse the sort order.
     ReverseSort,
     /// Start typing a filter.
@@ -97,9 +99,9 @@ pub enum Action {
     ClearFilter,
     /// Show the selected endpoint in detail.
     Open,
-    /// Show the gRPC methods of the selected endpoint as rows under it.
+    /// Show the gRPC methods (or routes) of the selected endpoint as rows under it.
     Unfold,
-    /// Hide the methods of the selected endpoint (or of the method row's endpoint).
+    /// Hide the methods (routes) of the selected endpoint (or of the method row's endpoint).
     Fold,
     /// Back from the detail view.
     Back,
@@ -161,7 +163,8 @@ pub(super) fn key_action(app: &App, key: KeyEvent) -> Option<Action> {
         KeyCode::Char('q') => Some(Action::Quit),
         KeyCode::Char('k') => Some(Action::Up),
         KeyCode::Char('j') => Some(Action::Down),
-        KeyCode::Char('g') if !detail => Some(Action::CycleGrouping),
+        KeyCode::Char('g') if !detail && !app.routes => Some(Action::CycleGrouping),
+        KeyCode::Char('r') if !detail => Some(Action::ToggleRoutes),
         KeyCode::Char('G') => Some(Action::End),
         KeyCode::Char('b') if ctrl => Some(Action::PageUp),
         KeyCode::Char('f') if ctrl => Some(Action::PageDown),
@@ -182,6 +185,7 @@ pub(super) fn key_action(app: &App, key: KeyEvent) -> Option<Action> {
             Some(Action::Back)
         }
         KeyCode::Esc if !app.filter.is_empty() => Some(Action::ClearFilter),
+        KeyCode::Esc if app.routes => Some(Action::ToggleRoutes),
         _ => None,
     }
 }

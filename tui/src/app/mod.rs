@@ -16,12 +16,14 @@ use kite_proto::v1;
 mod entry;
 mod event;
 mod group;
+mod routes;
 #[cfg(test)]
 pub(crate) mod tests;
 
 pub use entry::{Entry, EntryKey, SortKey, Stats};
 pub use event::{Action, AgentEvent, Event};
 pub use group::{Group, GroupKey, Grouping, Merged};
+pub use routes::{MAX_ROUTE_SERIES, ROUTE_HISTORY, RouteHistory, RoutePoint};
 
 /// Connection state of one agent.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,8 +90,8 @@ impl AgentView {
 }
 
 /// A row of the table: an endpoint (agent, index into its shown entries), one of its gRPC
-/// methods (index into the endpoint's `rpcs`), or a group (index into `groups`; then
-/// `agent` and `entry` mean nothing).
+/// methods or routes (index into [`Entry::calls`]: under its unfolded endpoint, or a row of
+/// the routes view), or a group (index into `groups`; then `agent` and `entry` mean nothing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RowRef {
     agent: u32,
@@ -110,9 +112,9 @@ enum RowId {
 /// What a row shows.
 #[derive(Debug, Clone, Copy)]
 pub struct RowView<'a> {
-    /// The endpoint (for a method row, the one it belongs to).
+    /// The endpoint (for a method or route row, the one it belongs to).
     pub entry: &'a Entry,
-    /// The method, for a method row.
+    /// The gRPC method or route, for a method or route row.
     pub method: Option<&'a v1::RpcMethod>,
 }
 
@@ -175,6 +177,8 @@ pub struct Widths {
     pub workload: usize,
     /// Server workload of outbound rows (0: none known).
     pub server: usize,
+    /// Route or method (routes view).
+    pub route: usize,
 }
 
 /// Which screen is shown.
@@ -226,6 +230,12 @@ pub struct App {
     selected_key: Option<RowId>,
     /// How rows are grouped (`g`).
     pub grouping: Grouping,
+    /// The table lists routes, one row per (endpoint, route) of every endpoint (`r`).
+    pub routes: bool,
+    /// The sort to go back to when the routes view closes.
+    sort_before_routes: (SortKey, bool),
+    /// Every route's last windows (sparklines): the agent keeps history per endpoint only.
+    pub route_history: RouteHistory,
     /// The groups of `rows` (grouped views).
     groups: Vec<Group>,
     /// Groups whose members are shown under them (Enter).
@@ -283,6 +293,9 @@ impl App {
             selected: 0,
             selected_key: None,
             grouping: Grouping::Endpoint,
+            routes: false,
+            sort_before_routes: (SortKey::Rps, false),
+            route_history: RouteHistory::default(),
             groups: Vec::new(),
             expanded: HashSet::new(),
             matched: 0,
@@ -347,18 +360,27 @@ impl App {
         self.grouping != Grouping::Endpoint
     }
 
-    /// Row `i`: an endpoint, or one of its gRPC methods (`None` for a group row).
+    /// Row `i`: an endpoint, or one of its gRPC methods or routes (`None` for a group row).
     pub fn row_view(&self, i: usize) -> Option<RowView<'_>> {
         let r = self.rows.get(i).filter(|r| r.group.is_none())?;
         let entry = self.shown.get(r.agent as usize)?.get(r.entry as usize)?;
         let method = match r.method {
-            Some(m) => Some(entry.ep.rpcs.get(m as usize)?),
+            Some(m) => Some(entry.calls().get(m as usize)?),
             None => None,
         };
         Some(RowView { entry, method })
     }
 
-    /// Whether the methods of this endpoint are shown as rows under it.
+    /// The last windows of route (or method) `id` of endpoint `key`, oldest first.
+    pub fn route_points(
+        &self,
+        key: &EntryKey,
+        id: u32,
+    ) -> Option<&std::collections::VecDeque<RoutePoint>> {
+        self.route_history.get(key, id)
+    }
+
+    /// Whether the methods (routes) of this endpoint are shown as rows under it.
     pub fn is_unfolded(&self, key: &EntryKey) -> bool {
         self.unfolded.contains(key)
     }
@@ -489,6 +511,20 @@ impl App {
                 self.grouping = self.grouping.next();
                 self.rebuild();
             }
+            Action::ToggleRoutes => {
+                self.routes = !self.routes;
+                if self.routes {
+                    // Slowest first: what the routes view is for.
+                    self.sort_before_routes = (self.sort, self.reverse);
+                    self.sort = SortKey::P99;
+                    self.reverse = false;
+                } else {
+                    // The selected route's row if its endpoint is unfolded, else the
+                    // endpoint's (`rebuild` falls back to it).
+                    (self.sort, self.reverse) = self.sort_before_routes;
+                }
+                self.rebuild();
+            }
             Action::Unfold if self.group_row(self.selected).is_some() => {
                 if let Some(g) = self.group_row(self.selected) {
                     self.expanded.insert(g.key.clone());
@@ -511,9 +547,11 @@ impl App {
                     self.rebuild();
                 }
             }
+            Action::Unfold if self.routes => {}
+            Action::Fold if self.routes => {}
             Action::Unfold => {
                 if let Some(e) = self.selected_entry()
-                    && !e.ep.rpcs.is_empty()
+                    && !e.calls().is_empty()
                 {
                     self.unfolded.insert(e.key.clone());
                     self.rebuild();
@@ -536,7 +574,7 @@ impl App {
                         if let Some(k) = g.map(|g| g.key.clone()) {
                             self.expanded.remove(&k);
                             self.selected_key = Some(RowId::Group(k));
-                            self.rebuild();
+                                    self.rebuild();
                         }
                     }
                 }
@@ -588,6 +626,7 @@ impl App {
                 self.shown.resize_with(i + 1, Default::default);
             }
             self.agents[i] = AgentView::new(label);
+            self.route_history.forget(i);
             self.set_live(i, Vec::new());
             self.shown[i] = self.live[i].clone();
             self.dirty = true;
@@ -600,6 +639,7 @@ impl App {
             AgentEvent::Joined { .. } => {}
             AgentEvent::Left => {
                 agent.left = true;
+                self.route_history.forget(i);
                 self.set_live(i, Vec::new());
                 // Gone for good, paused or not.
                 self.shown[i] = self.live[i].clone();
@@ -624,11 +664,12 @@ impl App {
                 agent.endpoints = snap.endpoints.len();
                 agent.window_seconds = snap.window_seconds;
                 let snap = *snap;
-                let entries = snap
+                let entries: Vec<Entry> = snap
                     .endpoints
                     .into_iter()
                     .map(|ep| Entry::new(i, &snap.node, ep))
                     .collect();
+                self.route_history.record(i, &entries);
                 self.set_live(i, entries);
             }
             AgentEvent::Focus(ep) => {
@@ -800,7 +841,12 @@ impl App {
                 .is_some_and(|es| es.iter().any(|e| e.key == *k))
         });
         self.matched = endpoints.len();
-        let grouping = self.grouping;
+        // The routes view is of routes, not groups.
+        let grouping = if self.routes {
+            Grouping::Endpoint
+        } else {
+            self.grouping
+        };
         let groups = if grouping == Grouping::Endpoint {
             Vec::new()
         } else {
@@ -811,7 +857,7 @@ impl App {
                     SortKey::Namespace => a.key.namespace.cmp(&b.key.namespace),
                     SortKey::Workload => a.key.workload.cmp(&b.key.workload),
                     SortKey::Endpoint => b.members.len().cmp(&a.members.len()),
-                    SortKey::Server => std::cmp::Ordering::Equal,
+                    SortKey::Server | SortKey::Route => std::cmp::Ordering::Equal,
                     SortKey::Dir => a.key.direction.cmp(&b.key.direction),
                     SortKey::Proto => a.protocol.cmp(&b.protocol),
                     SortKey::Name => std::cmp::Ordering::Equal,
@@ -852,10 +898,10 @@ impl App {
             widths.server = widths.server.max(server_of(e).chars().count());
             if self.unfolded.contains(&e.key) {
                 // Method rows are indented by 4 ("  └ ").
-                let longest = e.ep.rpcs.iter().map(|m| m.name.chars().count()).max();
+                let rpcs = e.calls();
+                let longest = rpcs.iter().map(|m| m.name.chars().count()).max();
                 widths.name = widths.name.max(longest.unwrap_or(0) + 4 + indent);
-                let mut methods: Vec<u32> = (0..e.ep.rpcs.len() as u32).collect();
-                let rpcs = &e.ep.rpcs;
+                let mut methods: Vec<u32> = (0..rpcs.len() as u32).collect();
                 methods.sort_by(|x, y| {
                     let (a, b) = (&rpcs[*x as usize], &rpcs[*y as usize]);
                     let primary = sort.compare_windows(a.last.as_ref(), b.last.as_ref());
@@ -872,7 +918,38 @@ impl App {
             }
         };
         let mut rows = Vec::with_capacity(endpoints.len());
-        if grouping == Grouping::Endpoint {
+        if self.routes {
+            // One row per (endpoint, route) that passes the filter, all sorted together.
+            let mut calls: Vec<(u32, u32, u32)> = Vec::new();
+            for r in &endpoints {
+                let e = entry(r);
+                for (m, c) in e.calls().iter().enumerate() {
+                    if routes::route_matches(e, c, needle) {
+                        calls.push((r.0, r.1, m as u32));
+                    }
+                }
+            }
+            let call = |&(a, j, m): &(u32, u32, u32)| {
+                let e = entry(&(a, j));
+                (e, &e.calls()[m as usize])
+            };
+            calls.sort_unstable_by(|x, y| routes::compare(sort, reverse, call(x), call(y)));
+            for c in &calls {
+                let (e, route) = call(c);
+                rows.push(RowRef {
+                    agent: c.0,
+                    entry: c.1,
+                    method: Some(c.2),
+                    group: None,
+                    member: false,
+                });
+                widths.addr = widths.addr.max(e.addr.len());
+                widths.node = widths.node.max(e.node.chars().count());
+                widths.proto = widths.proto.max(e.protocol.len());
+                widths.name = widths.name.max(e.name.chars().count());
+                widths.route = widths.route.max(route.name.chars().count());
+            }
+        } else if grouping == Grouping::Endpoint {
             for r in &endpoints {
                 push(&mut rows, r, false);
             }

@@ -180,6 +180,100 @@ pub(crate) fn greeter() -> v1::Endpoint {
     )
 }
 
+/// Latencies spread over `lo..hi` ms, `n` of them.
+pub(crate) fn spread(lo: f64, hi: f64, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|i| lo + (hi - lo) * i as f64 / n as f64)
+        .collect()
+}
+
+/// A route's requests: latencies in ms, and how many of them answered 5xx and 4xx (the
+/// rest 200).
+pub(crate) type RouteFixture<'a> = (&'a str, u32, &'a [f64], u64, u64);
+
+/// A window of the agent's: its own figures (`kite_agent`'s `window`) of these latencies
+/// recorded in its histogram over one second.
+pub(crate) fn agent_interval(
+    latencies_ms: &[f64],
+    s5: u64,
+    s4: u64,
+) -> kite_agent::stats::Interval {
+    let mut iv = kite_agent::stats::Interval {
+        secs: 1.0,
+        requests: latencies_ms.len() as u64,
+        status_5xx: s5,
+        status_4xx: s4,
+        req_bytes: 100 * latencies_ms.len() as u64,
+        resp_bytes: 1000 * latencies_ms.len() as u64,
+        ..Default::default()
+    };
+    for ms in latencies_ms {
+        let ns = (ms * 1e6).round() as u64;
+        iv.hist.record(ns);
+        iv.latency_sum_ns += ns;
+    }
+    iv
+}
+
+/// An HTTP/1 endpoint (inbound, `shop/<pod>`, port `port`) with these routes; each route's
+/// window is the agent's figures of its latencies, the endpoint's those of all of them.
+pub(crate) fn routed_endpoint(pod: &str, port: u32, routes: &[RouteFixture<'_>]) -> v1::Endpoint {
+    use kite_agent::daemon::grpc::window;
+    let mut e = endpoint(Some(("shop", pod)), "", port, 0.0, None, 0.0);
+    let mut all = kite_agent::stats::Interval::default();
+    for (name, id, lat, s5, s4) in routes {
+        let iv = agent_interval(lat, *s5, *s4);
+        all.merge(&iv);
+        let ok = iv.requests - s5 - s4;
+        e.routes.push(v1::RpcMethod {
+            name: name.to_string(),
+            id: *id,
+            last: Some(window(&iv)),
+            totals: Some(v1::Totals {
+                requests: iv.requests * 10,
+                ..Default::default()
+            }),
+            statuses: [(200, ok), (404, *s4), (503, *s5)]
+                .into_iter()
+                .filter(|s| s.1 > 0)
+                .map(|(status, count)| v1::StatusCount {
+                    status,
+                    count,
+                    name: String::new(),
+                })
+                .collect(),
+        });
+    }
+    e.last = Some(window(&all));
+    // The endpoint's statuses and histogram, as the agent sends them for the focus.
+    let mut statuses: std::collections::BTreeMap<u32, u64> = Default::default();
+    for r in &e.routes {
+        for st in &r.statuses {
+            *statuses.entry(st.status).or_default() += st.count;
+        }
+    }
+    e.statuses = statuses
+        .into_iter()
+        .map(|(status, count)| v1::StatusCount {
+            status,
+            count,
+            name: String::new(),
+        })
+        .collect();
+    e.histogram = Some(v1::Histogram {
+        buckets: all
+            .hist
+            .native()
+            .map(|(b, count)| v1::Bucket {
+                lower_seconds: b.lower_seconds(),
+                upper_seconds: b.upper_seconds(),
+                count,
+            })
+            .collect(),
+    });
+    e
+}
+
 pub(crate) fn snapshot(node: &str, endpoints: Vec<v1::Endpoint>) -> Box<v1::Snapshot> {
     Box::new(v1::Snapshot {
         time_unix_ms: 1_700_000_000_000,

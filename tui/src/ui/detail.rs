@@ -1,6 +1,6 @@
 //! The detail view of one endpoint: last window and totals, status codes (grpc-status for gRPC
-//! endpoints) and methods (gRPC: one line per method with its figures and statuses), the
-//! latency distribution of the last window, RPS and p50/p99 history.
+//! endpoints), the latency distribution of the last window, its routes or gRPC methods (a
+//! pane of their own, `super::routes`), RPS and p50/p99 history.
 
 use kite_proto::v1;
 use ratatui::{
@@ -27,33 +27,54 @@ pub(super) fn render(app: &App, e: &Entry, area: Rect, buf: &mut Buffer) {
     .areas(area);
     title_line(app, e, title, buf);
     info_line(e, info, buf);
-    // Laid out for 80×24 first: the figures, status codes and distribution always; history
-    // as two sparkline rows under them, or as charts once there is room (≥ 22 rows).
-    let (charts_h, spark_h) = if rest.height >= 22 {
-        ((rest.height * 2 / 5).max(6), 0)
-    } else if rest.height >= 14 {
+    // Laid out for 80×24 first: the figures, status codes and distribution always; the
+    // routes (gRPC methods) under them, a third of the height (at least 8 rows: 6 routes);
+    // history as two sparkline rows, or as charts once there is room (≥ 22 rows).
+    let calls = e.calls().len();
+    let pane_h = if calls == 0 || rest.height < 12 {
+        0
+    } else {
+        super::routes::wanted_height(calls).min((rest.height / 3).max(8))
+    };
+    let left_h = rest.height - pane_h;
+    let (charts_h, spark_h) = if left_h >= 22 {
+        ((left_h * 2 / 5).max(6), 0)
+    } else if left_h >= 14 {
         (0, 2)
     } else {
         (0, 0)
     };
-    let [middle, sparks, charts] = Layout::vertical([
+    let [middle, pane, sparks, charts] = Layout::vertical([
         Constraint::Fill(1),
+        Constraint::Length(pane_h),
         Constraint::Length(spark_h),
         Constraint::Length(charts_h),
     ])
     .areas(rest);
+    if pane_h > 0 {
+        super::routes::pane(app, e, pane, buf);
+    }
     let [left, right] = Layout::horizontal([Constraint::Length(30), Constraint::Fill(1)])
         .spacing(1)
         .areas(middle);
+    // With the routes pane on a small terminal, the totals give their rows to the status
+    // codes (the pane has each route's requests since first seen).
+    let totals_h = if pane_h > 0 && middle.height < 14 {
+        0
+    } else {
+        3
+    };
     let [last, totals, codes] = Layout::vertical([
         Constraint::Length(6),
-        Constraint::Length(3),
+        Constraint::Length(totals_h),
         Constraint::Fill(1),
     ])
     .areas(left);
     window_stats(e, last, buf);
-    totals_stats(e, totals, buf);
-    statuses(e, codes, buf);
+    if totals_h > 0 {
+        totals_stats(e, totals, buf);
+    }
+    statuses(e, pane_h == 0, codes, buf);
     // History and histogram come from the detailed copy the agent's task fetched.
     let detailed = app.detailed(e);
     distribution(detailed, right, buf);
@@ -290,7 +311,9 @@ fn grpc_status(s: &v1::StatusCount) -> (String, Style) {
 /// [`v1::StatusCount::status`] of a gRPC call whose grpc-status could not be known.
 const GRPC_STATUS_UNKNOWN: u32 = 0xffff;
 
-fn statuses(e: &Entry, area: Rect, buf: &mut Buffer) {
+/// The status codes of the last window; `methods`: also a gRPC endpoint's methods (when the
+/// routes pane is not shown).
+fn statuses(e: &Entry, methods: bool, area: Rect, buf: &mut Buffer) {
     let grpc = e.is_grpc();
     let total: u64 = e.ep.statuses.iter().map(|s| s.count).sum();
     // Errors first (5xx, then 4xx; gRPC: server errors, then the caller's), then by count: on
@@ -345,7 +368,7 @@ fn statuses(e: &Entry, area: Rect, buf: &mut Buffer) {
     if lines.is_empty() {
         lines.push(Line::raw(" no requests in the last window").dim());
     }
-    if grpc {
+    if grpc && methods {
         // One line per method: its calls, p99, failures and statuses.
         for m in &e.ep.rpcs {
             let w = m.last.unwrap_or_default();
@@ -376,7 +399,7 @@ fn statuses(e: &Entry, area: Rect, buf: &mut Buffer) {
             }
             lines.push(Line::from(spans));
         }
-    } else if !e.ep.methods.is_empty() {
+    } else if !grpc && !e.ep.methods.is_empty() {
         let methods: Vec<String> =
             e.ep.methods
                 .iter()
@@ -387,8 +410,10 @@ fn statuses(e: &Entry, area: Rect, buf: &mut Buffer) {
             Span::raw(methods.join(" · ")),
         ]));
     }
-    let title = if grpc {
+    let title = if grpc && methods {
         " grpc-status · methods "
+    } else if grpc {
+        " grpc-status "
     } else {
         " Status codes "
     };

@@ -3,12 +3,13 @@
 //! ```text
 //! ┌ header: totals, sort, filter, paused ───────────────────────────┐
 //! │ one line per agent: connected / connecting / down (last error)  │
-//! │ table of endpoints (or the detail view of one)                  │
+//! │ table of endpoints or routes (or the detail view of one)        │
 //! │ sparklines of the selected row                                  │
 //! └ footer: key hints (or the filter being typed) ──────────────────┘
 //! ```
 
 mod detail;
+mod routes;
 mod table;
 
 use ratatui::{
@@ -105,7 +106,13 @@ pub(crate) fn table_columns(app: &App) -> Vec<crate::app::SortKey> {
 
 fn header(app: &App, area: Rect, buf: &mut Buffer) {
     let t = &app.totals;
-    let mut shown = if app.endpoint_rows() == app.known {
+    let mut shown = if app.routes {
+        format!(
+            "{} routes of {} endpoints",
+            app.row_count(),
+            app.endpoint_rows()
+        )
+    } else if app.endpoint_rows() == app.known {
         format!("{} endpoints", app.known)
     } else {
         format!("{}/{} endpoints", app.endpoint_rows(), app.known)
@@ -155,7 +162,18 @@ fn header(app: &App, area: Rect, buf: &mut Buffer) {
     };
     // What the user set comes first, so that a narrow terminal cuts figures, not states.
     let mut head = vec![Span::raw(format!(" {shown}"))];
-    if app.grouping != crate::app::Grouping::Endpoint {
+    if app.routes {
+        // The view and its order (`r` opened it slowest p99 first; any column sorts it).
+        head.push(sep());
+        head.push(Span::styled(
+            format!(
+                "routes by {}{}",
+                app.sort.label().to_lowercase(),
+                if app.reverse { " (reversed)" } else { "" }
+            ),
+            Style::new().fg(Color::Cyan),
+        ));
+    } else if app.grouping != crate::app::Grouping::Endpoint {
         head.push(sep());
         head.push(Span::styled(
             format!("by {}", app.grouping.label()),
@@ -358,9 +376,20 @@ fn footer(app: &App, area: Rect, buf: &mut Buffer) {
     } else {
         let mut spans = vec![Span::raw(" ")];
         let hints: &[(&str, &str)] = match app.view {
+            View::Table if app.routes => &[
+                ("q", "quit"),
+                ("Enter", "detail"),
+                ("r", "endpoints"),
+                ("1-9 s", "sort"),
+                ("d", "dir"),
+                ("/", "filter"),
+                ("space", "pause"),
+                ("?", "help"),
+            ],
             View::Table => &[
                 ("q", "quit"),
                 ("Enter", "detail"),
+                ("r", "routes"),
                 ("1-9 s", "sort"),
                 ("g", "group"),
                 ("d", "dir"),
@@ -376,6 +405,20 @@ fn footer(app: &App, area: Rect, buf: &mut Buffer) {
                 ("q", "quit"),
             ],
         };
+        // What does not fit goes, least needed first (the help lists every key).
+        let width = |h: &[(&str, &str)]| {
+            1 + h
+                .iter()
+                .map(|(k, w)| k.chars().count() + w.len() + 3)
+                .sum::<usize>()
+        };
+        let mut hints = hints.to_vec();
+        for k in ["space", "d", "g", "/"] {
+            if width(&hints) <= area.width as usize {
+                break;
+            }
+            hints.retain(|(key, _)| *key != k);
+        }
         for (k, w) in hints {
             spans.extend(hint(k, w));
         }
@@ -399,8 +442,15 @@ const HELP: &[(&str, &str)] = &[
     ("S", "reverse the sort order"),
     ("d", "direction: both, inbound only, outbound only"),
     ("/", "filter: type text, Enter applies, Esc clears"),
-    ("Enter", "detail of the selected endpoint"),
-    ("→ ← l h", "show / hide a gRPC endpoint's methods (▸ ▾)"),
+    ("Enter", "detail of the selected endpoint (its routes too)"),
+    (
+        "→ ← l h",
+        "show / hide an endpoint's routes or gRPC methods",
+    ),
+    (
+        "r",
+        "routes of every endpoint, slowest p99 first; again: back",
+    ),
     ("Esc", "back to the table / clear the filter"),
     ("space", "pause the display (data keeps arriving)"),
     ("x", "hide / show the greyed rows of agents that went away"),

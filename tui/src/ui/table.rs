@@ -1,5 +1,5 @@
-//! The table of endpoints (gRPC methods of unfolded endpoints as rows under them) and the
-//! sparklines of the selected one.
+//! The table of endpoints (gRPC methods or routes of unfolded endpoints as rows under them),
+//! or of routes (the routes view), and the sparklines of the selected row.
 
 use ratatui::{
     buffer::Buffer,
@@ -35,6 +35,13 @@ const DROP: [SortKey; 4] = [
     SortKey::P50,
     SortKey::ClientErrors,
 ];
+/// The same for the routes view, where the latencies matter most.
+const DROP_ROUTES: [SortKey; 4] = [
+    SortKey::Bytes,
+    SortKey::P90,
+    SortKey::ClientErrors,
+    SortKey::P50,
+];
 const DIR_WIDTH: u16 = 3;
 const SPACING: u16 = 1;
 /// Narrowest name column before numeric columns make room.
@@ -47,6 +54,9 @@ const K8S_COLUMNS_FROM: u16 = 120;
 
 /// The table's columns at `width` for what `app` shows: (column, width), left to right.
 pub(crate) fn columns(app: &App, width: u16) -> Vec<(SortKey, u16)> {
+    if app.routes {
+        return route_columns(app, width);
+    }
     let w = &app.widths;
     let mut text: Vec<(SortKey, u16)> = Vec::new();
     if app.multi_node() {
@@ -69,19 +79,52 @@ pub(crate) fn columns(app: &App, width: u16) -> Vec<(SortKey, u16)> {
         (SortKey::Dir, DIR_WIDTH),
         (SortKey::Proto, w.proto.clamp(5, 12) as u16),
     ]);
+    fill(text, SortKey::Name, w.name, &DROP, width)
+}
+
+/// The columns of the routes view: ROUTE first (it takes the room), then the endpoint's
+/// NAME, ENDPOINT and DIR; PROTO from [`K8S_COLUMNS_FROM`] columns (a path or a gRPC method
+/// already says which).
+fn route_columns(app: &App, width: u16) -> Vec<(SortKey, u16)> {
+    let w = &app.widths;
+    let mut text: Vec<(SortKey, u16)> = Vec::new();
+    if app.multi_node() {
+        text.push((SortKey::Node, w.node.clamp(4, 12) as u16));
+    }
+    text.push((SortKey::Route, 0));
+    let name = if width >= K8S_COLUMNS_FROM { 32 } else { 16 };
+    text.push((SortKey::Name, w.name.clamp(6, name) as u16));
+    text.push((SortKey::Endpoint, w.addr.clamp(8, 23) as u16));
+    text.push((SortKey::Dir, DIR_WIDTH));
+    if width >= K8S_COLUMNS_FROM {
+        text.push((SortKey::Proto, w.proto.clamp(5, 12) as u16));
+    }
+    fill(text, SortKey::Route, w.route, &DROP_ROUTES, width)
+}
+
+/// `text` then the numeric columns, leaving out those of `drop` (in order) while the `grow`
+/// column would be narrower than [`MIN_NAME`]; `grow` gets the room left, up to what its
+/// widest text (`wanted`) needs and at most [`MAX_NAME`].
+fn fill(
+    mut text: Vec<(SortKey, u16)>,
+    grow: SortKey,
+    wanted: usize,
+    drop: &[SortKey],
+    width: u16,
+) -> Vec<(SortKey, u16)> {
     let sum = |cols: &[(SortKey, u16)]| cols.iter().map(|(_, w)| w + SPACING).sum::<u16>();
     let mut numbers: Vec<(SortKey, u16)> = NUMBERS.to_vec();
-    for drop in DROP {
+    for d in drop {
         if width.saturating_sub(sum(&text) + sum(&numbers)) >= MIN_NAME {
             break;
         }
-        numbers.retain(|(k, _)| *k != drop);
+        numbers.retain(|(k, _)| k != d);
     }
     let room = width.saturating_sub(sum(&text) + sum(&numbers)).max(4);
-    let name_w = room.min((w.name as u16).clamp(MIN_NAME.min(room), MAX_NAME));
+    let grow_w = room.min((wanted as u16).clamp(MIN_NAME.min(room), MAX_NAME));
     for c in &mut text {
-        if c.0 == SortKey::Name {
-            c.1 = name_w;
+        if c.0 == grow {
+            c.1 = grow_w;
         }
     }
     text.extend(numbers);
@@ -235,7 +278,7 @@ fn group_row(
                 },
                 w,
             )),
-            SortKey::Server => Cell::from(""),
+            SortKey::Server | SortKey::Route => Cell::from(""),
             SortKey::Dir => Cell::from(g.direction.short()),
             SortKey::Proto => Cell::from(g.protocol.clone()),
             SortKey::Rps => right(human::rate(s.rps)),
@@ -275,8 +318,9 @@ fn latency_cell(app: &App, secs: Option<f64>) -> Cell<'static> {
     Cell::from(Line::from(Span::styled(human::latency(secs), style)).alignment(Alignment::Right))
 }
 
-/// The NAME cell of a gRPC endpoint with methods says whether they are unfolded (`▾`) or not
-/// (`▸`); a method row is indented under its endpoint and leaves the other text cells empty.
+/// The NAME cell of an endpoint with gRPC methods or routes says whether they are unfolded
+/// (`▾`) or not (`▸`); a method (route) row is indented under its endpoint and leaves the
+/// other text cells empty. In the routes view a row is a route with its endpoint's cells.
 ///
 /// A row of an agent that went away (`stale`: the time since its last snapshot) is grey,
 /// without the colours of errors and latencies (old numbers), its name after `✗` and that age.
@@ -297,21 +341,24 @@ fn row(
         Some(m) => m.last.as_ref().map(Stats::of).unwrap_or_default(),
         None => e.stats(),
     };
+    let routes_view = app.routes;
+    let call_name = |m: &'_ kite_proto::v1::RpcMethod| -> String {
+        match (m.name.is_empty(), e.is_grpc()) {
+            (false, _) => m.name.clone(),
+            (true, true) => "(method unknown)".into(),
+            (true, false) => "(route unknown)".into(),
+        }
+    };
     let cells = cols.iter().map(|(k, w)| {
         let w = *w as usize;
         match (k, v.method) {
-            (SortKey::Name, Some(m)) => {
-                let name = if m.name.is_empty() {
-                    "(method unknown)"
-                } else {
-                    m.name.as_str()
-                };
-                Cell::from(format!(
-                    "{indent}  └ {}",
-                    fit_method(name, w.saturating_sub(4 + indent.len()))
-                ))
-            }
-            (SortKey::Name, None) => {
+            (SortKey::Route, Some(m)) => Cell::from(fit_method(&call_name(m), w)),
+            (SortKey::Route, None) => Cell::from(""),
+            (SortKey::Name, Some(m)) if !routes_view => Cell::from(format!(
+                "{indent}  └ {}",
+                fit_method(&call_name(m), w.saturating_sub(4 + indent.len()))
+            )),
+            (SortKey::Name, _) => {
                 let name = match e.ep.workload.as_ref() {
                     Some(wl) if split && !wl.pod.is_empty() => wl.pod.as_str(),
                     _ => e.name.as_str(),
@@ -319,7 +366,7 @@ fn row(
                 let age = stale.map(|d| format!("✗{} ", human::age(d)));
                 let w =
                     w.saturating_sub(age.as_ref().map_or(0, |a| a.chars().count()) + indent.len());
-                let text = if e.ep.rpcs.is_empty() {
+                let text = if routes_view || e.calls().is_empty() {
                     fit(name, w)
                 } else {
                     let mark = if app.is_unfolded(&e.key) {
@@ -331,7 +378,7 @@ fn row(
                 };
                 Cell::from(format!("{indent}{}{text}", age.unwrap_or_default()))
             }
-            (k, Some(_)) if k.is_text() => Cell::from(""),
+            (k, Some(_)) if k.is_text() && !routes_view => Cell::from(""),
             (SortKey::Node, _) => Cell::from(fit(&e.node, w)),
             (SortKey::Namespace, _) => Cell::from(fit(e.namespace(), w)),
             (SortKey::Workload, _) => Cell::from(fit(e.workload(), w)),
@@ -374,7 +421,7 @@ fn row(
     });
     let mut style = if stale.is_some() {
         Style::new().fg(Color::DarkGray)
-    } else if v.method.is_some() {
+    } else if v.method.is_some() && !routes_view {
         Style::new().dim()
     } else {
         Style::new()
@@ -416,27 +463,51 @@ fn empty_message(app: &App) -> Line<'static> {
     Line::from(text).dim()
 }
 
-/// RPS and p99 history of the selected endpoint, newest on the right.
+/// RPS and p99 history of the selected row, newest on the right: an endpoint's (from the
+/// agent), or a method's or route's (kept by the dashboard, [`App::route_points`]).
 pub(super) fn sparklines(app: &App, area: Rect, buf: &mut Buffer) {
-    let Some(e) = app.selected_entry() else {
+    let Some(v) = app.row_view(app.selected) else {
         return;
     };
+    let e = v.entry;
     let [left, right] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
-    let h = &app.detailed(e).history;
-    let newest_first = |f: fn(&kite_proto::v1::Point) -> u64, width: u16| -> Vec<u64> {
+    // (rps, p99 seconds), oldest first; the figures now; what the panel names.
+    let (h, now, name): (Vec<(f64, f64)>, Stats, String) = match v.method {
+        Some(m) => (
+            app.route_points(&e.key, m.id)
+                .map(|p| {
+                    p.iter()
+                        .map(|p| (f64::from(p.rps), f64::from(p.p99)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            m.last.as_ref().map(Stats::of).unwrap_or_default(),
+            format!("{} {}", fit(&e.name, 16), fit_method(&m.name, 24)),
+        ),
+        None => (
+            app.detailed(e)
+                .history
+                .iter()
+                .map(|p| (p.rps, p.p99_seconds))
+                .collect(),
+            e.stats(),
+            fit(&e.name, 24),
+        ),
+    };
+    let newest_first = |f: fn(&(f64, f64)) -> u64, width: u16| -> Vec<u64> {
         h.iter().rev().take(width as usize).map(f).collect()
     };
-    let max_rps = h.iter().map(|p| p.rps).fold(0.0, f64::max);
-    let max_p99 = h.iter().map(|p| p.p99_seconds).fold(0.0, f64::max);
-    let title = |what: &str, now: String, max: Option<String>, name: bool| {
+    let max_rps = h.iter().map(|p| p.0).fold(0.0, f64::max);
+    let max_p99 = h.iter().map(|p| p.1).fold(0.0, f64::max);
+    let title = |what: &str, now: String, max: Option<String>, name: Option<&str>| {
         let mut spans = vec![Span::raw(format!(" {what} ")).bold(), Span::raw(now)];
         if let Some(m) = max {
             spans.push(Span::raw(format!(" (max {m})")));
         }
         spans.push(Span::raw(" "));
-        if name {
-            spans.push(Span::raw(format!("· {} ", fit(&e.name, 24))).dim());
+        if let Some(name) = name {
+            spans.push(Span::raw(format!("· {name} ")).dim());
         }
         Line::from(spans)
     };
@@ -444,25 +515,22 @@ pub(super) fn sparklines(app: &App, area: Rect, buf: &mut Buffer) {
     Sparkline::default()
         .block(Block::new().borders(Borders::TOP).title(title(
             "RPS",
-            human::rate(e.rps()),
+            human::rate(now.rps),
             has.then(|| human::rate(max_rps)),
-            true,
+            Some(&name),
         )))
-        .data(newest_first(|p| (p.rps * 100.0).round() as u64, left.width))
+        .data(newest_first(|p| (p.0 * 100.0).round() as u64, left.width))
         .direction(RenderDirection::RightToLeft)
         .style(Style::new().fg(Color::Green))
         .render(left, buf);
     Sparkline::default()
         .block(Block::new().borders(Borders::TOP).title(title(
             "p99",
-            human::latency(e.p99()),
+            human::latency(now.p99),
             has.then(|| human::latency(Some(max_p99))),
-            false,
+            None,
         )))
-        .data(newest_first(
-            |p| (p.p99_seconds * 1e6).round() as u64,
-            right.width,
-        ))
+        .data(newest_first(|p| (p.1 * 1e6).round() as u64, right.width))
         .direction(RenderDirection::RightToLeft)
         .style(Style::new().fg(Color::Magenta))
         .render(right, buf);

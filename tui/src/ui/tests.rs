@@ -14,7 +14,7 @@ use ratatui::{
 
 use crate::app::{
     AgentEvent, App, Event,
-    tests::{ch, endpoint, feed, greeter, key, snapshot},
+    tests::{ch, endpoint, feed, greeter, key, routed_endpoint, snapshot, spread},
 };
 
 const SIZES: [(u16, u16); 3] = [(80, 24), (120, 40), (250, 70)];
@@ -366,6 +366,64 @@ fn detail_of_a_grpc_endpoint_names_its_statuses_and_methods() {
         let mut app = protocols(size);
         feed(&mut app, key(KeyCode::Home));
         feed(&mut app, key(KeyCode::Enter));
+        app
+    });
+}
+
+/// Two HTTP/1 endpoints with routes and the greeter, after 30 snapshots whose latencies
+/// move (so each route has a history).
+fn routed(size: (u16, u16)) -> App {
+    let mut app = App::new(vec!["127.0.0.1:7777".into()], size);
+    for round in 0..30 {
+        let k = 1.0 + 0.5 * (f64::from(round) / 4.0).sin();
+        let orders = spread(2.0 * k, 12.0 * k, 200);
+        let mut users = spread(0.5, 1.0, 95);
+        users.extend(spread(80.0 * k, 120.0 * k, 5));
+        let reviews = spread(40.0, 45.0 * k, 12);
+        let web = routed_endpoint(
+            "web-0",
+            80,
+            &[
+                ("/orders/*", 1, &orders, 4, 6),
+                ("/users/*", 2, &users, 0, 0),
+                ("/", 3, &spread(0.1, 0.3, 50), 0, 0),
+                ("/api/v1/catalog/items/*/reviews", 5, &reviews, 1, 0),
+            ],
+        );
+        let mut web = web;
+        web.history = history(30, 362.0, 17.0);
+        let api = routed_endpoint(
+            "api-0",
+            81,
+            &[("/search", 4, &spread(20.0, 30.0 * k, 40), 0, 2)],
+        );
+        feed(
+            &mut app,
+            Event::Agent(
+                0,
+                AgentEvent::Snapshot(snapshot("node-a", vec![web, api, greeter()])),
+            ),
+        );
+    }
+    app
+}
+
+#[test]
+fn detail_of_an_endpoint_lists_its_routes() {
+    check("routes_detail", |size| {
+        let mut app = routed(size);
+        // web-0, the busiest.
+        feed(&mut app, key(KeyCode::Enter));
+        app
+    });
+}
+
+#[test]
+fn routes_of_every_endpoint_by_p99() {
+    check("routes_by_p99", |size| {
+        let mut app = routed(size);
+        feed(&mut app, ch('r'));
+        feed(&mut app, ch('j'));
         app
     });
 }

@@ -12,6 +12,7 @@ mod dashboard;
 mod once;
 mod prom_view;
 mod prometheus;
+mod routes;
 mod stale;
 mod tmux;
 
