@@ -101,6 +101,17 @@ fn review(pod: &Value, uid: &str) -> Value {
 
 /// Runs `pod` through the webhook and returns it with the patch applied.
 fn admit(webhook_port: u16, ca: &Path, dir: &Path, pod: &Value, uid: &str) -> Value {
+    admit_answer(webhook_port, ca, dir, pod, uid).1
+}
+
+/// Runs `pod` through the webhook: its answer (`response`), and the pod with the patch applied.
+fn admit_answer(
+    webhook_port: u16,
+    ca: &Path,
+    dir: &Path,
+    pod: &Value,
+    uid: &str,
+) -> (Value, Value) {
     let body = dir.join(format!("review-{uid}.json"));
     std::fs::write(&body, serde_json::to_vec(&review(pod, uid)).unwrap()).unwrap();
     let out = Command::new("curl")
@@ -125,7 +136,7 @@ fn admit(webhook_port: u16, ca: &Path, dir: &Path, pod: &Value, uid: &str) -> Va
     .unwrap();
     let mut admitted = pod.clone();
     json_patch::patch(&mut admitted, &patch).unwrap();
-    admitted
+    (answer["response"].clone(), admitted)
 }
 
 /// One simulated pod: its cgroup (systemd driver layout), network namespace and address.
@@ -178,10 +189,19 @@ impl Pod {
         let meta = &self.admitted["metadata"];
         let mut env = BTreeMap::new();
         for e in init["env"].as_array().unwrap() {
-            let value = match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            let field = e["valueFrom"]["fieldRef"]["fieldPath"].as_str();
+            let annotation = field
+                .and_then(|f| f.strip_prefix("metadata.annotations['"))
+                .and_then(|f| f.strip_suffix("']"));
+            let value = match field {
                 Some("metadata.name") => meta["name"].as_str().unwrap().to_string(),
                 Some("metadata.namespace") => meta["namespace"].as_str().unwrap().to_string(),
                 Some("metadata.uid") => self.uid.clone(),
+                // The kubelet gives an annotation's value, or "" when the pod has none.
+                Some(_) if annotation.is_some() => meta["annotations"][annotation.unwrap()]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
                 Some(other) => panic!("unexpected downward API field {other}"),
                 None => e["value"].as_str().unwrap().to_string(),
             };
@@ -326,6 +346,101 @@ fn prom_count(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<u64> 
         .map(|v| v as u64)
 }
 
+/// The node's Kite: the agent as the DaemonSet runs it (minus the cluster: `--kube off`),
+/// and the webhook with its own certificates, injecting the agent's socket directory. Both
+/// stopped on drop (before the directory holding their logs is removed).
+struct Node {
+    _agent: Daemon,
+    _webhook: Daemon,
+    grpc: SocketAddr,
+    metrics: SocketAddr,
+    webhook_port: u16,
+    ca: PathBuf,
+    socket: PathBuf,
+    dir: TempDir,
+}
+
+impl Node {
+    fn start(name: &str, agent_args: &[&str]) -> Self {
+        let dir = TempDir::new(name);
+        let run_dir = dir.0.join("run-kite");
+        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let socket = run_dir.join("kite.sock");
+        let agent = daemon(
+            "kite-agent",
+            Command::new(sibling_bin("kite-agent"))
+                .args([
+                    "--kube",
+                    "off",
+                    "--node-name",
+                    "sim-node",
+                    "--interval",
+                    "500ms",
+                    "--gone-grace",
+                    "1s",
+                ])
+                .args(agent_args)
+                .arg("--grpc-addr")
+                .arg(grpc.to_string())
+                .arg("--metrics-addr")
+                .arg(metrics.to_string())
+                .arg("--socket")
+                .arg(&socket)
+                .arg("--state-dir")
+                .arg(&run_dir),
+            &dir.0,
+        );
+        wait_until("the agent's socket", Duration::from_secs(30), || {
+            socket.exists()
+        });
+        let webhook_bin = env!("CARGO_BIN_EXE_kite-webhook");
+        let certs = dir.0.join("certs");
+        run_ok(
+            Command::new(webhook_bin)
+                .args(["certs", "--extra-name", "127.0.0.1", "--out-dir"])
+                .arg(&certs),
+        );
+        let webhook_port = free_port();
+        let webhook = daemon(
+            "kite-webhook",
+            Command::new(webhook_bin)
+                .args([
+                    "serve",
+                    "--addr",
+                    &format!("127.0.0.1:{webhook_port}"),
+                    "--init-timeout",
+                    "5s",
+                ])
+                .arg("--socket-dir")
+                .arg(&run_dir)
+                .arg("--tls-cert")
+                .arg(certs.join("tls.crt"))
+                .arg("--tls-key")
+                .arg(certs.join("tls.key")),
+            &dir.0,
+        );
+        wait_until("the webhook", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", webhook_port)).is_ok()
+        });
+        Self {
+            _agent: agent,
+            _webhook: webhook,
+            grpc,
+            metrics,
+            webhook_port,
+            ca: certs.join("ca.crt"),
+            socket,
+            dir,
+        }
+    }
+
+    /// Runs `pod` through the webhook: its answer and the admitted pod.
+    fn admit(&self, pod: &Value, uid: &str) -> (Value, Value) {
+        admit_answer(self.webhook_port, &self.ca, &self.dir.0, pod, uid)
+    }
+}
+
 #[test]
 fn a_pod_admitted_by_the_webhook_is_enrolled_measured_by_name_and_forgotten_when_deleted() {
     if !ebpf_available(
@@ -334,77 +449,16 @@ fn a_pod_admitted_by_the_webhook_is_enrolled_measured_by_name_and_forgotten_when
         return;
     }
     let _serial = serial();
-    let dir = TempDir::new("kite-node");
-    let run_dir = dir.0.join("run-kite");
-
-    // The agent, as the DaemonSet runs it (minus the cluster).
-    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let socket = run_dir.join("kite.sock");
-    let _agent = daemon(
-        "kite-agent",
-        Command::new(sibling_bin("kite-agent"))
-            .args([
-                "--kube",
-                "off",
-                "--node-name",
-                "sim-node",
-                "--interval",
-                "500ms",
-                "--gone-grace",
-                "1s",
-            ])
-            .arg("--grpc-addr")
-            .arg(grpc.to_string())
-            .arg("--metrics-addr")
-            .arg(metrics_addr.to_string())
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(&run_dir),
-        &dir.0,
-    );
-    wait_until("the agent's socket", Duration::from_secs(30), || {
-        socket.exists()
-    });
-
-    // The webhook, with its own certificates, injecting the agent's socket directory.
-    let webhook_bin = env!("CARGO_BIN_EXE_kite-webhook");
-    let certs = dir.0.join("certs");
-    run_ok(
-        Command::new(webhook_bin)
-            .args(["certs", "--extra-name", "127.0.0.1", "--out-dir"])
-            .arg(&certs),
-    );
-    let webhook_port = free_port();
-    let _webhook = daemon(
-        "kite-webhook",
-        Command::new(webhook_bin)
-            .args([
-                "serve",
-                "--addr",
-                &format!("127.0.0.1:{webhook_port}"),
-                "--init-timeout",
-                "5s",
-            ])
-            .arg("--socket-dir")
-            .arg(&run_dir)
-            .arg("--tls-cert")
-            .arg(certs.join("tls.crt"))
-            .arg("--tls-key")
-            .arg(certs.join("tls.key")),
-        &dir.0,
-    );
-    wait_until("the webhook", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", webhook_port)).is_ok()
-    });
+    let node = Node::start("kite-node", &[]);
+    let (dir, grpc, metrics_addr, webhook_port) =
+        (&node.dir, node.grpc, node.metrics, node.webhook_port);
 
     // Two pods on one node, each in its own network namespace.
     let root = TestCgroup::new("node");
     let tag = (std::process::id() % 1000) as u16;
     let (srv_ns, cli_ns, srv_ip, _cli_ip) = veth_pair(tag);
     let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
-    let ca = certs.join("ca.crt");
+    let ca = node.ca.clone();
     let web_uid = uuid(seed);
     let load_uid = uuid(seed + 1);
     let mut web = Pod::new(
@@ -580,4 +634,245 @@ fn a_pod_admitted_by_the_webhook_is_enrolled_measured_by_name_and_forgotten_when
     });
     drop(load);
     let _ = std::io::stderr().flush();
+}
+
+/// `pod_spec` with annotations.
+fn annotated(name: &str, app: &str, annotations: Value) -> Value {
+    let mut p = pod_spec(name, "shop", app);
+    p["metadata"]["annotations"] = annotations;
+    p
+}
+
+/// The inbound endpoint of `pod` on `port` in `snap`: its routes, name → requests.
+fn routes_in_list(snap: &v1::Snapshot, pod: &str, port: u16) -> Option<BTreeMap<String, u64>> {
+    let e = snap.endpoints.iter().find(|e| {
+        e.workload.as_ref().is_some_and(|w| w.pod == pod)
+            && e.id.as_ref().is_some_and(|i| {
+                i.direction == v1::Direction::Inbound as i32 && i.port == port as u32
+            })
+    })?;
+    Some(
+        e.routes
+            .iter()
+            .map(|r| (r.name.clone(), r.totals.as_ref().map_or(0, |t| t.requests)))
+            .collect(),
+    )
+}
+
+/// The server `_count`s of `pod` summed per route label: (`http_route` or `url_template`,
+/// value) → requests.
+fn routes_in_metrics(text: &str, pod: &str) -> BTreeMap<(String, String), u64> {
+    let mut out = BTreeMap::new();
+    let pod_label = format!("k8s_pod_name=\"{pod}\"");
+    for l in text.lines().filter(|l| {
+        l.starts_with("http_server_request_duration_seconds_count{") && l.contains(&pod_label)
+    }) {
+        let Some((labels, value)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        for key in ["http_route", "url_template"] {
+            let Some(rest) = labels.split_once(&format!("{key}=\"")).map(|(_, r)| r) else {
+                continue;
+            };
+            let v = rest.split('"').next().unwrap_or_default().to_string();
+            *out.entry((key.to_string(), v)).or_default() += value.parse::<f64>().unwrap() as u64;
+        }
+    }
+    out
+}
+
+/// Issue 15: a pattern from a pod's `kite.io/routes` annotation names that pod's routes only,
+/// before the agent's own `--route` patterns and the heuristic. Three pods on one node, the
+/// same nginx and the same paths in two of them: web-a annotated, web-b not (the agent's
+/// `--route` and the heuristic name its routes), web-c with a malformed annotation (the
+/// webhook answers why, kite-init logs it, the pod is enrolled with inferred routes).
+#[test]
+fn a_pods_route_annotation_names_that_pods_routes_only() {
+    if !ebpf_available("a_pods_route_annotation_names_that_pods_routes_only") {
+        return;
+    }
+    let _serial = serial();
+    let node = Node::start("kite-node-routes", &["--route", "/d/{ms}"]);
+    let root = TestCgroup::new("node-routes");
+    let seed = std::process::id() as u64 ^ 0x5eed;
+    let uids = [uuid(seed), uuid(seed + 1), uuid(seed + 2)];
+    let specs = [
+        annotated(
+            "web-a",
+            "web",
+            json!({"kite.io/routes": "/status/{code}\n/d/{delay}\n"}),
+        ),
+        pod_spec("web-b", "shop", "web"),
+        annotated("web-c", "web", json!({"kite.io/routes": "status/{code}"})),
+    ];
+    let mut pods = Vec::new();
+    for ((spec, uid), name) in specs.iter().zip(&uids).zip(["web-a", "web-b", "web-c"]) {
+        let (answer, admitted) = node.admit(spec, uid);
+        let warnings = answer["warnings"].to_string();
+        if name == "web-c" {
+            assert!(
+                warnings.contains(
+                    "kite-webhook: kite.io/routes: route pattern \\\"status/{code}\\\" does not start with /"
+                ),
+                "{answer}"
+            );
+            assert_eq!(answer["allowed"], true);
+        } else {
+            assert_eq!(answer["warnings"], Value::Null, "{name}: {answer}");
+        }
+        pods.push(Pod::new(&root, name, uid.clone(), admitted));
+    }
+    let said: Vec<String> = pods.iter_mut().map(|p| p.run_init(&root)).collect();
+    assert!(
+        said[0].contains("enrolled: attached with route patterns /status/{code} /d/{delay}"),
+        "{}",
+        said[0]
+    );
+    assert!(said[1].contains("enrolled: attached ("), "{}", said[1]);
+    assert!(
+        said[2].contains("kite.io/routes: route pattern \"status/{code}\" does not start with /")
+            && said[2].contains("enrolled: attached"),
+        "{}",
+        said[2]
+    );
+
+    // The same nginx, the same paths, in web-a and web-b.
+    let ports = [free_port(), free_port()];
+    let mut servers = Vec::new();
+    for (pod, port) in pods.iter_mut().zip(ports) {
+        let app = pod.container(&root, &format!("{:0>64}", format!("2{port}")));
+        servers.push(nginx_on(
+            Place {
+                cgroup_path: Some(&app),
+                ..Place::default()
+            },
+            port,
+            &["127.0.0.1"],
+        ));
+    }
+    let paths = ["/status/200", "/status/404", "/d/1", "/d/2", "/"];
+    let mut sent: Vec<BTreeMap<&str, u64>> = Vec::new();
+    for port in ports {
+        let report = client(&Load {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            conns: 2,
+            per_conn: 149,
+            paths: &paths,
+            ..Load::default()
+        });
+        assert_eq!(report.requests(), 298);
+        let mut by_path: BTreeMap<&str, u64> = BTreeMap::new();
+        for &i in &report.path_of {
+            *by_path.entry(paths[i]).or_default() += 1;
+        }
+        sent.push(by_path);
+    }
+    let n = |pod: usize, ps: &[&str]| -> u64 { ps.iter().map(|p| sent[pod][p]).sum() };
+    let statuses = ["/status/200", "/status/404"];
+    let delays = ["/d/1", "/d/2"];
+    let want_a = BTreeMap::from([
+        ("/status/{code}".to_string(), n(0, &statuses)),
+        ("/d/{delay}".to_string(), n(0, &delays)),
+        ("/".to_string(), n(0, &["/"])),
+    ]);
+    let want_b = BTreeMap::from([
+        ("/status/*".to_string(), n(1, &statuses)),
+        ("/d/{ms}".to_string(), n(1, &delays)),
+        ("/".to_string(), n(1, &["/"])),
+    ]);
+
+    eprintln!("sent: web-a {want_a:?}, web-b {want_b:?}");
+
+    // kite.v1: each pod's endpoint with its own routes, counts as sent.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let snap = list(node.grpc);
+        let a = routes_in_list(&snap, "web-a", ports[0]);
+        let b = routes_in_list(&snap, "web-b", ports[1]);
+        if a.as_ref() == Some(&want_a) && b.as_ref() == Some(&want_b) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "routes in kite.v1: web-a {a:?} (want {want_a:?}), web-b {b:?} (want {want_b:?})"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    // Prometheus: the pod's patterns as `http_route` on its series only.
+    let text = metrics(node.metrics);
+    let label = |k: &str, v: &str| (k.to_string(), v.to_string());
+    assert_eq!(
+        routes_in_metrics(&text, "web-a"),
+        BTreeMap::from([
+            (
+                label("http_route", "/status/{code}"),
+                want_a["/status/{code}"]
+            ),
+            (label("http_route", "/d/{delay}"), want_a["/d/{delay}"]),
+            (label("url_template", "/"), want_a["/"]),
+        ]),
+        "{text}"
+    );
+    assert_eq!(
+        routes_in_metrics(&text, "web-b"),
+        BTreeMap::from([
+            (label("url_template", "/status/*"), want_b["/status/*"]),
+            (label("http_route", "/d/{ms}"), want_b["/d/{ms}"]),
+            (label("url_template", "/"), want_b["/"]),
+        ]),
+        "{text}"
+    );
+    // The malformed annotation's pod is measured (enrolled), no pattern of its own.
+    let attached: Vec<String> = info(node.grpc)
+        .attachments
+        .iter()
+        .map(|a| a.cgroup_path.clone())
+        .collect();
+    assert!(attached.contains(&pods[2].cgroup.path), "{attached:?}");
+
+    // The agent checks a hello's patterns itself: a hello kite-init would not send (one
+    // malformed pattern), straight on the socket from a fourth pod's cgroup, enrolls the pod
+    // with none of them and says why.
+    let uid = uuid(seed + 3);
+    let mut forged = Pod::new(
+        &root,
+        "web-d",
+        uid.clone(),
+        pod_spec("web-d", "shop", "web"),
+    );
+    let scope = forged.container(&root, &format!("{:0>64}", "4"));
+    let hello = json!({"version": 1, "pod": "web-d", "namespace": "shop", "uid": uid,
+                       "routes": ["/ok/{x}", "bad"]});
+    let out = kite_testkit::command(
+        Place {
+            cgroup_path: Some(&scope),
+            ..Place::default()
+        },
+        &[
+            "python3",
+            "-c",
+            "import socket,sys\n\
+             s=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n\
+             s.sendall(sys.argv[2].encode()+b'\\n')\nprint(s.makefile().readline())",
+            node.socket.to_str().unwrap(),
+            &hello.to_string(),
+        ],
+    )
+    .output()
+    .unwrap();
+    let ack: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert_eq!(
+        ack["message"],
+        "attached; kite.io/routes: route pattern \"bad\" does not start with /: no pattern applied",
+        "{ack}"
+    );
+    let refused = info(node.grpc)
+        .counters
+        .iter()
+        .find(|c| c.name == "enroll_routes_refused")
+        .map(|c| c.value);
+    assert_eq!(refused, Some(1));
 }
