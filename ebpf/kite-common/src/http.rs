@@ -1534,7 +1534,7 @@ impl Conn {
             }
             Start::Request(m) => {
                 if self.flags & CF_ROUTES != 0 {
-                    self.target_start(seg.rx, m);
+                    self.target_start(seg, m, have > 0);
                 }
             }
         }
@@ -1544,21 +1544,47 @@ impl Conn {
     /// A request with a known method started: its target begins in the stash, after the
     /// method and its space, and goes on at `seg.pos` ([`MODE_TARGET`]; `idx` is the next
     /// stash byte to read).
+    ///
+    /// A request line that began in this segment (nothing was stashed before it) is read
+    /// from the window instead, where [`Route::run`] takes a word at a time: `seg.pos` goes
+    /// back to the target's first byte (still inside the window, past what was accounted).
     #[inline(always)]
-    fn target_start(&mut self, rx: bool, m: Method) {
+    fn target_start(&mut self, seg: &mut Segment, m: Method, stashed_before: bool) {
         self.route.reset();
-        let st = self.stream(rx);
+        let skip = m.as_str().len() as u32 + 1;
+        let st = self.stream(seg.rx);
         st.mode = MODE_TARGET;
-        st.idx = m.as_str().len() as u8 + 1;
+        if stashed_before {
+            st.idx = skip as u8;
+        } else {
+            st.idx = START_LEN as u8;
+            seg.pos -= START_LEN as u32 - skip;
+        }
     }
 
-    /// Reads one request-target byte (from the stash, then the window) into [`Conn::route`]:
-    /// one per step, as the reader's branches, unrolled, would multiply what the verifier
+    /// Reads request-target bytes (from the stash, then the window) into [`Conn::route`]: in
+    /// the window, a run of a segment's ordinary bytes a word at a time ([`Route::run`],
+    /// branch-free), then one byte through [`Route::push`] — one byte per step would cost a
+    /// step per byte, and the reader's branches, unrolled, would multiply what the verifier
     /// walks through.
     #[inline(always)]
     fn target<S: Sink>(&mut self, seg: &mut Segment, scratch: &Scratch, sink: &mut S) {
         let st = self.stream(seg.rx);
         let i = st.idx as usize;
+        if i >= START_LEN && self.route.runs() {
+            let win_end = seg.win_start + seg.win_len;
+            let lim = if seg.end < win_end { seg.end } else { win_end } - seg.pos;
+            let avail = if lim < 8 { lim } else { 8 };
+            let k = self
+                .route
+                .run(scratch.word_at(seg.pos - seg.win_start), avail);
+            seg.pos += k;
+            if k == avail {
+                // The next byte is in the next step (perhaps the next window).
+                return;
+            }
+        }
+        let st = self.stream(seg.rx);
         let stashed = i < START_LEN;
         let b = if i < START_LEN {
             st.stash[i]
