@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use kite_common::{
     h2::hpack::path_id,
-    maps::{GRPC_STATUS_UNKNOWN, RPC_NONE, RPC_OTHER, RPC_UNKNOWN, rpc_id},
+    maps::{GRPC_STATUS_NAMES, GRPC_STATUS_UNKNOWN, RPC_NONE, RPC_OTHER, RPC_UNKNOWN, rpc_id},
 };
 
 /// Most method names kept (≈ 4 096 × (64 + name) bytes: under 1.3 MiB with 256-byte names).
@@ -276,27 +276,6 @@ fn valid_path(p: &str) -> bool {
     }
 }
 
-/// gRPC status codes by number (grpc/grpc `doc/statuscodes.md`).
-const GRPC_STATUS: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
 /// A gRPC status as OpenTelemetry's `rpc.response.status_code` spells it: the code's name
 /// (`OK`, `NOT_FOUND`), the number for codes outside the table; `None` when the kernel could
 /// not know it ([`GRPC_STATUS_UNKNOWN`]).
@@ -304,7 +283,7 @@ pub fn grpc_status_name(code: u16) -> Option<String> {
     match code {
         GRPC_STATUS_UNKNOWN => None,
         c => Some(
-            GRPC_STATUS
+            GRPC_STATUS_NAMES
                 .get(c as usize)
                 .map_or_else(|| c.to_string(), |n| (*n).to_string()),
         ),

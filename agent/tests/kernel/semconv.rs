@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kite_common::{h2::hpack::path_id, maps::rpc_id};
+use kite_common::{
+    h2::hpack::path_id,
+    maps::{GRPC_STATUS_NAMES, rpc_id},
+};
 use kite_proto::v1;
 use kite_testkit::{
     grpc::{self, Stack},
@@ -142,27 +145,6 @@ const CONVENTIONS: &[(&str, Values, When)] = &[
     ("le", Values::Any, When::Bucket),
 ];
 
-/// gRPC status codes by number (grpc/grpc `doc/statuscodes.md`).
-const GRPC_STATUS: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
 /// The conventions of `rpc.server.call.duration` / `rpc.client.call.duration` (semantic
 /// conventions v1.44.0, gRPC) in Prometheus' spelling, with the endpoint and owner labels
 /// Kite gives every series. `rpc_method` and `rpc_response_status_code` are absent only for
@@ -210,7 +192,7 @@ fn allowed(v: Values, value: &str, series: &BTreeMap<String, String>) -> bool {
         Values::TheStatus => {
             series.get("http_response_status_code").map(String::as_str) == Some(value)
         }
-        Values::GrpcStatus => GRPC_STATUS.contains(&value),
+        Values::GrpcStatus => GRPC_STATUS_NAMES.contains(&value),
         Values::TheGrpcStatus => {
             series.get("rpc_response_status_code").map(String::as_str) == Some(value)
         }
@@ -774,7 +756,7 @@ fn rpc_attributes_follow_the_semantic_conventions() {
     let want: BTreeMap<(String, String), u64> = calls
         .counts()
         .into_iter()
-        .map(|((path, code), n)| ((path, GRPC_STATUS[code as usize].to_string()), n))
+        .map(|((path, code), n)| ((path, GRPC_STATUS_NAMES[code as usize].to_string()), n))
         .collect();
     for side in ["server", "client"] {
         let got = prom.query(&format!(

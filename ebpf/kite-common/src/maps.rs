@@ -359,6 +359,27 @@ pub const RPC_UNKNOWN: u32 = 1;
 pub const RPC_OTHER: u32 = 2;
 /// [`EndpointKey::status`] of a gRPC call whose `grpc-status` could not be known.
 pub const GRPC_STATUS_UNKNOWN: u16 = 0xffff;
+/// gRPC status codes' names by number (grpc/grpc `doc/statuscodes.md`), as OpenTelemetry's
+/// `rpc.response.status_code` spells them: the one table for the agent, its tests and clients.
+pub const GRPC_STATUS_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
 /// [`EndpointKey::transport`]: plain TCP.
 pub const TRANSPORT_TCP: u8 = 0;
 /// [`EndpointKey::transport`]: TLS, measured from the plaintext.
