@@ -11,6 +11,7 @@ mod hostile;
 mod lifecycle;
 mod loader;
 mod network;
+mod pod_routes;
 mod robustness;
 mod routes;
 mod semconv;
