@@ -120,17 +120,19 @@ fn snapshot(n: usize, round: usize, workloads: usize) -> v1::Snapshot {
                         error_ratio: 0.0,
                     })
                     .collect(),
+                // 20 native (schema 4) buckets from p99/8, as the agent sends them.
                 histogram: Some(v1::Histogram {
-                    buckets: (0..20)
-                        .map(|b| {
-                            let lower = p99 / 8.0 * (1.0 + b as f64 / 16.0);
-                            v1::Bucket {
-                                lower_seconds: lower,
-                                upper_seconds: lower * (1.0 + 1.0 / 16.0),
+                    buckets: {
+                        let k0 = ((p99 / 8.0).log2() * 16.0).floor() as i32;
+                        let edge = |k: i32| 2f64.powf(f64::from(k) / 16.0);
+                        (0..20)
+                            .map(|b| v1::Bucket {
+                                lower_seconds: edge(k0 + b - 1),
+                                upper_seconds: edge(k0 + b),
                                 count: 1 + (b * 7 % 13) as u64,
-                            }
-                        })
-                        .collect(),
+                            })
+                            .collect()
+                    },
                 }),
                 statuses: vec![
                     v1::StatusCount {

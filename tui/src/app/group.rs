@@ -1,12 +1,15 @@
 //! Grouping (`g`: endpoint → workload → namespace): rows that stand for several endpoints,
 //! with figures of the whole group. Counts and rates add up; percentiles come from the
-//! members' latency histograms merged bucket by bucket (the agent's native buckets), with
-//! the agent's own estimate (Prometheus' `histogram_quantile`), never from averaging the
-//! members' percentiles.
+//! members' latency histograms merged bucket by bucket (the agent's native buckets,
+//! [`Merged`]), with the agent's own estimate (Prometheus' `histogram_quantile`), never from
+//! averaging the members' percentiles.
 
 use kite_proto::v1;
 
-use super::entry::{Entry, Stats};
+use super::{
+    entry::{Entry, Stats},
+    merged::Merged,
+};
 
 /// How rows are grouped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -88,78 +91,27 @@ pub struct Group {
     pub direction: v1::Direction,
 }
 
-/// A latency histogram merged from several: buckets with the same lower edge add up.
-/// Buckets are collected, then sorted and merged once ([`Merged::finish`]): a group of
-/// thousands of members costs one sort instead of one ordered insert per bucket.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Merged {
-    /// (lower, upper, count); by lower edge with no repeats once `merged`.
-    buckets: Vec<(f64, f64, u64)>,
-    merged: bool,
-}
+/// FNV-1a: short keys (namespace, workload, direction) hashed once per member per rebuild,
+/// where std's SipHash (built against flooding, which our own agents' names are not) was a
+/// visible part of grouping's cost.
+#[derive(Default)]
+struct Fnv(u64);
 
-impl Merged {
-    /// Adds a histogram's buckets.
-    pub fn add(&mut self, h: &v1::Histogram) {
-        self.merged = false;
-        self.buckets.extend(
-            h.buckets
-                .iter()
-                .filter(|b| b.lower_seconds.is_finite() && b.lower_seconds >= 0.0 && b.count > 0)
-                .map(|b| (b.lower_seconds, b.upper_seconds, b.count)),
-        );
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
     }
 
-    /// Sorts and merges the buckets added so far.
-    pub fn finish(&mut self) {
-        if self.merged {
-            return;
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
         }
-        self.buckets.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
-        let mut out: Vec<(f64, f64, u64)> = Vec::with_capacity(self.buckets.len());
-        for &(lo, hi, c) in &self.buckets {
-            match out.last_mut() {
-                Some(last) if last.0 == lo => last.2 = last.2.saturating_add(c),
-                _ => out.push((lo, hi, c)),
-            }
-        }
-        self.buckets = out;
-        self.merged = true;
-    }
-
-    /// Observations.
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.2).sum()
-    }
-
-    /// The `q`-quantile in seconds as the agent computes it (Prometheus'
-    /// `histogram_quantile` over native buckets): the bucket holding rank `q·n`, linear
-    /// inside it; the overflow bucket (upper +Inf) gives its lower edge. `None` when empty.
-    pub fn quantile(&self, q: f64) -> Option<f64> {
-        if !self.merged {
-            let mut m = self.clone();
-            m.finish();
-            return m.quantile(q);
-        }
-        let n = self.count();
-        if n == 0 {
-            return None;
-        }
-        let target = q.clamp(0.0, 1.0) * n as f64;
-        let mut cum = 0u64;
-        let mut last = None;
-        for &(lo, hi, c) in &self.buckets {
-            last = Some(lo);
-            if (cum + c) as f64 >= target {
-                if hi.is_infinite() {
-                    return Some(lo);
-                }
-                let frac = ((target - cum as f64) / c as f64).clamp(0.0, 1.0);
-                return Some(lo + frac * (hi - lo));
-            }
-            cum += c;
-        }
-        last
+        self.0 = h;
     }
 }
 
@@ -171,16 +123,21 @@ pub fn build<'a>(
     g: Grouping,
     members: impl Iterator<Item = ((u32, u32), &'a Entry)>,
 ) -> Vec<Group> {
-    struct Acc {
+    struct Acc<'a> {
         group: Group,
-        hist: Merged,
+        /// The members' histograms, merged once all are known.
+        hists: Vec<&'a v1::Histogram>,
         complete: bool,
         nodes: Vec<String>,
         /// The first member's own figures.
         first: Stats,
     }
     // Keys borrowed from the entries while grouping: one allocation per group, not per member.
-    let mut index: std::collections::HashMap<(&str, &str, i32), usize> = Default::default();
+    let mut index: std::collections::HashMap<
+        (&str, &str, i32),
+        usize,
+        std::hash::BuildHasherDefault<Fnv>,
+    > = Default::default();
     let mut acc: Vec<Acc> = Vec::new();
     for (at, e) in members {
         let workload = match g {
@@ -211,7 +168,7 @@ pub fn build<'a>(
                     node: e.node.clone(),
                     direction: e.direction,
                 },
-                hist: Merged::default(),
+                hists: Vec::new(),
                 complete: true,
                 nodes: Vec::new(),
                 first: e.stats(),
@@ -227,7 +184,7 @@ pub fn build<'a>(
         t.client_errors += s.client_errors;
         t.bytes_per_second += s.bytes_per_second;
         match &e.ep.histogram {
-            Some(h) => a.hist.add(h),
+            Some(h) => a.hists.push(h),
             None if s.requests > 0 => a.complete = false,
             None => {}
         }
@@ -239,6 +196,8 @@ pub fn build<'a>(
         }
         a.group.members.push(at);
     }
+    // One merge array for every group, emptied between them.
+    let mut hist = Merged::default();
     acc.into_iter()
         .map(|mut a| {
             if a.group.members.len() == 1 && !a.complete {
@@ -248,10 +207,14 @@ pub fn build<'a>(
                 a.group.stats.p90 = a.first.p90;
                 a.group.stats.p99 = a.first.p99;
             } else if a.complete {
-                a.hist.finish();
-                a.group.stats.p50 = a.hist.quantile(0.5);
-                a.group.stats.p90 = a.hist.quantile(0.9);
-                a.group.stats.p99 = a.hist.quantile(0.99);
+                hist.clear();
+                for h in &a.hists {
+                    hist.add(h);
+                }
+                hist.finish();
+                a.group.stats.p50 = hist.quantile(0.5);
+                a.group.stats.p90 = hist.quantile(0.9);
+                a.group.stats.p99 = hist.quantile(0.99);
             }
             if a.nodes.len() > 1 {
                 a.group.node = format!("{} nodes", a.nodes.len());

@@ -16,13 +16,15 @@ use kite_proto::v1;
 mod entry;
 mod event;
 mod group;
+mod merged;
 mod routes;
 #[cfg(test)]
 pub(crate) mod tests;
 
 pub use entry::{Entry, EntryKey, SortKey, Stats};
 pub use event::{Action, AgentEvent, Event};
-pub use group::{Group, GroupKey, Grouping, Merged};
+pub use group::{Group, GroupKey, Grouping};
+pub use merged::Merged;
 pub use routes::{MAX_ROUTE_SERIES, ROUTE_HISTORY, RouteHistory, RoutePoint};
 
 /// Connection state of one agent.
@@ -240,6 +242,9 @@ pub struct App {
     groups: Vec<Group>,
     /// Groups whose members are shown under them (Enter).
     expanded: HashSet<GroupKey>,
+    /// The next rebuild only opens or closes groups: `groups` stay as they are (their
+    /// members, figures and order do not change).
+    keep_groups: bool,
     /// Endpoints that passed the filter.
     pub matched: usize,
     /// Pod IPs the agents know (the address of an inbound endpoint of a known workload) →
@@ -298,6 +303,7 @@ impl App {
             route_history: RouteHistory::default(),
             groups: Vec::new(),
             expanded: HashSet::new(),
+            keep_groups: false,
             matched: 0,
             servers: Default::default(),
             unfolded: HashSet::new(),
@@ -528,6 +534,7 @@ impl App {
             Action::Unfold if self.group_row(self.selected).is_some() => {
                 if let Some(g) = self.group_row(self.selected) {
                     self.expanded.insert(g.key.clone());
+                    self.keep_groups = true;
                     self.rebuild();
                 }
             }
@@ -535,6 +542,7 @@ impl App {
                 if let Some(g) = self.group_row(self.selected) {
                     let k = g.key.clone();
                     self.expanded.remove(&k);
+                    self.keep_groups = true;
                     self.rebuild();
                 }
             }
@@ -544,6 +552,7 @@ impl App {
                     if !self.expanded.remove(&k) {
                         self.expanded.insert(k);
                     }
+                    self.keep_groups = true;
                     self.rebuild();
                 }
             }
@@ -574,7 +583,8 @@ impl App {
                         if let Some(k) = g.map(|g| g.key.clone()) {
                             self.expanded.remove(&k);
                             self.selected_key = Some(RowId::Group(k));
-                                    self.rebuild();
+                            self.keep_groups = true;
+                            self.rebuild();
                         }
                     }
                 }
@@ -758,6 +768,9 @@ impl App {
 
     /// Filters, sorts and sums again; the selection follows its endpoint (or method).
     fn rebuild(&mut self) {
+        // Only groups opened or closed since the last rebuild, on the same data: the groups
+        // (each a merge of its members' histograms) are still right.
+        let keep_groups = std::mem::take(&mut self.keep_groups) && !self.dirty;
         self.dirty = false;
         let needle = self.active_filter().to_lowercase();
         let needle = needle.trim();
@@ -780,25 +793,9 @@ impl App {
             }
         }
         // Who is behind which pod IP: inbound endpoints' own addresses (not loopback or
-        // unspecified: every pod has those).
-        self.servers.clear();
-        for e in self.shown.iter().flat_map(|es| es.iter()) {
-            let ip: Option<std::net::IpAddr> = e.key.ip.parse().ok();
-            if e.direction != v1::Direction::Inbound
-                || e.workload().is_empty()
-                || ip.is_none_or(|ip| ip.is_loopback() || ip.is_unspecified())
-            {
-                continue;
-            }
-            let who = format!("{}/{}", e.namespace(), e.workload());
-            self.servers
-                .entry(e.key.ip.clone())
-                .and_modify(|w| {
-                    if w.as_deref() != Some(who.as_str()) {
-                        *w = None;
-                    }
-                })
-                .or_insert(Some(who));
+        // unspecified: every pod has those). The same data as last time: the same map.
+        if !keep_groups {
+            self.servers_of_pods();
         }
         let servers = &self.servers;
         let server_of = |e: &Entry| -> &str {
@@ -813,27 +810,30 @@ impl App {
         let shown = &self.shown;
         let (sort, reverse) = (self.sort, self.reverse);
         let entry = |&(a, j): &(u32, u32)| &shown[a as usize][j as usize];
-        endpoints.sort_unstable_by(|x, y| {
-            let (a, b) = (entry(x), entry(y));
-            let primary = match sort {
-                SortKey::Server => server_of(a).cmp(server_of(b)),
-                _ => sort.compare(a, b),
-            };
-            let names = a
-                .name
-                .cmp(&b.name)
-                .then_with(|| a.addr.cmp(&b.addr))
-                .then_with(|| a.key.cmp(&b.key));
-            // Text columns: names break ties in the same direction (NAME▼ is Z to A);
-            // numbers: ties A to Z whichever way the numbers go.
-            if sort.is_text() {
-                let o = primary.then(names);
-                if reverse { o.reverse() } else { o }
-            } else {
-                let primary = if reverse { primary.reverse() } else { primary };
-                primary.then(names)
-            }
-        });
+        // Kept groups keep their members' order: the endpoints need no sort.
+        if !keep_groups {
+            endpoints.sort_unstable_by(|x, y| {
+                let (a, b) = (entry(x), entry(y));
+                let primary = match sort {
+                    SortKey::Server => server_of(a).cmp(server_of(b)),
+                    _ => sort.compare(a, b),
+                };
+                let names = a
+                    .name
+                    .cmp(&b.name)
+                    .then_with(|| a.addr.cmp(&b.addr))
+                    .then_with(|| a.key.cmp(&b.key));
+                // Text columns: names break ties in the same direction (NAME▼ is Z to A);
+                // numbers: ties A to Z whichever way the numbers go.
+                if sort.is_text() {
+                    let o = primary.then(names);
+                    if reverse { o.reverse() } else { o }
+                } else {
+                    let primary = if reverse { primary.reverse() } else { primary };
+                    primary.then(names)
+                }
+            });
+        }
         // Unfolded gRPC endpoints: their methods under them, in the same order.
         self.unfolded.retain(|k| {
             shown
@@ -849,6 +849,8 @@ impl App {
         };
         let groups = if grouping == Grouping::Endpoint {
             Vec::new()
+        } else if keep_groups {
+            std::mem::take(&mut self.groups)
         } else {
             let mut groups = group::build(grouping, endpoints.iter().map(|r| (*r, entry(r))));
             groups.sort_by(|a, b| {
@@ -1041,6 +1043,29 @@ impl App {
         }
         self.selected = self.selected.min(self.rows.len().saturating_sub(1));
         self.scroll();
+    }
+
+    /// Fills `servers`: pod IP → `namespace/workload` from the inbound endpoints shown.
+    fn servers_of_pods(&mut self) {
+        self.servers.clear();
+        for e in self.shown.iter().flat_map(|es| es.iter()) {
+            let ip: Option<std::net::IpAddr> = e.key.ip.parse().ok();
+            if e.direction != v1::Direction::Inbound
+                || e.workload().is_empty()
+                || ip.is_none_or(|ip| ip.is_loopback() || ip.is_unspecified())
+            {
+                continue;
+            }
+            let who = format!("{}/{}", e.namespace(), e.workload());
+            self.servers
+                .entry(e.key.ip.clone())
+                .and_modify(|w| {
+                    if w.as_deref() != Some(who.as_str()) {
+                        *w = None;
+                    }
+                })
+                .or_insert(Some(who));
+        }
     }
 
     /// Whether row `i` is a stale agent's (greyed, its age shown).
