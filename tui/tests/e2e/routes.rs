@@ -15,7 +15,7 @@ use crate::{TUI, agent::InProcessAgent, parse_rate, tmux::Tmux};
 const WAIT: Duration = Duration::from_secs(20);
 
 /// The paths asked, and the routes the agent makes of them (ids become `*`).
-const PATHS: [(&str, &str); 3] = [("/", "/"), ("/d/5", "/d/*"), ("/status/404", "/status/*")];
+const PATHS: [(&str, &str); 3] = [("/", "/"), ("/d/40", "/d/*"), ("/status/404", "/status/*")];
 
 /// The fields of the line whose first field is `route`.
 fn route_line<'a>(screen: &'a str, route: &str) -> Option<Vec<&'a str>> {
@@ -42,8 +42,9 @@ fn routes_show_the_generators_counts_and_sort_by_p99() {
     let _srv = nginx(Place::in_cgroup(&cg), port);
     let agent = InProcessAgent::start(&cg, "1s");
 
-    // 150 requests on each path, one connection, one request per 10 ms (≈ 5 s): `/d/5`
-    // takes 5 ms, the others well under one.
+    // 150 requests on each path, one connection, one request per 10 ms or more (≈ 9 s):
+    // `/d/40` takes 40 ms (far above a scheduling hiccup of a busy machine), the others well
+    // under one.
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let load = thread::spawn(move || {
         let paths: Vec<&str> = PATHS.iter().map(|p| p.0).collect();
@@ -77,7 +78,7 @@ fn routes_show_the_generators_counts_and_sort_by_p99() {
             && PATHS.iter().all(|(_, r)| {
                 route_line(s, r)
                     .and_then(|t| t.get(5).and_then(|f| parse_rate(f)))
-                    .is_some_and(|rps| rps > 10.0)
+                    .is_some_and(|rps| rps > 5.0)
             })
     });
     assert!(s.contains("P99▼"), "{s}");
