@@ -21,9 +21,11 @@
 use crate::http::{Payload, Scratch, Segment, WINDOW};
 use crate::maps::Method;
 
+pub mod hold;
 pub mod hpack;
 mod huffman;
 
+pub use hold::{Due, HOLD_BUF, HOLD_BYTES, HOLD_RANGES, Hold};
 pub use hpack::HpackDir;
 
 /// Stream slots per connection (a power of two). h2load's `-m 100` and gRPC's usual
@@ -167,10 +169,17 @@ pub enum H2Stat {
     /// direction was taken up at its first segment seen, a chain of frames of valid shape,
     /// with nothing lost ([`H2Conn::start_at`]).
     LateStart,
+    /// A received segment beyond a gap, its frame state in the missing bytes, was held
+    /// ([`hold`]) and parsed when the gap's retransmission had been.
+    Held,
+    /// A received segment beyond a gap could not be held (outside the window of
+    /// [`HOLD_BYTES`], more than [`HOLD_RANGES`] ranges, or no buffer): it waits unparsed as
+    /// before holding existed (and the direction may resynchronise).
+    HoldFull,
 }
 
 /// Number of [`H2Stat`] values.
-pub const H2_STAT_COUNT: usize = H2Stat::LateStart as usize + 1;
+pub const H2_STAT_COUNT: usize = H2Stat::HoldFull as usize + 1;
 
 /// A finished stream, handed to [`H2Sink::record`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -378,6 +387,8 @@ pub struct H2Conn {
     /// request started at or before it is not recorded ([`H2Stat::ResyncDropped`]); streams
     /// opened later are (their responses lie beyond every byte not parsed).
     pub resp_floor_ns: u64,
+    /// Received segments held beyond a gap ([`hold`]).
+    pub hold: Hold,
 }
 
 impl H2Conn {
@@ -516,6 +527,29 @@ impl H2Conn {
         self.dir(rx).qflags |= QF_FRESH;
     }
 
+    /// A server connection whose first received bytes (`len` of them at `seq`: the client
+    /// preface and what came with it) were seen before the socket had a state — they reached
+    /// its listener, the handshake's last ACK lost — and were kept: the request direction
+    /// starts at `seq` with those bytes held at window offset 0, due at once (the kernel's
+    /// caller parses them before anything else, [`hold::HF_REPLAY`]). Call before
+    /// [`H2Conn::init`]; the hold buffer must exist and hold them.
+    pub fn hold_parked(&mut self, seq: u32, len: u32) {
+        self.place(true, seq);
+        let len = if len > HOLD_BYTES as u32 {
+            HOLD_BYTES as u32
+        } else {
+            len
+        };
+        self.hold = Hold {
+            base: seq,
+            lo: [0; HOLD_RANGES],
+            hi: [len as u16, 0, 0, 0],
+            n: (len != 0) as u8,
+            flags: (self.hold.flags & hold::HF_ON) | hold::HF_BUF,
+            copy_at: 0,
+        };
+    }
+
     /// The direction's next byte is at `seq`, a position known for sure.
     #[inline(always)]
     fn place(&mut self, rx: bool, seq: u32) {
@@ -608,9 +642,32 @@ impl H2Conn {
             seg.acct = dup;
         } else if off > 0 {
             let gap = off as u32;
+            let d = self.dir(seg.rx);
+            let gone = (known.wrapping_sub(d.next_seq) as i32) > 0;
+            // Received bytes beyond a gap the link still owes, unless the gap lies inside a
+            // payload skipped anyway: held, parsed when the gap is ([`hold`]).
+            let skipped = d.fs == FS_SKIP && d.left >= gap;
+            if seg.rx && self.hold.flags & hold::HF_ON != 0 && !gone && !skipped {
+                match self.hold.insert(self.rx.next_seq, seq, len) {
+                    hold::Held::Copy(at) => {
+                        self.hold.flags |= hold::HF_COPY;
+                        self.hold.copy_at = at;
+                        sink.stat(H2Stat::Held);
+                        seg.pos = len;
+                        seg.acct = len;
+                        return false;
+                    }
+                    hold::Held::Dup => {
+                        sink.stat(H2Stat::Retransmits);
+                        seg.pos = len;
+                        seg.acct = len;
+                        return false;
+                    }
+                    hold::Held::No => sink.stat(H2Stat::HoldFull),
+                }
+            }
             if !self.skip_gap(seg.rx, gap, sink) {
                 let d = self.dir(seg.rx);
-                let gone = (known.wrapping_sub(d.next_seq) as i32) > 0;
                 if d.qflags & (QF_FRESH | QF_WAIT) == QF_FRESH
                     && d.fs == FS_HEADER
                     && (gone || !seg.rx)
@@ -1206,6 +1263,53 @@ impl H2Conn {
         None
     }
 
+    /// After [`H2Conn::begin`] held the segment ([`H2Stat::Held`]): the window offset its
+    /// bytes go to, once (the caller copies the whole segment there, or calls
+    /// [`H2Conn::hold_failed`]).
+    #[inline(always)]
+    pub fn take_copy(&mut self) -> Option<u32> {
+        if self.hold.flags & hold::HF_COPY == 0 {
+            return None;
+        }
+        self.hold.flags &= !hold::HF_COPY;
+        Some(self.hold.copy_at as u32)
+    }
+
+    /// The held bytes could not be kept (no buffer, a failed copy): every held range becomes
+    /// bytes seen beyond the gap and not parsed, as if holding did not exist
+    /// ([`H2Stat::HoldFull`]).
+    #[inline(never)]
+    pub fn hold_failed<S: H2Sink>(&mut self, sink: &mut S) {
+        sink.stat(H2Stat::HoldFull);
+        self.hold.flags &= !hold::HF_COPY;
+        let mut i = 0;
+        while i < HOLD_RANGES {
+            if i < self.hold.n as usize {
+                let (lo, hi) = (self.hold.lo[i] as u32, self.hold.hi[i] as u32);
+                let seq = self.hold.base.wrapping_add(lo);
+                self.rx.note_ahead(seq, hi.saturating_sub(lo));
+            }
+            i += 1;
+        }
+        self.hold.n = 0;
+    }
+
+    /// After [`H2Conn::end`] of a received segment: whether held bytes are due (the parser
+    /// reached them: parse them now, from the window, as a segment at `seq`), or the buffer
+    /// can go (nothing held any more; [`hold::HF_BUF`] is cleared).
+    #[inline(always)]
+    pub fn hold_due(&mut self) -> Due {
+        let fs = self.rx.fs;
+        if fs == FS_LOST || fs == FS_RESYNC || fs == FS_START {
+            self.hold.n = 0;
+        }
+        let due = self.hold.due(self.rx.next_seq);
+        if due == Due::Free {
+            self.hold.flags &= !hold::HF_BUF;
+        }
+        due
+    }
+
     /// Finishes a segment: the step budget, and bytes seen beyond a gap that the parser has
     /// now reached.
     pub fn end<S: H2Sink>(&mut self, seg: &mut Segment, sink: &mut S) {
@@ -1227,6 +1331,11 @@ impl H2Conn {
         if d.qflags & QF_WAIT == 0 {
             return;
         }
+        if rx && self.hold.covers(self.rx.next_seq) {
+            // Held bytes come first: parsed from the window next ([`H2Conn::hold_due`]).
+            return;
+        }
+        let d = self.dir(rx);
         if (d.ahead_end.wrapping_sub(d.next_seq) as i32) <= 0 {
             // Parsed past them (they were sent again).
             d.qflags &= !QF_WAIT;
@@ -1257,6 +1366,13 @@ impl H2Conn {
     /// every stream open now (or opened until then) is never recorded.
     #[inline(always)]
     fn lose(&mut self, rx: bool, now_ns: u64) {
+        if rx && let Some(end) = self.hold.end() {
+            // Held bytes are not parsed any more: beyond all seen is beyond them too.
+            if (end.wrapping_sub(self.rx.next_seq) as i32) > 0 {
+                self.rx.next_seq = end;
+            }
+            self.hold.n = 0;
+        }
         let d = self.dir(rx);
         d.fs = FS_RESYNC;
         d.hdr_ns = now_ns;

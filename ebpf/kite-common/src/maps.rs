@@ -35,8 +35,17 @@ pub const LIVE_PENDING: u32 = 1;
 pub const LIVE_PENDING_SWEPT: u32 = 2;
 /// [`LIVE_MAP`] slot: HTTP/2 connection states ([`H2_SOCKETS_MAP`]) attached to sockets now.
 pub const LIVE_H2_SOCKETS: u32 = 3;
+/// [`LIVE_MAP`] slot: HTTP/2 hold buffers ([`H2_HOLDS_MAP`]) attached to sockets now.
+pub const LIVE_H2_HOLDS: u32 = 4;
+/// [`LIVE_MAP`] slot: HTTP/2 client prefaces kept from a listener (`H2_PARKED`: the
+/// handshake's last ACK was lost) until their socket's first packet; only gates look-ups.
+pub const LIVE_H2_PARKED: u32 = 5;
 /// Slots of [`LIVE_MAP`].
-pub const LIVE_SLOTS: u32 = 4;
+pub const LIVE_SLOTS: u32 = 6;
+/// Name of the socket-local storage map of HTTP/2 hold buffers: received segments beyond a
+/// gap, kept until the gap is parsed (`crate::h2::hold`); a value exists only while
+/// something is held.
+pub const H2_HOLDS_MAP: &str = "H2_HOLDS";
 /// Name of the socket-local storage map of [`crate::h2::H2Conn`]: HTTP/2 connections only
 /// (≈7.4 KiB each), so HTTP/1 sockets keep their small [`SOCKETS_MAP`] state.
 pub const H2_SOCKETS_MAP: &str = "H2_SOCKETS";
@@ -106,9 +115,13 @@ pub struct RpcMethodKey {
     pub _pad: u32,
 }
 
-/// Default bound of [`H2_SOCKETS_MAP`]: HTTP/2 connections tracked at once (7 872 B each,
+/// Default bound of [`H2_SOCKETS_MAP`]: HTTP/2 connections tracked at once (7 896 B each,
 /// allocated on first use: at most ≈30 MiB). Beyond, [`Stat::H2SocketsMapFull`].
 pub const DEFAULT_MAX_H2_SOCKETS: u32 = 4_096;
+/// Bound of [`H2_HOLDS_MAP`]: HTTP/2 connections holding received segments beyond a gap at
+/// once (`crate::h2::HOLD_BUF` = 4 352 B each, only while a gap is open: at most ≈ 4.3 MiB).
+/// Beyond, the segment is not held ([`Stat::H2HoldFull`]).
+pub const DEFAULT_MAX_H2_HOLDS: u32 = 1_024;
 /// Name of the eBPF global holding the soft bound on [`LIVE_SOCKETS`] (set at load time).
 pub const MAX_SOCKETS_GLOBAL: &str = "MAX_SOCKETS";
 /// Name of the hash map of [`BudgetKey`] → live endpoint keys (`u64`, added to atomically by
@@ -525,7 +538,7 @@ pub enum Stat {
     OverflowMapFull,
     /// New endpoint keys recorded without a budget: [`BUDGETS_MAP`] was full.
     BudgetsMapFull,
-    // HTTP/2: `H2Streams..=H2LateStart` are `crate::h2::H2Stat` in its order (see
+    // HTTP/2: `H2Streams..=H2HoldFull` are `crate::h2::H2Stat` in its order (see
     // [`Stat::from_h2`]).
     /// HTTP/2 streams recorded (also counted in [`Stat::Requests`]).
     H2Streams,
@@ -566,6 +579,12 @@ pub enum Stat {
     /// An HTTP/2 direction whose first bytes (the peer's connection preface) went by before
     /// its connection's state existed, taken up at its first segment seen with nothing lost.
     H2LateStart,
+    /// A received HTTP/2 segment beyond a gap (its frame state in the missing bytes) was held
+    /// and parsed once the gap was.
+    H2Held,
+    /// A received HTTP/2 segment beyond a gap could not be held (outside the hold window, too
+    /// many ranges, or [`DEFAULT_MAX_H2_HOLDS`] buffers in use): it waits unparsed, as before.
+    H2HoldFull,
     /// HTTP/2 connections whose tracking started (client preface seen, or joined midway).
     H2ConnsOpened,
     /// Of [`Stat::H2ConnsOpened`], connections joined midway: first seen after their start
@@ -573,6 +592,15 @@ pub enum Stat {
     /// HEADERS tells the direction of requests; their HPACK references before the join are
     /// unknown.
     H2ConnsJoined,
+    /// Of [`Stat::H2ConnsOpened`], connections whose client preface Kite did not see first: a
+    /// segment came in ahead of it (a chain of frames of valid shape; held until the preface
+    /// arrived), or it reached the listener ([`Stat::H2PrefaceParked`]). Followed from the
+    /// preface.
+    H2PrefaceAhead,
+    /// HTTP/2 client prefaces that reached a listener (the handshake's last ACK lost: the
+    /// connection's socket did not exist yet), kept until the socket's first packet, where
+    /// the connection is followed from them (also counted in [`Stat::H2PrefaceAhead`]).
+    H2PrefaceParked,
     /// HTTP/2 connection states ended at socket release or close.
     H2ConnsClosed,
     /// An HTTP/2 connection could not be tracked: [`DEFAULT_MAX_H2_SOCKETS`] (or the
@@ -658,8 +686,12 @@ impl Stat {
         Stat::H2Resyncs,
         Stat::H2ResyncDropped,
         Stat::H2LateStart,
+        Stat::H2Held,
+        Stat::H2HoldFull,
         Stat::H2ConnsOpened,
         Stat::H2ConnsJoined,
+        Stat::H2PrefaceAhead,
+        Stat::H2PrefaceParked,
         Stat::H2ConnsClosed,
         Stat::H2SocketsMapFull,
         Stat::RpcNames,
@@ -729,8 +761,12 @@ impl Stat {
             Stat::H2Resyncs => "h2_resyncs",
             Stat::H2ResyncDropped => "h2_resync_dropped",
             Stat::H2LateStart => "h2_late_start",
+            Stat::H2Held => "h2_held",
+            Stat::H2HoldFull => "h2_hold_full",
             Stat::H2ConnsOpened => "h2_conns_opened",
             Stat::H2ConnsJoined => "h2_conns_joined",
+            Stat::H2PrefaceAhead => "h2_preface_ahead",
+            Stat::H2PrefaceParked => "h2_preface_parked",
             Stat::H2ConnsClosed => "h2_conns_closed",
             Stat::H2SocketsMapFull => "h2_sockets_map_full",
             Stat::RpcNames => "rpc_names",
@@ -797,7 +833,7 @@ mod tests {
             assert_eq!(*s as usize, i);
         }
         // The HTTP/2 machine's counters map onto `Stat` in their order.
-        assert_eq!(crate::h2::H2_STAT_COUNT, 19);
+        assert_eq!(crate::h2::H2_STAT_COUNT, 21);
         assert_eq!(
             Stat::from_h2(crate::h2::H2Stat::Streams),
             Stat::H2Streams as u32
@@ -814,6 +850,10 @@ mod tests {
         assert_eq!(
             Stat::from_h2(crate::h2::H2Stat::LateStart),
             Stat::H2LateStart as u32
+        );
+        assert_eq!(
+            Stat::from_h2(crate::h2::H2Stat::HoldFull),
+            Stat::H2HoldFull as u32
         );
         for v in 0..=9u8 {
             assert_eq!(Method::from_u8(v) as u8, v);

@@ -248,11 +248,13 @@ pub(super) const EBPF_FAMILIES: &[Family] = &[
     ),
     (
         "kite_ebpf_http2_connections",
-        "HTTP/2 connection states: tracking started at the client preface or midway (opened), of them joined midway at a segment of frame shape (joined), ended at socket release or close (closed), not tracked because 4096 were tracked already or the state could not be allocated (sockets_map_full)",
+        "HTTP/2 connection states: tracking started at the client preface or midway (opened), of them joined midway at a segment of frame shape (joined) or whose client preface was not seen first (preface_ahead: a segment came ahead of it, or it reached the listener, of them preface_parked), ended at socket release or close (closed), not tracked because 4096 were tracked already or the state could not be allocated (sockets_map_full)",
         "event",
         &[
             (Stat::H2ConnsOpened, "opened"),
             (Stat::H2ConnsJoined, "joined"),
+            (Stat::H2PrefaceAhead, "preface_ahead"),
+            (Stat::H2PrefaceParked, "preface_parked"),
             (Stat::H2ConnsClosed, "closed"),
             (Stat::H2SocketsMapFull, "sockets_map_full"),
         ],
@@ -278,7 +280,7 @@ pub(super) const EBPF_FAMILIES: &[Family] = &[
     ),
     (
         "kite_ebpf_http2_events",
-        "HTTP/2 byte-stream and HPACK events: insertion count unknowable (hpack_desync), a dynamic reference not resolvable (unknown_refs), a cached insertion evicted (cache_evictions), framing lost (lost), bytes beyond a gap never placed (unplaced_ahead), retransmitted (retransmits), gaps skipped inside payloads (seq_gaps), segments waiting beyond a gap (out_of_order), step budget exceeded (step_budget), payload loads failed (load_errors), a lost direction taken up again at a segment of frame shape (resyncs), a direction whose first bytes (the peer's preface) went by before the state existed taken up at its first segment with nothing lost (late_start)",
+        "HTTP/2 byte-stream and HPACK events: insertion count unknowable (hpack_desync), a dynamic reference not resolvable (unknown_refs), a cached insertion evicted (cache_evictions), framing lost (lost), bytes beyond a gap never placed (unplaced_ahead), retransmitted (retransmits), gaps skipped inside payloads (seq_gaps), segments waiting beyond a gap (out_of_order), step budget exceeded (step_budget), payload loads failed (load_errors), a lost direction taken up again at a segment of frame shape (resyncs), a direction whose first bytes (the peer's preface) went by before the state existed taken up at its first segment with nothing lost (late_start), a received segment beyond a gap held and parsed once the gap was (held) or not held: window, ranges or the 1024 hold buffers full (hold_full)",
         "event",
         &[
             (Stat::H2HpackDesync, "hpack_desync"),
@@ -293,6 +295,8 @@ pub(super) const EBPF_FAMILIES: &[Family] = &[
             (Stat::H2LoadErrors, "load_errors"),
             (Stat::H2Resyncs, "resyncs"),
             (Stat::H2LateStart, "late_start"),
+            (Stat::H2Held, "held"),
+            (Stat::H2HoldFull, "hold_full"),
         ],
     ),
     (
