@@ -149,6 +149,17 @@ fn agent_refuses_zero_and_absurd_durations_and_sizes() {
 }
 
 #[test]
+fn agent_refuses_more_route_patterns_than_it_keeps() {
+    let many: Vec<String> = (0..65).map(|i| format!("--route=/p{i}/{{id}}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    refused(AGENT, &many, "--route", "at most 64");
+    // 64 get past the flags (the agent then stops at its socket: exit 1).
+    let (code, err) = run(AGENT, &many[..64]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(!err.contains("at most 64"), "{err}");
+}
+
+#[test]
 fn agent_accepts_the_bounds_themselves() {
     // Values at the ends of the ranges get past the flags: the agent then stops at its
     // socket, whose directory cannot exist (exit 1, not the usage error's 2).

@@ -242,7 +242,15 @@ impl Config {
 
     /// Checks what one flag's range cannot: a sentence naming the flags otherwise.
     pub fn check(&self) -> Result<(), String> {
-        flags::check_budget(self.max_endpoints, self.endpoint_budget)
+        flags::check_budget(self.max_endpoints, self.endpoint_budget)?;
+        let max = crate::route_pattern::MAX_PATTERNS;
+        if self.route_patterns.len() > max {
+            return Err(format!(
+                "--route was given {} times: at most {max} patterns",
+                self.route_patterns.len()
+            ));
+        }
+        Ok(())
     }
 
     fn node(&self) -> String {
