@@ -373,6 +373,12 @@ fn a_crawler_leaves_the_agent_and_prometheus_bounded() {
     assert!(text.contains("url_template=\"_OTHER\""));
     // The admitted words are ids in fact: the agent's collapse shows them as one route.
     assert!(text.contains("url_template=\"/crawl/*\""), "{text}");
+    // The collapse's own bound (8 192 prefixes) is far: nothing went unfollowed, and it says so.
+    assert!(
+        text.lines()
+            .any(|l| l == "kite_route_prefixes_untracked_total 0"),
+        "{text}"
+    );
     assert!(
         series <= 3,
         "{series} series: the collapse should have merged the words"

@@ -113,6 +113,12 @@ pub(super) fn self_metrics(st: &State, enc: &mut DescriptorEncoder) -> Result<()
         "Processes of the measured cgroups whose TLS Kite cannot see (Go's crypto/tls, statically linked OpenSSL/BoringSSL, rustls): their HTTPS is not measured; the log names each binary",
         st.tls_unsupported.len() as i64,
     )?;
+    ConstCounter::new(st.rpc_names.collapse.untracked).encode(enc.encode_descriptor(
+        "kite_route_prefixes_untracked",
+        "Route prefixes the low-cardinality collapse did not follow because it follows 8192 already: segments after them are not collapsed (their routes stay as the kernel named them)",
+        None,
+        MetricType::Counter,
+    )?)?;
     let k = st.tls_kernel;
     event_counters(
         enc,
