@@ -342,8 +342,17 @@ async fn dashboard(
     let result = event_loop(&mut guard.terminal, &mut app, &mut rx, &publish, &shutdown).await;
     shutdown.cancel();
     drop(guard);
-    // The input thread notices within its poll interval.
-    let _ = tokio::task::spawn_blocking(move || input.join()).await;
+    // The input thread notices within its poll interval. Not joined without a bound: a
+    // terminal that hangs up while it polls can keep crossterm's poll reading end-of-file
+    // forever (seen: `q`, then the terminal closed at once), and the process must still end
+    // (the thread goes with it).
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    while !input.is_finished() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if input.is_finished() {
+        let _ = input.join();
+    }
     result.map_err(Error::Terminal)
 }
 

@@ -65,7 +65,10 @@ fn routes_show_the_generators_counts_and_sort_by_p99() {
     });
 
     let tmux = Tmux::new(160, 40);
-    tmux.text(&format!("{TUI} --addr {}", agent.addr()));
+    tmux.text(&format!(
+        "{TUI} --addr {}; echo \"EXIT_CODE $?\"",
+        agent.addr()
+    ));
     tmux.keys(&["Enter"]);
     let endpoint = format!("127.0.0.1:{port}");
     tmux.wait_for("nginx's endpoint", WAIT, |s| s.contains(&endpoint));
@@ -108,5 +111,5 @@ fn routes_show_the_generators_counts_and_sort_by_p99() {
     });
     assert!(s.contains("P99 HISTORY"), "{s}");
     tmux.keys(&["q"]);
-    tmux.wait_for("the shell", WAIT, |s| s.contains("test$"));
+    tmux.wait_for("kite-tui to exit", WAIT, |s| s.contains("EXIT_CODE 0"));
 }
