@@ -372,26 +372,8 @@ fn names(by: &str) -> Vec<&str> {
     by.split(',').map(str::trim).collect()
 }
 
-/// The gRPC status names Kite writes, by code.
-const GRPC_STATUSES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+/// The gRPC status names Kite writes, by code (the agent's table).
+use kite_common::maps::GRPC_STATUS_NAMES as GRPC_STATUSES;
 
 /// gRPC statuses OpenTelemetry's server conventions call errors.
 const GRPC_SERVER_ERRORS: [&str; 6] = [
