@@ -1534,7 +1534,7 @@ impl Conn {
             }
             Start::Request(m) => {
                 if self.flags & CF_ROUTES != 0 {
-                    self.target_start(seg, m, have > 0);
+                    self.target_start(seg.rx, m);
                 }
             }
         }
@@ -1544,22 +1544,12 @@ impl Conn {
     /// A request with a known method started: its target begins in the stash, after the
     /// method and its space, and goes on at `seg.pos` ([`MODE_TARGET`]; `idx` is the next
     /// stash byte to read).
-    ///
-    /// A request line that began in this segment (nothing was stashed before it) is read
-    /// from the window instead, where [`Route::run`] takes a word at a time: `seg.pos` goes
-    /// back to the target's first byte (still inside the window, past what was accounted).
     #[inline(always)]
-    fn target_start(&mut self, seg: &mut Segment, m: Method, stashed_before: bool) {
+    fn target_start(&mut self, rx: bool, m: Method) {
         self.route.reset();
-        let skip = m.as_str().len() as u32 + 1;
-        let st = self.stream(seg.rx);
+        let st = self.stream(rx);
         st.mode = MODE_TARGET;
-        if stashed_before {
-            st.idx = skip as u8;
-        } else {
-            st.idx = START_LEN as u8;
-            seg.pos -= START_LEN as u32 - skip;
-        }
+        st.idx = m.as_str().len() as u8 + 1;
     }
 
     /// Reads request-target bytes (from the stash, then the window) into [`Conn::route`]: in
