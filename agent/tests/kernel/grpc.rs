@@ -155,8 +155,16 @@ fn check(stack: Stack, w: &Watch, dir: Direction, port: u16, calls: &Calls, time
         };
         let h = &kite[&(rpc_id(path_id(path.as_bytes())), code as u16)];
         // p99 of fewer than 150 calls is one or two calls, which a client stalled by the
-        // scheduler owns: compared only where it is a percentile.
-        let qs: &[f64] = if n >= 150 {
+        // scheduler owns: compared only where it is a percentile, and only where the client's
+        // own p99 can judge it (within 25 % of its p50, as the constant server delay gives;
+        // after three runs of a stalled client — a busy host — its p50 and p90 still judge).
+        let quiet = quantile(&client, 0.99) <= 1.25 * quantile(&client, 0.5);
+        if n >= 150 && !quiet {
+            eprintln!(
+                "  {method} status {code}: the client's own p99 is its stalls; p99 not compared"
+            );
+        }
+        let qs: &[f64] = if n >= 150 && quiet {
             &[0.5, 0.9, 0.99]
         } else {
             &[0.5, 0.9]
