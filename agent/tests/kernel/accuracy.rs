@@ -37,10 +37,6 @@ const RPS_TOL: f64 = 0.02;
 /// Whether wrk's percentiles are its raw measurements: wrk corrects its histogram for
 /// coordinated omission as soon as one sample exceeds twice the mean interval, which a single
 /// scheduling hiccup of a busy two-core VM can cause.
-fn wrk_is_raw(r: &Wrk) -> bool {
-    r.percentiles_comparable()
-}
-
 /// Runs `load` under a new [`Watch`] of `cg` and returns both; runs it again (three times at
 /// most, each with its own Watch) while wrk's latencies are not raw, since then they cannot be
 /// compared with anything. Kite's figures are never what decides a retry.
@@ -55,7 +51,7 @@ fn watched_wrk(
         let mut w = Watch::new(cg);
         w.target(dir, port);
         let r = w.during(&load);
-        if wrk_is_raw(&r) || attempt == 3 {
+        if r.percentiles_comparable() || attempt == 3 {
             return (w, r);
         }
         eprintln!(
@@ -73,7 +69,7 @@ fn check_wrk(w: &Watch, r: &Wrk) {
     eprintln!("  wrk: {r:?}");
     assert_eq!(r.socket_errors(), 0, "wrk saw socket errors");
     assert!(
-        wrk_is_raw(r),
+        r.percentiles_comparable(),
         "wrk corrected its latencies for coordinated omission (max {} µs ≥ 2 × {} µs, \
          {} samples that high, up to {} added): narrow the delay mix",
         r.max_us,
