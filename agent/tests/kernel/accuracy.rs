@@ -34,12 +34,10 @@ pub const MIX: [&str; 20] = [
 const LATENCY_TOL: f64 = 0.10;
 const RPS_TOL: f64 = 0.02;
 
-/// Whether wrk's percentiles are its raw measurements: wrk corrects its histogram for
-/// coordinated omission as soon as one sample exceeds twice the mean interval, which a single
-/// scheduling hiccup of a busy two-core VM can cause.
 /// Runs `load` under a new [`Watch`] of `cg` and returns both; runs it again (three times at
-/// most, each with its own Watch) while wrk's latencies are not raw, since then they cannot be
-/// compared with anything. Kite's figures are never what decides a retry.
+/// most, each with its own Watch) while wrk's coordinated-omission correction may have moved
+/// its percentiles ([`Wrk::percentiles_comparable`]), since then they cannot be compared with
+/// anything. Kite's figures are never what decides a retry.
 fn watched_wrk(
     cg: &TestCgroup,
     dir: Direction,
