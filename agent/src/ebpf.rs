@@ -50,8 +50,11 @@ const SOCK_STATE: &str = "kite_sock_state";
 const H2_INGRESS: &str = "kite_h2_ingress";
 /// The HTTP/2 parser of sent packets (tail call from [`EGRESS`]).
 const H2_EGRESS: &str = "kite_h2_egress";
+/// Received HTTP/2 segments held beyond a gap, copied and parsed once the gap is (tail call
+/// from [`H2_INGRESS`] and from itself).
+const H2_HOLD: &str = "kite_h2_hold";
 /// Program array through which `kite_ingress` reaches [`LISTENER`] (slot 0) and
-/// [`H2_INGRESS`] (slot 1).
+/// [`H2_INGRESS`] (slot 1), and `kite_h2_ingress` [`H2_HOLD`] (slot 2).
 const TAILS_MAP: &str = "TAILS";
 /// Program array through which `kite_egress` reaches [`H2_EGRESS`] (slot 0): a program may
 /// only tail-call programs of its own attach type.
@@ -290,7 +293,7 @@ impl Kite {
             .map_max_entries(ENDPOINTS_MAP, options.max_endpoints)
             .load(EBPF_OBJECT)
             .map_err(load_error)?;
-        for name in [INGRESS, EGRESS, LISTENER, H2_INGRESS, H2_EGRESS] {
+        for name in [INGRESS, EGRESS, LISTENER, H2_INGRESS, H2_EGRESS, H2_HOLD] {
             let prog: &mut CgroupSkb = program(&mut ebpf, name)?.try_into().map_err(load_error)?;
             prog.load().map_err(load_error)?;
             // The verifier's budget is one million instructions per program: say how much of
@@ -306,6 +309,7 @@ impl Kite {
         // Tail calls: the listener's and the HTTP/2 parsers, each with its own budget.
         set_tail(&mut ebpf, TAILS_MAP, 0, LISTENER)?;
         set_tail(&mut ebpf, TAILS_MAP, 1, H2_INGRESS)?;
+        set_tail(&mut ebpf, TAILS_MAP, 2, H2_HOLD)?;
         set_tail(&mut ebpf, TAILS_TX_MAP, 0, H2_EGRESS)?;
         let prog: &mut CgroupSock = program(&mut ebpf, RELEASE)?
             .try_into()
@@ -651,7 +655,7 @@ impl Kite {
     pub fn program_stats(&self) -> ProgramStats {
         let mut out = ProgramStats::default();
         for name in [
-            INGRESS, EGRESS, LISTENER, H2_INGRESS, H2_EGRESS, RELEASE, SOCK_STATE,
+            INGRESS, EGRESS, LISTENER, H2_INGRESS, H2_EGRESS, H2_HOLD, RELEASE, SOCK_STATE,
         ] {
             let info = match self.ebpf.program(name) {
                 Some(aya::programs::Program::CgroupSkb(p)) => p.info(),

@@ -543,7 +543,11 @@ impl H2Conn {
         self.hold = Hold {
             base: seq,
             lo: [0; HOLD_RANGES],
-            hi: [len as u16, 0, 0, 0],
+            hi: {
+                let mut hi = [0; HOLD_RANGES];
+                hi[0] = len as u16;
+                hi
+            },
             n: (len != 0) as u8,
             flags: (self.hold.flags & hold::HF_ON) | hold::HF_BUF,
             copy_at: 0,

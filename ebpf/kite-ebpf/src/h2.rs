@@ -14,7 +14,8 @@ use aya_ebpf::{
     helpers::{
         bpf_ktime_get_ns,
         generated::{
-            bpf_loop, bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_cgroup_id, bpf_tcp_sock,
+            bpf_loop, bpf_probe_read_kernel, bpf_sk_fullsock, bpf_sk_storage_delete,
+            bpf_sk_storage_get, bpf_skb_cgroup_id, bpf_skb_load_bytes, bpf_tcp_sock,
         },
     },
     macros::{btf_map, cgroup_skb, map},
@@ -23,22 +24,26 @@ use aya_ebpf::{
 };
 use kite_common::{
     h2::{
-        GRPC_STATUS_NONE, GRPC_YES, H2_CLIENT, H2_MAX_STEPS, H2_SERVER, H2_STREAMS, H2Conn, H2Done,
-        H2Sink, H2Stat, JOIN_FRAMES, JoinCheck, PATH_UNKNOWN, WAY_REQUEST, hpack::PathBuf,
+        Due, GRPC_STATUS_NONE, GRPC_YES, H2_CLIENT, H2_MAX_STEPS, H2_SERVER, H2_STREAMS, H2Conn,
+        H2Done, H2Sink, H2Stat, HOLD_BUF, HOLD_BYTES, JOIN_FRAMES, JoinCheck, PATH_UNKNOWN,
+        WAY_REQUEST,
+        hold::{HF_BUF, HF_COPY, HF_ON},
+        hpack::PathBuf,
     },
-    http::{Payload, Segment},
+    http::{Payload, Scratch, Segment, WINDOW},
     maps::{
-        DEFAULT_MAX_H2_SOCKETS, DEFAULT_MAX_RPC_ENDPOINTS, DEFAULT_MAX_RPC_METHODS,
-        DEFAULT_MAX_RPC_SEEN, Direction, EndpointKey, GRPC_STATUS_UNKNOWN, LIVE_H2_SOCKETS,
-        MAX_RPC_PER_ENDPOINT, Method, Protocol, RPC_NAMES_BYTES, RPC_NONE, RPC_OTHER, RPC_UNKNOWN,
-        RpcEndpointKey, RpcMethodKey, Stat, TRANSPORT_TCP, TRANSPORT_TLS, Version, rpc_id,
+        DEFAULT_MAX_H2_HOLDS, DEFAULT_MAX_H2_SOCKETS, DEFAULT_MAX_RPC_ENDPOINTS,
+        DEFAULT_MAX_RPC_METHODS, DEFAULT_MAX_RPC_SEEN, Direction, EndpointKey, GRPC_STATUS_UNKNOWN,
+        LIVE_H2_HOLDS, LIVE_H2_SOCKETS, MAX_RPC_PER_ENDPOINT, Method, Protocol, RPC_NAMES_BYTES,
+        RPC_NONE, RPC_OTHER, RPC_UNKNOWN, RpcEndpointKey, RpcMethodKey, Stat, TRANSPORT_TCP,
+        TRANSPORT_TLS, Version, rpc_id,
     },
 };
 
 use crate::{
-    Skb, TAIL_H2, TAILS, Tcp, UPGRADE, WORK, Work, bump, bump_at, ctx_sock, enter, headers,
-    key_slot, leave, live, live_add, load_bytes, record_endpoint_with, record_http1, source,
-    storage, xadd64,
+    Skb, TAIL_H2, TAIL_H2_HOLD, TAILS, Tcp, UPGRADE, WORK, Work, bump, bump_at, ctx_sock, enter,
+    headers, key_slot, leave, live, live_add, load_bytes, record_endpoint_with, record_http1,
+    source, storage, xadd64,
 };
 
 /// HTTP/2 connection state, in the socket (socket-local storage, freed with it): only
@@ -56,6 +61,69 @@ static MAX_H2_SOCKETS: u32 = DEFAULT_MAX_H2_SOCKETS;
 fn max_h2_sockets() -> u64 {
     // SAFETY: reading a global; volatile so the loader's value is used, not the default.
     unsafe { core::ptr::read_volatile(&MAX_H2_SOCKETS) as u64 }
+}
+
+/// The bytes of received segments held beyond a gap (`kite_common::h2::hold`): a window of
+/// [`HOLD_BYTES`] from the gap, and a [`WINDOW`] of slack so that a read of at most
+/// `WINDOW` bytes at any window offset stays inside the value as the verifier sees it.
+#[repr(C)]
+pub(crate) struct HoldBuf {
+    bytes: [u8; HOLD_BUF],
+}
+
+/// Hold buffers, in the socket (freed with it): created at a connection's first held segment
+/// and deleted when nothing is held any more. Bounded softly by [`MAX_H2_HOLDS`] (live count
+/// in `LIVE[LIVE_H2_HOLDS]`); beyond, the segment is not held ([`Stat::H2HoldFull`]) and the
+/// direction falls back to the rules of an unheld gap.
+#[btf_map(name = "H2_HOLDS")]
+static H2_HOLDS: SkStorage<HoldBuf> = SkStorage::new();
+
+/// Soft bound on live hold buffers; set by the loader (0: nothing is ever held).
+#[unsafe(no_mangle)]
+static MAX_H2_HOLDS: u32 = DEFAULT_MAX_H2_HOLDS;
+
+#[inline(always)]
+fn holds_ptr() -> *mut c_void {
+    core::ptr::from_ref(&H2_HOLDS).cast_mut().cast()
+}
+
+/// The hold buffer of a socket, if it has one; with `create`, made (zero) if it has none and
+/// the live bound has room.
+#[inline(always)]
+fn hold_buf(sk: *mut c_void, create: bool) -> *mut HoldBuf {
+    // SAFETY: `sk` is a socket pointer checked by the verifier.
+    let b: *mut HoldBuf =
+        unsafe { bpf_sk_storage_get(holds_ptr(), sk, core::ptr::null_mut(), 0) }.cast();
+    if !b.is_null() || !create {
+        return b;
+    }
+    // SAFETY: reading a global; volatile so the loader's value is used, not the default.
+    if live(LIVE_H2_HOLDS) >= unsafe { core::ptr::read_volatile(&MAX_H2_HOLDS) } as u64 {
+        return core::ptr::null_mut();
+    }
+    // SAFETY: as above; the new value is zero.
+    let b: *mut HoldBuf = unsafe {
+        bpf_sk_storage_get(
+            holds_ptr(),
+            sk,
+            core::ptr::null_mut(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        )
+    }
+    .cast();
+    if !b.is_null() {
+        live_add(LIVE_H2_HOLDS, 1);
+    }
+    b
+}
+
+/// Deletes the hold buffer of a socket, if it has one.
+#[inline(always)]
+fn hold_delete(sk: *mut c_void) {
+    // SAFETY: `sk` is a socket pointer checked by the verifier.
+    if unsafe { bpf_sk_storage_delete(holds_ptr(), sk) } == 0 {
+        live_add(LIVE_H2_HOLDS, u64::MAX);
+    }
 }
 
 /// Slot 0: `kite_h2_egress`. Egress programs have their own program array: the kernel only
@@ -171,6 +239,7 @@ pub(crate) fn open(ctx: &SkBuffContext, sk: *mut bpf_sock, w: &Work, rx: bool) -
                 (*c).start_at(true, (*tp).rcv_nxt);
             }
         }
+        (*c).hold.flags |= HF_ON;
         // Last: it writes `role`, which makes the state live for the other CPUs.
         (*c).init(role, cg, w.dst, Tcp::dport(w));
     }
@@ -282,6 +351,7 @@ pub(crate) fn join<const BENCH: bool>(
         // The other direction at the kernel's next byte (`snd_nxt` sent, `rcv_nxt` received).
         let other = if rx { nxt } else { rcv };
         let cg = bpf_skb_cgroup_id(ctx.skb.skb);
+        (*c).hold.flags |= HF_ON;
         (*c).init_joined_at(role, cg, addr, port, rx, seq, other, bpf_ktime_get_ns());
     }
     live_add(LIVE_H2_SOCKETS, 1);
@@ -349,6 +419,7 @@ fn upgrade(
         let server = h.role == H2_SERVER;
         let req_seq = if server { h.rx.next_seq } else { h.tx.next_seq };
         let d = &(*u).done;
+        (*c).hold.flags |= HF_ON;
         (*c).init_upgraded(
             h.role,
             h.cgroup_id,
@@ -694,6 +765,14 @@ pub(crate) fn on_packet<const BENCH: bool>(
             );
         }
         c.end(&mut (*work).seg, &mut H2KernelSink);
+        if rx && !BENCH && (c.hold.flags & HF_COPY != 0 || c.hold.pending(c.rx.next_seq)) {
+            // A segment to hold, or held bytes now due: `kite_h2_hold`, on this packet.
+            leave();
+            let _ = TAILS.tail_call(ctx, TAIL_H2_HOLD);
+            let _ = enter();
+            // The jump failed: nothing can be held.
+            c.hold_failed(&mut H2KernelSink);
+        }
     }
     Ok(())
 }
@@ -713,6 +792,208 @@ pub fn kite_h2_egress(ctx: SkBuffContext) -> i32 {
     let slot = enter();
     let _ = on_packet::<false>(&ctx, false, slot);
     leave();
+    1
+}
+
+/// Payload bytes held in a [`HoldBuf`], from window offset `off`.
+#[repr(C)]
+struct HeldBytes {
+    buf: *mut HoldBuf,
+    off: u32,
+}
+
+impl Payload for HeldBytes {
+    #[inline(always)]
+    fn load(&mut self, off: u32, dst: &mut Scratch, len: u32) -> bool {
+        // As `Skb::load`: 64-bit bounds the verifier can see, for the length and the offset
+        // (below `HOLD_BYTES`: the value has a `WINDOW` of room beyond).
+        let len = len as u64;
+        // SAFETY: reading a local.
+        let len = unsafe { core::ptr::read_volatile(&len) } & 0x1ff;
+        let at = (self.off as u64 + off as u64) & (HOLD_BYTES as u64 - 1);
+        if len == 0 || len > WINDOW as u64 || self.off as u64 + off as u64 + len > HOLD_BYTES as u64
+        {
+            return false;
+        }
+        // SAFETY: `dst` has room for WINDOW bytes; `at + len` is inside the buffer (a map value).
+        unsafe {
+            bpf_probe_read_kernel(
+                dst as *mut Scratch as *mut c_void,
+                len as u32,
+                (*self.buf).bytes.as_ptr().add(at as usize).cast(),
+            ) == 0
+        }
+    }
+}
+
+/// What the `bpf_loop` callback of [`replay`] needs; lives on the program's stack.
+#[repr(C)]
+struct HeldWalk {
+    conn: *mut H2Conn,
+    work: *mut Work,
+    src: HeldBytes,
+}
+
+extern "C" fn held_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `HeldWalk` on the caller's stack; its pointers are map values.
+    let w = unsafe { &mut *(ctx as *mut HeldWalk) };
+    let (conn, work) = unsafe { (&mut *w.conn, &mut *w.work) };
+    if conn.step(
+        &mut work.seg,
+        &mut work.scratch,
+        &mut w.src,
+        &mut H2KernelSink,
+    ) {
+        0
+    } else {
+        1
+    }
+}
+
+/// Copies the payload of this packet that `begin` held (from sequence number `at` of the
+/// window on) into the buffer: at most [`HOLD_BYTES`] bytes in [`WINDOW`]-byte pieces.
+#[inline(always)]
+fn copy_held(
+    ctx: &SkBuffContext,
+    w: &Work,
+    p: &Tcp,
+    c: &H2Conn,
+    at: u32,
+    buf: *mut HoldBuf,
+) -> bool {
+    let t = &w.tcp;
+    let seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+    // The held segment is this packet's payload from `skip` on (`skip` > 0: after the `101`
+    // of an upgrade).
+    let skip = c.hold.base.wrapping_add(at).wrapping_sub(seq);
+    if skip >= p.len || p.len - skip > HOLD_BYTES as u32 - at {
+        return false;
+    }
+    let n = p.len - skip;
+    let mut i = 0u32;
+    while i < (HOLD_BYTES / WINDOW) as u32 {
+        let done = i * WINDOW as u32;
+        if done >= n {
+            break;
+        }
+        let k = n - done;
+        let k = (if k > WINDOW as u32 { WINDOW as u32 } else { k }) as u64;
+        // SAFETY: reading a local (a bound the verifier can see, as in `Skb::load`).
+        let k = unsafe { core::ptr::read_volatile(&k) } & 0x1ff;
+        let to = ((at + done) as u64) & (HOLD_BYTES as u64 - 1);
+        if k == 0 || k > WINDOW as u64 {
+            return false;
+        }
+        // SAFETY: `to + k` is inside the buffer (`HOLD_BYTES` + `WINDOW` bytes); the helper
+        // checks the packet bounds.
+        let r = unsafe {
+            bpf_skb_load_bytes(
+                ctx.skb.skb as *const c_void,
+                p.base + skip + done,
+                (*buf).bytes.as_mut_ptr().add(to as usize).cast(),
+                k as u32,
+            )
+        };
+        if r != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Parses `len` held bytes at window offset `off` (sequence number `seq`) as a received
+/// segment of its own, timed now (TCP hands them to the application with the gap's bytes).
+#[inline(always)]
+fn replay(c: *mut H2Conn, work: *mut Work, buf: *mut HoldBuf, seq: u32, off: u32, len: u32) {
+    // SAFETY: `c` the socket's state, `work` this CPU's map value; `walk` outlives bpf_loop.
+    unsafe {
+        (*work).seg = Segment::new(true, len, bpf_ktime_get_ns());
+        let mut walk = HeldWalk {
+            conn: c,
+            work,
+            src: HeldBytes { buf, off },
+        };
+        // The kernel has these bytes (they were held for it): nothing before `seq` is gone.
+        if (*c).begin(&mut (*work).seg, seq, seq, &mut H2KernelSink) {
+            bpf_loop(
+                H2_MAX_STEPS,
+                held_step as *mut c_void,
+                &mut walk as *mut HeldWalk as *mut c_void,
+                0,
+            );
+        }
+        (*c).end(&mut (*work).seg, &mut H2KernelSink);
+    }
+}
+
+/// One run of `kite_h2_hold`: copies the segment `kite_h2_ingress` just held, then does what
+/// the parser's position makes due: parses one held range (returns `true`: the program runs
+/// again on this packet to see what is due after it), or deletes the buffer once nothing is
+/// held.
+#[inline(always)]
+fn hold_run(ctx: &SkBuffContext, slot: u32) -> bool {
+    let Some(work) = WORK.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: this CPU's map value.
+    let w = unsafe { &mut *work };
+    let Ok(Some(p)) = headers(ctx, w, false) else {
+        return false;
+    };
+    let sk = ctx_sock(ctx);
+    if sk.is_null() {
+        return false;
+    }
+    let c = h2_storage(sk.cast());
+    if c.is_null() {
+        return false;
+    }
+    // SAFETY: the socket's state.
+    let c = unsafe { &mut *c };
+    if c.role == ROLE_NONE {
+        return false;
+    }
+    let mut buf = hold_buf(sk.cast(), false);
+    if let Some(at) = c.take_copy() {
+        if buf.is_null() {
+            buf = hold_buf(sk.cast(), true);
+        }
+        if buf.is_null() || !copy_held(ctx, w, &p, c, at, buf) {
+            c.hold_failed(&mut H2KernelSink);
+        } else {
+            c.hold.flags |= HF_BUF;
+        }
+    }
+    match c.hold_due() {
+        Due::Nothing => false,
+        Due::Free => {
+            hold_delete(sk.cast());
+            false
+        }
+        Due::Replay { seq, off, len } => {
+            if buf.is_null() {
+                c.hold_failed(&mut H2KernelSink);
+                return false;
+            }
+            replay(c, work, buf, seq, off, len);
+            true
+        }
+    }
+}
+
+/// Received HTTP/2 segments held beyond a gap (tail call from `kite_h2_ingress`, and from
+/// itself after a held range was parsed): its own verifier budget for a second parser
+/// instance reading from the buffer.
+#[cgroup_skb(ingress)]
+pub fn kite_h2_hold(ctx: SkBuffContext) -> i32 {
+    let slot = enter();
+    let again = hold_run(&ctx, slot);
+    leave();
+    if again {
+        // SAFETY: jumps to this program (the kernel bounds the chain at 33 calls).
+        let _ = unsafe { TAILS.tail_call(&ctx, TAIL_H2_HOLD) };
+    }
     1
 }
 
@@ -770,14 +1051,22 @@ pub(crate) fn release(sk: *mut c_void) -> bool {
         leave();
         (*c).role = ROLE_NONE;
     }
+    // A hold buffer goes with the socket (or with [`delete`]); it stops counting now: a dead
+    // state never holds or parses again.
+    if live(LIVE_H2_HOLDS) != 0 && !hold_buf(sk, false).is_null() {
+        live_add(LIVE_H2_HOLDS, u64::MAX);
+    }
     live_add(LIVE_H2_SOCKETS, u64::MAX);
     bump(Stat::H2ConnsClosed, 1);
     true
 }
 
-/// Deletes the HTTP/2 state of a closing socket (after [`release`]).
+/// Deletes the HTTP/2 state and hold buffer of a closing socket (after [`release`]).
 #[inline(always)]
 pub(crate) fn delete(sk: *mut c_void) {
     // SAFETY: a socket pointer checked by the verifier.
-    unsafe { aya_ebpf::helpers::generated::bpf_sk_storage_delete(h2_ptr(), sk) };
+    unsafe {
+        bpf_sk_storage_delete(h2_ptr(), sk);
+        bpf_sk_storage_delete(holds_ptr(), sk);
+    }
 }

@@ -95,18 +95,22 @@ static LIVE: Array<u64> = Array::with_max_entries(LIVE_SLOTS, 0);
 static PENDING: HashMap<PendingKey, Conn> =
     HashMap::with_max_entries(DEFAULT_MAX_PENDING, BPF_F_NO_PREALLOC);
 
-/// Slot 0: `kite_listener`, slot 1: `kite_h2_ingress` (egress has its own array,
-/// `TAILS_TX`). The listener path is a tail call because a state pointer into
+/// Slot 0: `kite_listener`, slot 1: `kite_h2_ingress`, slot 2: `kite_h2_hold` (egress has its
+/// own array, `TAILS_TX`). The listener path is a tail call because a state pointer into
 /// `PENDING` and one into `SOCKETS` are different types to the verifier: inlined in one program,
 /// the parser would be verified twice (twice the instructions, a deeper stack).
 #[map(name = "TAILS")]
-pub(crate) static TAILS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+pub(crate) static TAILS: ProgramArray = ProgramArray::with_max_entries(3, 0);
 
 /// [`TAILS`] slot of `kite_listener`.
 const TAIL_LISTENER: u32 = 0;
 
 /// [`TAILS`] slot of `kite_h2_ingress`.
 pub(crate) const TAIL_H2: u32 = 1;
+
+/// [`TAILS`] slot of `kite_h2_hold` (received HTTP/2 segments held beyond a gap: copied,
+/// then parsed once the gap is).
+pub(crate) const TAIL_H2_HOLD: u32 = 2;
 
 /// Per-endpoint histograms. Bounded; when full, requests of new keys are recorded in their
 /// overflow endpoint ([`Stat::EndpointsMapFull`], [`OVERFLOW`]).

@@ -18,7 +18,9 @@
 pub const HOLD_BYTES: usize = 4096;
 /// Disjoint held ranges per window (a segment overtaken by later ones inside the gap makes
 /// a second range until it arrives).
-pub const HOLD_RANGES: usize = 4;
+pub const HOLD_RANGES: usize = 8;
+
+const _: () = assert!(HOLD_RANGES == 8, "`Lanes` holds eight ranges");
 /// Bytes of the kernel's buffer value: the window and one [`crate::http::WINDOW`] of slack,
 /// so a copy of at most `WINDOW` bytes at any offset below [`HOLD_BYTES`] stays inside the
 /// value as the verifier sees it (the code never writes beyond `HOLD_BYTES`).
@@ -61,6 +63,34 @@ pub struct Hold {
     pub flags: u8,
     /// Where the segment of [`HF_COPY`] goes in the buffer.
     pub copy_at: u16,
+}
+
+/// Eight ranges' starts and ends in 16-bit lanes of four words ([`Hold::insert`]'s result).
+#[derive(Default)]
+struct Lanes {
+    lo: (u64, u64),
+    hi: (u64, u64),
+}
+
+impl Lanes {
+    #[inline(always)]
+    fn put(&mut self, m: u32, lo: u16, hi: u16) {
+        let s = 16 * (m & 3);
+        if m < 4 {
+            self.lo.0 |= (lo as u64) << s;
+            self.hi.0 |= (hi as u64) << s;
+        } else {
+            self.lo.1 |= (lo as u64) << s;
+            self.hi.1 |= (hi as u64) << s;
+        }
+    }
+
+    /// Lane `k` (a constant once unrolled) of the starts, or of the ends.
+    #[inline(always)]
+    fn get(&self, end: bool, k: usize) -> u16 {
+        let (a, b) = if end { self.hi } else { self.lo };
+        ((if k < 4 { a } else { b }) >> (16 * (k & 3))) as u16
+    }
 }
 
 /// What [`Hold::insert`] did with a segment.
@@ -107,11 +137,10 @@ impl Hold {
         }
         let mut lo = a as u16;
         let mut hi = (a + len) as u16;
-        // The result is built in 16-bit lanes of two words, not in arrays on the stack: the
-        // kernel's verifier refuses what LLVM makes of a variable index into a stack array
-        // (an `or` on the frame pointer).
-        let mut out_lo = 0u64;
-        let mut out_hi = 0u64;
+        // The result is built in 16-bit lanes of words (four ranges a word), not in arrays on
+        // the stack: the kernel's verifier refuses what LLVM makes of a variable index into a
+        // stack array (an `or` on the frame pointer).
+        let mut out = Lanes::default();
         let mut m = 0u32;
         let mut placed = false;
         let mut dup = false;
@@ -124,16 +153,14 @@ impl Hold {
                         if m >= HOLD_RANGES as u32 {
                             return Held::No;
                         }
-                        out_lo |= (lo as u64) << (16 * m);
-                        out_hi |= (hi as u64) << (16 * m);
+                        out.put(m, lo, hi);
                         m += 1;
                         placed = true;
                     }
                     if m >= HOLD_RANGES as u32 {
                         return Held::No;
                     }
-                    out_lo |= (rl as u64) << (16 * m);
-                    out_hi |= (rh as u64) << (16 * m);
+                    out.put(m, rl, rh);
                     m += 1;
                 } else {
                     dup |= rl <= lo && hi <= rh;
@@ -150,22 +177,15 @@ impl Hold {
             if m >= HOLD_RANGES as u32 {
                 return Held::No;
             }
-            out_lo |= (lo as u64) << (16 * m);
-            out_hi |= (hi as u64) << (16 * m);
+            out.put(m, lo, hi);
             m += 1;
         }
-        self.lo = [
-            out_lo as u16,
-            (out_lo >> 16) as u16,
-            (out_lo >> 32) as u16,
-            (out_lo >> 48) as u16,
-        ];
-        self.hi = [
-            out_hi as u16,
-            (out_hi >> 16) as u16,
-            (out_hi >> 32) as u16,
-            (out_hi >> 48) as u16,
-        ];
+        let mut k = 0;
+        while k < HOLD_RANGES {
+            self.lo[k] = out.get(false, k);
+            self.hi[k] = out.get(true, k);
+            k += 1;
+        }
         self.n = m as u8;
         Held::Copy(a as u16)
     }
@@ -269,12 +289,31 @@ mod tests {
         assert_eq!(h.insert(1_000, 1_120, 20), Held::Dup);
         assert_eq!(h.insert(1_000, 1_500, 10), Held::Copy(500));
         assert_eq!(h.insert(1_000, 1_600, 10), Held::Copy(600));
-        // A fifth range does not fit; one past the window neither.
-        assert_eq!(h.insert(1_000, 1_700, 10), Held::No);
+        // Four more ranges fill the table, the ninth does not fit; one past the window neither.
+        for k in 0..4 {
+            assert_eq!(
+                h.insert(1_000, 1_700 + 100 * k, 10),
+                Held::Copy(700 + 100 * k as u16)
+            );
+        }
+        assert_eq!(h.n as usize, HOLD_RANGES);
+        assert_eq!((h.lo[7], h.hi[7]), (1_000, 1_010));
+        assert_eq!(h.insert(1_000, 2_100, 10), Held::No);
         assert_eq!(h.insert(1_000, 1_000 + HOLD_BYTES as u32 - 5, 10), Held::No);
-        // Filling between two ranges merges them (four ranges again at most).
+        // Filling between ranges merges them; the table stays sorted.
         assert_eq!(h.insert(1_000, 1_350, 150), Held::Copy(350));
-        assert_eq!(h.n, 3);
+        assert_eq!(h.n, 7);
+        assert_eq!(
+            (h.lo[1], h.hi[1], h.lo[2], h.hi[2], h.lo[6], h.hi[6]),
+            (300, 510, 600, 610, 1_000, 1_010)
+        );
+        assert_eq!(h.insert(1_000, 2_100, 10), Held::Copy(1_100));
+        assert_eq!(h.insert(1_000, 1_705, 400), Held::Copy(705));
+        assert_eq!(h.n, 4);
+        assert_eq!((h.lo[3], h.hi[3]), (700, 1_110));
+        assert_eq!(h.end(), Some(2_110));
+        // Back to the figures below: the ranges beyond 610 go (as if never held).
+        h.n = 3;
         h.flags = HF_BUF;
         assert_eq!(h.due(1_050), Due::Nothing);
         assert!(!h.covers(1_050));

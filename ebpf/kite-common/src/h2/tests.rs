@@ -238,11 +238,11 @@ fn state_size_is_stated() {
     assert_eq!(core::mem::size_of::<hpack::HpackDir>(), 1_272);
     assert_eq!(core::mem::size_of::<H2Dir>(), 1_352);
     assert_eq!(core::mem::size_of::<Slot>(), 40);
-    assert_eq!(core::mem::size_of::<Hold>(), 24);
-    assert_eq!(core::mem::size_of::<H2Conn>(), 7_896);
+    assert_eq!(core::mem::size_of::<Hold>(), 40);
+    assert_eq!(core::mem::size_of::<H2Conn>(), 7_912);
     assert_eq!(
         core::mem::size_of::<H2Conn>(),
-        8 + 2 * 1_352 + H2_STREAMS * 40 + 40 + 24
+        8 + 2 * 1_352 + H2_STREAMS * 40 + 40 + 40
     );
 }
 
