@@ -24,10 +24,10 @@ use kite_common::{
     http::Conn,
     maps::{
         BUDGETS_MAP, BudgetKey, DEFAULT_BUDGET_DIVISOR, DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_SOCKETS,
-        ENDPOINT_BUDGET_GLOBAL, ENDPOINTS_MAP, EndpointKey, EndpointStats, LIVE_H2_SOCKETS,
-        LIVE_MAP, LIVE_PENDING, LIVE_PENDING_SWEPT, LIVE_SOCKETS, MAX_SOCKETS_GLOBAL, OVERFLOW_MAP,
-        PENDING_MAP, PendingKey, ROUTES_GLOBAL, RPC_NAMES_MAP, SOCKETS_MAP, STAT_COUNT, STATS_MAP,
-        Stat,
+        ENDPOINT_BUDGET_GLOBAL, ENDPOINTS_MAP, EndpointKey, EndpointStats, LIVE_H2_HOLDS,
+        LIVE_H2_SOCKETS, LIVE_MAP, LIVE_PENDING, LIVE_PENDING_SWEPT, LIVE_SOCKETS,
+        MAX_SOCKETS_GLOBAL, OVERFLOW_MAP, PENDING_MAP, PendingKey, ROUTES_GLOBAL, RPC_NAMES_MAP,
+        SOCKETS_MAP, STAT_COUNT, STATS_MAP, Stat,
     },
 };
 use log::{debug, warn};
@@ -576,6 +576,12 @@ impl Kite {
     /// Number of HTTP/2 connection states alive now (in their own socket storage).
     pub fn h2_socket_count(&self) -> Result<u64, Error> {
         self.live(LIVE_H2_SOCKETS)
+    }
+
+    /// Number of HTTP/2 hold buffers alive now (received segments held beyond a gap; each
+    /// goes when nothing is held any more, or with its connection).
+    pub fn h2_hold_count(&self) -> Result<u64, Error> {
+        self.live(LIVE_H2_HOLDS)
     }
 
     /// The connection state of one socket (e.g. a listener's, which must have none), if any.

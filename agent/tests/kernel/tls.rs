@@ -194,17 +194,27 @@ fn tls_process_started_after_the_agent_is_picked_up_within_the_rescan() {
     let started = Instant::now();
     let srv = python_https(Place::in_cgroup(&cg), port, &certs);
     w.target(Direction::Inbound, port);
+    // Picked up by the first rescan after it started: the time to it includes that scan's
+    // own work (the first attach loads and verifies the uprobe programs, about 2 s on a busy
+    // host), so the test counts scans, not seconds.
     let mut probed = None;
+    let mut scans = 0;
     while started.elapsed() < RESCAN * 3 {
         thread::sleep(RESCAN);
+        scans += 1;
         if tls.scan(&mut w.kite).expect("scan").libraries >= 1 {
             probed = Some(started.elapsed());
             break;
         }
     }
     let probed = probed.expect("libssl of the new process probed");
-    eprintln!("  probed {probed:?} after the process started (rescan every {RESCAN:?})");
-    assert!(probed <= RESCAN + Duration::from_secs(2));
+    eprintln!(
+        "  probed {probed:?} after the process started, at rescan {scans} (every {RESCAN:?})"
+    );
+    assert_eq!(
+        scans, 1,
+        "picked up by the first rescan after the process started"
+    );
     let urls: Vec<String> = (0..50)
         .map(|_| format!("https://127.0.0.1:{port}/"))
         .collect();
